@@ -1,0 +1,49 @@
+# Two commands a fresh machine needs: `make test` and `make demo`. Each sets up
+# its own environment. torch is installed first, pinned, so the resolver keeps
+# the local CPU wheel instead of pulling a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_SPEC ?= torch==2.13.0
+
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+.PHONY: test demo bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test,train]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(BIN)/taxaug-train --config configs/demo.yaml
+
+# Comparisons against torchvision and timm need their (CUDA) torch build, so
+# they get a separate environment; the project's own stays on the CPU wheel.
+$(BENCH_STAMP): pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q torch torchvision timm kornia
+	$(BENCH_VENV)/bin/python -m pip install -q -e ".[train]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	mkdir -p benchmarks/results
+	for script in benchmarks/*.py; do \
+		echo "== $$script"; \
+		$(BENCH_VENV)/bin/python $$script --out benchmarks/results || exit 1; \
+	done
+
+clean:
+	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info .pytest_cache .ruff_cache
