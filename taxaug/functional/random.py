@@ -15,7 +15,7 @@ import torch
 
 from taxaug.functional._validate import check_positive
 
-__all__ = ["rand", "randint", "randn", "sample_beta", "sample_dirichlet", "sample_gamma"]
+__all__ = ["rand", "randint", "randn", "randperm", "sample_beta", "sample_dirichlet", "sample_gamma"]
 
 
 def _draw_device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device:
@@ -60,6 +60,17 @@ def randint(
     if isinstance(high, torch.Tensor):
         high = high.to(u.device)
     return (u * high).floor().long().clamp_min(0)
+
+
+def randperm(
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """A uniformly random permutation of 0..n-1 (long)."""
+    out = torch.randperm(n, generator=generator, device=_draw_device(generator, device))
+    return out.to(device) if device is not None else out
 
 
 def sample_gamma(

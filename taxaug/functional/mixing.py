@@ -1,0 +1,315 @@
+"""Selective (group-aware) Mixup and CutMix, and their group-agnostic forms.
+
+Conventions (DESIGN.md): ``lam`` is the weight of the original sample,
+``out[i] = lam * x[i] + (1 - lam) * x[perm[i]]``, with the same weight on
+every task's target; for CutMix the returned lam is the exact fraction of
+sample i's own pixels kept. Inputs are never mutated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from taxaug.functional._validate import (
+    check_group_ids,
+    check_images,
+    check_lam,
+    check_tensor,
+    describe,
+)
+from taxaug.functional.aux import mix_aux_chunkwise
+from taxaug.functional.batch import MixBatch, MixResult
+from taxaug.functional.boxes import box_area, box_masks, sample_boxes
+from taxaug.functional.groups import ingroup_permutation
+from taxaug.functional.random import sample_beta
+from taxaug.functional.targets import mix_targets, to_dense_targets
+
+__all__ = [
+    "MixBatch",
+    "MixResult",
+    "cutmix_batch",
+    "mixup_batch",
+    "selective_cutmix",
+    "selective_mixup",
+]
+
+# On CPU the image work runs over blocks of samples whose gathered partners fit
+# in cache, with one reused buffer: a full-size gathered copy would cost a
+# second large allocation, which on these machines costs more than the copy.
+_BLOCK_BYTES = 2 * 2**20
+
+
+def _block_size(x: torch.Tensor) -> int:
+    per_sample = max(1, x[0].numel() * x.element_size())
+    return max(1, _BLOCK_BYTES // per_sample)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _check_out(out: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return torch.empty_like(x)
+    check_tensor(out, "out")
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"out must match images ({describe(x)}), got {describe(out)}")
+    if out.data_ptr() == x.data_ptr():
+        raise ValueError("out must not be the images tensor itself: inputs are never mutated")
+    return out
+
+
+def _check_perm(perm: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    check_tensor(perm, "perm")
+    if perm.dtype != torch.long or perm.ndim != 1 or perm.shape[0] != size:
+        raise ValueError(f"perm must be a long tensor of shape ({size},), got {describe(perm)}")
+    if perm.device.type == "cpu" and size and (int(perm.min()) < 0 or int(perm.max()) >= size):
+        raise ValueError(f"perm holds indices outside [0, {size})")
+    return perm.to(device)
+
+
+def _blend(dst: torch.Tensor, own: torch.Tensor, partner: torch.Tensor, weight: torch.Tensor) -> None:
+    """dst = weight * own + (1 - weight) * partner, rounded for integer images."""
+    if own.dtype in (torch.float32, torch.float64):
+        torch.lerp(partner, own, weight.to(own.dtype), out=dst)
+        return
+    mixed = torch.lerp(partner.to(torch.float32), own.to(torch.float32), weight)
+    if not own.is_floating_point():
+        mixed.round_()
+    dst.copy_(mixed)
+
+
+def _blend_images(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    weight = lam.view(-1, 1, 1, 1).to(torch.float32)
+    if x.device.type != "cpu":
+        _blend(out, x, x.index_select(0, perm), weight)
+        return out
+    block = _block_size(x)
+    buffer = torch.empty_like(x[:block])
+    for start in range(0, x.shape[0], block):
+        stop = min(start + block, x.shape[0])
+        partner = buffer[: stop - start]
+        torch.index_select(x, 0, perm[start:stop], out=partner)
+        _blend(out[start:stop], x[start:stop], partner, weight[start:stop])
+    return out
+
+
+def _paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    height, width = x.shape[-2:]
+    if x.device.type != "cpu":
+        torch.where(box_masks(boxes, height, width), x.index_select(0, perm), x, out=out)
+        return out
+    block = _block_size(x)
+    buffer = torch.empty_like(x[:block])
+    for start in range(0, x.shape[0], block):
+        stop = min(start + block, x.shape[0])
+        partner = buffer[: stop - start]
+        torch.index_select(x, 0, perm[start:stop], out=partner)
+        torch.where(box_masks(boxes[start:stop], height, width), partner, x[start:stop], out=out[start:stop])
+    return out
+
+
+def _prepare(
+    batch: MixBatch, group_ids: torch.Tensor, perm: torch.Tensor | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    if not isinstance(batch, MixBatch):
+        raise TypeError(f"batch must be a taxaug.MixBatch, got {describe(batch)}")
+    check_group_ids(group_ids, batch.batch_size)
+    if perm is None:
+        return ingroup_permutation(group_ids, generator=generator).to(batch.device)
+    return _check_perm(perm, batch.batch_size, batch.device)
+
+
+def _mixed_batch(
+    batch: MixBatch,
+    images: torch.Tensor,
+    perm: torch.Tensor,
+    lam: torch.Tensor,
+    aux_chunks: Sequence[tuple[int, int]] | None,
+    num_classes: Mapping[str, int] | int | None,
+    generator: torch.Generator | None,
+) -> MixBatch:
+    targets = mix_targets(batch.targets, perm, lam, num_classes)
+    aux, aux_mask = batch.aux, batch.aux_mask
+    if aux is not None and aux_chunks:
+        aux, aux_mask = mix_aux_chunkwise(aux, perm, aux_chunks, aux_mask=aux_mask, lam=lam, generator=generator)
+    return MixBatch(images=images, targets=targets, aux=aux, aux_mask=aux_mask, indices=batch.indices)
+
+
+def selective_mixup(
+    batch: MixBatch,
+    group_ids: torch.Tensor,
+    lam: float | torch.Tensor,
+    *,
+    perm: torch.Tensor | None = None,
+    aux_chunks: Sequence[tuple[int, int]] | None = None,
+    num_classes: Mapping[str, int] | int | None = None,
+    generator: torch.Generator | None = None,
+    out: torch.Tensor | None = None,
+) -> MixResult:
+    """Mixup of each sample with a partner from its own group.
+
+    ``lam`` is one float for the batch or a (B,) tensor, in [0, 1]. ``perm``
+    defaults to :func:`ingroup_permutation` of ``group_ids``; samples with
+    ``perm[i] == i`` come back unchanged with lam 1. Targets come back dense
+    (``num_classes`` is needed for index targets); metadata chunks
+    (``aux_chunks``) are hard-picked, never interpolated. ``out`` is an
+    optional preallocated buffer for the images.
+    """
+    perm = _prepare(batch, group_ids, perm, generator)
+    images = batch.images
+    size = batch.batch_size
+    arange = torch.arange(size, device=images.device)
+    lam_eff = torch.where(perm == arange, torch.ones((), device=images.device),
+                          check_lam(lam, size, images.device))
+    mixed_images = _blend_images(images, perm, lam_eff, _check_out(out, images))
+    mixed = _mixed_batch(batch, mixed_images, perm, lam_eff, aux_chunks, num_classes, generator)
+    return MixResult(batch=mixed, perm=perm, lam=lam_eff)
+
+
+def _check_minmax(minmax: tuple[float, float] | None) -> tuple[float, float] | None:
+    if minmax is None:
+        return None
+    try:
+        low, high = (float(v) for v in minmax)
+    except (TypeError, ValueError):
+        raise ValueError(f"minmax must be a (low, high) pair of fractions, got {minmax!r}") from None
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"minmax must satisfy 0 <= low <= high <= 1 (box side fractions), got {minmax!r}")
+    return low, high
+
+
+def selective_cutmix(
+    batch: MixBatch,
+    group_ids: torch.Tensor,
+    lam: float | torch.Tensor,
+    *,
+    perm: torch.Tensor | None = None,
+    per_sample_boxes: bool = True,
+    minmax: tuple[float, float] | None = None,
+    aux_chunks: Sequence[tuple[int, int]] | None = None,
+    num_classes: Mapping[str, int] | int | None = None,
+    generator: torch.Generator | None = None,
+    out: torch.Tensor | None = None,
+) -> MixResult:
+    """CutMix of each sample with a partner from its own group.
+
+    A box of about ``1 - lam`` of the image is pasted from ``perm[i]`` into i:
+    one box per sample (default, vectorised with masks) or one box for the
+    whole batch (then ``lam`` must be a float). ``minmax`` bounds the box
+    sides as fractions of the image sides. The returned ``lam`` is the exact
+    fraction of i's own pixels kept (1 where unmixed, whose box is empty), and
+    targets are mixed with it.
+    """
+    perm = _prepare(batch, group_ids, perm, generator)
+    images = batch.images
+    size = batch.batch_size
+    height, width = images.shape[-2:]
+    minmax = _check_minmax(minmax)
+    if not per_sample_boxes and isinstance(lam, torch.Tensor) and lam.numel() != 1:
+        raise ValueError(f"per_sample_boxes=False draws one box for the batch, so lam must be one float, got "
+                         f"{describe(lam)}")
+    requested = check_lam(lam, size, images.device)
+    if per_sample_boxes:
+        boxes = sample_boxes(requested, height, width, minmax=minmax, generator=generator)
+    else:
+        boxes = sample_boxes(requested[:1], height, width, minmax=minmax, generator=generator).expand(size, 4)
+    mixed_rows = (perm != torch.arange(size, device=images.device)).unsqueeze(1)
+    boxes = boxes * mixed_rows
+    lam_eff = (1.0 - box_area(boxes).to(torch.float64) / (height * width)).to(torch.float32)
+    mixed_images = _paste_boxes(images, perm, boxes, _check_out(out, images))
+    mixed = _mixed_batch(batch, mixed_images, perm, lam_eff, aux_chunks, num_classes, generator)
+    return MixResult(batch=mixed, perm=perm, lam=lam_eff, boxes=boxes)
+
+
+def _as_targets(y: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+    if isinstance(y, torch.Tensor):
+        return {"y": y}, True
+    if isinstance(y, Mapping):
+        return dict(y), False
+    raise TypeError(f"y must be a tensor or a dict of tensors, got {describe(y)}")
+
+
+def _check_alpha(alpha: float) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a number >= 0, got {describe(alpha)}")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0 (0 means no mixing), got {alpha}")
+    return float(alpha)
+
+
+def _task_classes(num_classes: int | Mapping[str, int] | None, single: bool) -> int | Mapping[str, int] | None:
+    return {"y": num_classes} if single and isinstance(num_classes, int) else num_classes
+
+
+def _unmixed(x: torch.Tensor, targets: dict[str, torch.Tensor], num_classes, single: bool):
+    size = x.shape[0]
+    dense = to_dense_targets(targets, _task_classes(num_classes, single))
+    return (x.clone(), dense["y"] if single else dense, torch.ones(size, device=x.device),
+            torch.arange(size, device=x.device))
+
+
+def mixup_batch(
+    x: torch.Tensor,
+    y: torch.Tensor | Mapping[str, torch.Tensor],
+    *,
+    alpha: float = 0.2,
+    num_classes: int | Mapping[str, int] | None = None,
+    generator: torch.Generator | None = None,
+):
+    """Group-agnostic Mixup for any training loop: ``(x_mixed, y_dense, lam, perm)``.
+
+    One ``lam ~ Beta(alpha, alpha)`` per batch, returned per sample (B,), as
+    the weight of the original; partners form a derangement (nobody mixes with
+    itself). ``y`` is indices or dense, a tensor or a dict of tasks.
+    ``alpha=0`` means no mixing.
+    """
+    check_images(x, "x")
+    targets, single = _as_targets(y)
+    alpha = _check_alpha(alpha)
+    if alpha == 0:
+        return _unmixed(x, targets, num_classes, single)
+    lam = float(sample_beta(alpha, shape=(1,), generator=generator)[0])
+    groups = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    classes = _task_classes(num_classes, single)
+    result = selective_mixup(MixBatch(x, targets), groups, lam, num_classes=classes, generator=generator)
+    mixed = result.batch.targets
+    return result.batch.images, mixed["y"] if single else mixed, result.lam, result.perm
+
+
+def cutmix_batch(
+    x: torch.Tensor,
+    y: torch.Tensor | Mapping[str, torch.Tensor],
+    *,
+    alpha: float = 1.0,
+    num_classes: int | Mapping[str, int] | None = None,
+    per_sample_boxes: bool = True,
+    generator: torch.Generator | None = None,
+):
+    """Group-agnostic CutMix for any training loop: ``(x_mixed, y_dense, lam, boxes, perm)``.
+
+    ``lam ~ Beta(alpha, alpha)`` per sample (one per batch with
+    ``per_sample_boxes=False``); the returned (B,) lam is the exact kept
+    fraction and boxes are ``y1, x1, y2, x2`` (half-open). ``alpha=0`` means
+    no mixing.
+    """
+    check_images(x, "x")
+    targets, single = _as_targets(y)
+    alpha = _check_alpha(alpha)
+    size = x.shape[0]
+    if alpha == 0:
+        images, dense, lam, perm = _unmixed(x, targets, num_classes, single)
+        return images, dense, lam, torch.zeros(size, 4, dtype=torch.long, device=x.device), perm
+    draws = size if per_sample_boxes else 1
+    lam = sample_beta(alpha, shape=(draws,), generator=generator).to(x.device)
+    groups = torch.zeros(size, dtype=torch.long, device=x.device)
+    classes = _task_classes(num_classes, single)
+    result = selective_cutmix(
+        MixBatch(x, targets), groups, lam if per_sample_boxes else float(lam[0]),
+        per_sample_boxes=per_sample_boxes, num_classes=classes, generator=generator,
+    )
+    mixed = result.batch.targets
+    return result.batch.images, mixed["y"] if single else mixed, result.lam, result.boxes, result.perm
+

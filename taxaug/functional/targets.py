@@ -1,0 +1,81 @@
+"""Target helpers: index targets to dense probabilities, smoothing, mixing by lam."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from taxaug.functional._validate import check_targets, describe
+
+__all__ = ["mix_targets", "smooth_targets", "to_dense_targets"]
+
+
+def _dense_one(target: torch.Tensor, num_classes: int | None, key: str, dtype: torch.dtype) -> torch.Tensor:
+    if target.ndim == 2:
+        if num_classes is not None and target.shape[1] != num_classes:
+            raise ValueError(f"targets[{key!r}] has {target.shape[1]} classes but num_classes says {num_classes}")
+        return target.to(dtype)
+    if num_classes is None:
+        raise ValueError(
+            f"targets[{key!r}] holds class indices, so num_classes[{key!r}] is needed to make it dense"
+        )
+    if target.device.type == "cpu" and target.numel():
+        low, high = int(target.min()), int(target.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"targets[{key!r}] holds class index {high if high >= num_classes else low} outside "
+                f"[0, {num_classes}); num_classes[{key!r}] = {num_classes}"
+            )
+    dense = torch.zeros(target.shape[0], num_classes, dtype=dtype, device=target.device)
+    return dense.scatter_(1, target.long().unsqueeze(1), 1.0)
+
+
+def to_dense_targets(
+    targets: Mapping[str, torch.Tensor],
+    num_classes: Mapping[str, int] | int | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
+    """Every task as dense (B, K) probabilities: indices become one-hot, dense targets are kept.
+
+    ``num_classes`` is per task (a dict) or one int for all tasks; it is only
+    needed for index targets. Indices outside [0, K) raise (checked on CPU).
+    """
+    if not targets:
+        return {}
+    size = next(iter(targets.values())).shape[0]
+    check_targets(targets, size)
+    if num_classes is not None and not isinstance(num_classes, (int, Mapping)):
+        raise TypeError(f"num_classes must be a dict task -> int or an int, got {describe(num_classes)}")
+    out = {}
+    for key, target in targets.items():
+        k = num_classes if isinstance(num_classes, int) or num_classes is None else num_classes.get(key)
+        out[key] = _dense_one(target, k, key, dtype)
+    return out
+
+
+def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Uniform label smoothing of dense (B, K) rows: ``(1 - s) * t + s / K``. Rows keep summing to 1."""
+    if targets.ndim != 2 or not targets.is_floating_point():
+        raise ValueError(f"targets must be dense float (B, K), got {describe(targets)}")
+    s = float(smoothing)
+    if not 0.0 <= s <= 1.0:
+        raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
+    return targets * (1.0 - s) + s / targets.shape[1]
+
+
+def mix_targets(
+    targets: Mapping[str, torch.Tensor],
+    perm: torch.Tensor,
+    lam: torch.Tensor,
+    num_classes: Mapping[str, int] | int | None = None,
+) -> dict[str, torch.Tensor]:
+    """``lam * t + (1 - lam) * t[perm]`` for every task, with the same per-sample lam on each."""
+    dense = to_dense_targets(targets, num_classes)
+    weight = lam.to(torch.float32).unsqueeze(1)
+    out = {}
+    for key, t in dense.items():
+        w = weight.to(device=t.device, dtype=t.dtype)
+        out[key] = torch.lerp(t.index_select(0, perm.to(t.device)), t, w)
+    return out
