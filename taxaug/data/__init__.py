@@ -1,0 +1,45 @@
+"""HDF5 data layer: the labels.h5 schema, datasets, grouped batch sampler and prefetching loader.
+
+Typical use::
+
+    from taxaug.data import HybridDataset, GroupedBatchSampler, PrefetchLoader
+
+    ds = HybridDataset("labels.h5", "images/", image_size=224, metadata=("spatial", "temporal"))
+    train, val = ds.split(0.1, seed=0, stratify_rank="taxa_L10")
+    sampler = GroupedBatchSampler(train.group_ids("taxa_L10"), 64, mode="mixed-pairs", seed=0)
+    loader = PrefetchLoader(train, sampler)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:          # taxaug.MixBatch
+            ...
+"""
+
+from taxaug.data import encoders
+from taxaug.data.dataset import HybridDataset, LabelsDataset, LoadFailures, MissingImage, PureHDF5Dataset
+from taxaug.data.filters import FilterConfig, apply_filters
+from taxaug.data.images import DecodeSpec, ImageLoadError, ImageLocator, decode_image, shard_name
+from taxaug.data.sampler import GroupedBatchSampler
+from taxaug.data.schema import SchemaError, ValidationReport, validate, write_labels
+from taxaug.data.split import split_indices
+
+__all__ = [
+    "DecodeSpec",
+    "FilterConfig",
+    "GroupedBatchSampler",
+    "HybridDataset",
+    "ImageLoadError",
+    "ImageLocator",
+    "LabelsDataset",
+    "LoadFailures",
+    "MissingImage",
+    "PureHDF5Dataset",
+    "SchemaError",
+    "ValidationReport",
+    "apply_filters",
+    "decode_image",
+    "encoders",
+    "shard_name",
+    "split_indices",
+    "validate",
+    "write_labels",
+]

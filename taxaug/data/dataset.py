@@ -1,0 +1,423 @@
+"""Datasets over a labels.h5 file: hybrid (image folder) and pure-HDF5 (``images`` dataset).
+
+Labels, metadata and identifiers are read once, vectorised, when the dataset opens; only image
+bytes are read per sample. Raw taxon ids become contiguous class indices per rank (0 = null), the
+:class:`~taxaug.taxonomy.Taxonomy` is built and checked from the same arrays, and every per-row
+array (targets, aux, group ids) is aligned with the rows that remain after filtering.
+
+Reading is split in two stages so the prefetching loader can run them on different threads:
+:meth:`read_raw` (IO: encoded bytes) and :meth:`decode` (CPU: a uint8 (3, H, W) tensor).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+import torch
+
+from taxaug.data import schema
+from taxaug.data.filters import FilterConfig, apply_filters
+from taxaug.data.images import DecodeSpec, ImageLoadError, ImageLocator, decode_image
+from taxaug.data.split import split_indices
+
+__all__ = ["HybridDataset", "LabelsDataset", "LoadFailures", "MissingImage", "PureHDF5Dataset"]
+
+log = logging.getLogger("taxaug.data")
+
+MissingMode = Literal["strict", "permissive"]
+
+
+class MissingImage:
+    """Stands in for raw bytes that could not be read (permissive mode); decodes to a placeholder."""
+
+    __slots__ = ("name", "reason")
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+
+
+class LoadFailures:
+    """Thread-safe count of images replaced by placeholders, with the first identifiers and reasons."""
+
+    def __init__(self, keep: int = 1000):
+        self._lock = threading.Lock()
+        self.count = 0
+        self.keep = keep
+        self.examples: list[tuple[str, str]] = []
+
+    def add(self, name: str, reason: str) -> None:
+        with self._lock:
+            first = self.count == 0
+            self.count += 1
+            if len(self.examples) < self.keep:
+                self.examples.append((name, reason))
+        if first:
+            log.warning("image %s could not be loaded (%s); using a placeholder (permissive mode). "
+                        "Further failures are counted; see dataset.failures.report().", name, reason)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def report(self) -> str:
+        with self._lock:
+            if not self.count:
+                return "no image failed to load"
+            shown = "\n  ".join(f"{n}: {r}" for n, r in self.examples[:20])
+            return f"{self.count} image(s) replaced by placeholders:\n  {shown}"
+
+
+def _read_strings(ds: h5py.Dataset) -> np.ndarray:
+    if h5py.check_string_dtype(ds.dtype) is not None:
+        return np.asarray(ds.asstr()[()], dtype=object)
+    return ds[()].astype(str).astype(object)
+
+
+def _map_ids(raw: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, int]:
+    """Class index per row for raw ids given ``table[c] = taxon id`` (table[0] = 0); unknown ids -> 0."""
+    known = table[1:]
+    pos = np.searchsorted(known, raw)
+    pos_c = np.minimum(pos, max(known.shape[0] - 1, 0))
+    found = (known.shape[0] > 0) & (raw != 0)
+    if known.shape[0]:
+        found &= known[pos_c] == raw
+    idx = np.where(found, pos_c + 1, 0).astype(np.int64)
+    unseen = int(((raw != 0) & ~found).sum())
+    return idx, unseen
+
+
+class LabelsDataset:
+    """Base class: everything except where image bytes come from (see the two subclasses).
+
+    Parameters
+    ----------
+    labels_path: the labels.h5 file; validated on open (``SchemaError`` lists every problem).
+    rank_names: ranks to load, finest first; default every ``taxa_LXX`` in the file.
+    metadata: feature datasets concatenated into ``aux`` in this order, e.g.
+        ``("spatial", "temporal", "elevation_multiscale")``; widths come from the file.
+    filters: :class:`FilterConfig` (default keeps every row).
+    image_size / resize / draft: decode options (:class:`~taxaug.data.images.DecodeSpec`).
+    missing: ``"strict"`` raises :class:`ImageLoadError` naming the file; ``"permissive"`` returns a
+        zero placeholder of ``image_size``, counted in ``dataset.failures``.
+    class_maps: ``{rank: array}`` with ``array[c]`` = taxon id of class c (``array[0] = 0``), e.g. the
+        training set's ``class_to_taxon_id``, so a pre-split validation file shares class indices;
+        default: built from the rows kept here.
+    rows: restrict to these file rows (after filtering they are intersected).
+    """
+
+    def __init__(
+        self,
+        labels_path: str | Path,
+        *,
+        rank_names: Sequence[str] | None = None,
+        metadata: Sequence[str] = (),
+        filters: FilterConfig | None = None,
+        image_size: int | tuple[int, int] | None = None,
+        resize: Literal["cover", "resize", "none"] = "cover",
+        draft: bool = True,
+        missing: MissingMode = "strict",
+        class_maps: Mapping[str, np.ndarray] | None = None,
+        rows: Sequence[int] | np.ndarray | None = None,
+        taxonomy_conflicts: Literal["raise", "majority"] = "raise",
+    ):
+        self.labels_path = Path(labels_path)
+        metadata = (metadata,) if isinstance(metadata, str) else tuple(metadata)
+        report = schema.validate(self.labels_path, required_ranks=tuple(rank_names or ()),
+                                 required_datasets=metadata)
+        report.raise_if_invalid()
+        if missing not in ("strict", "permissive"):
+            raise ValueError(f"missing must be 'strict' or 'permissive', got {missing!r}")
+        self.missing: MissingMode = missing
+        self.decode_spec = DecodeSpec(size=image_size, resize=resize if image_size is not None else "none",
+                                      draft=draft)
+        if missing == "permissive" and self.decode_spec.size is None:
+            raise ValueError("missing='permissive' needs image_size, so placeholders have the batch's shape")
+        self.filters = filters or FilterConfig()
+        self.failures = LoadFailures()
+
+        with h5py.File(self.labels_path, "r") as f:
+            n_file = f[schema.IDENTIFIERS].shape[0]
+            ranks = list(rank_names) if rank_names else list(report.rank_names)
+            for name in ranks:
+                schema.rank_level(name)
+            ranks.sort(key=schema.rank_level)
+            raw_ranks = {r: f[r][()].astype(np.int64) for r in ranks}
+            needed = set(metadata) | set(self.filters.required_metadata)
+            if self.filters.in_region_only:
+                needed.add("in_region")
+            if self.filters.max_anomaly_score is not None:
+                needed.add("anomaly_score")
+            columns = {c: f[c][()] for c in needed if c in f}
+            identifiers = _read_strings(f[schema.IDENTIFIERS])
+            config_json = f[schema.METADATA_GROUP].attrs.get("config_json") if schema.METADATA_GROUP in f else None
+            self._init_source(f)
+
+        keep, removed = apply_filters(self.filters, ranks=raw_ranks, columns=columns, num_rows=n_file)
+        if rows is not None:
+            chosen = np.zeros(n_file, dtype=bool)
+            chosen[np.asarray(rows, dtype=np.int64)] = True
+            keep &= chosen
+        self.filter_report: dict[str, int] = removed
+        if removed:
+            log.info("%s: filters removed %s; %d of %d rows kept", self.labels_path.name, removed,
+                     int(keep.sum()), n_file)
+        self.file_rows = np.flatnonzero(keep).astype(np.int64)
+        if self.file_rows.size == 0:
+            raise ValueError(f"no rows of {self.labels_path} remain after filtering ({removed}); "
+                             "relax the filters (FilterConfig) or check the file")
+        self.identifiers = identifiers[self.file_rows]
+        self.rank_names: tuple[str, ...] = tuple(ranks)
+        self.config_json = config_json
+
+        self.class_to_taxon_id: dict[str, np.ndarray] = {}
+        self._targets: dict[str, np.ndarray] = {}
+        for r in ranks:
+            raw = raw_ranks[r][self.file_rows]
+            if class_maps is not None and r in class_maps:
+                table = np.asarray(class_maps[r], dtype=np.int64)
+                idx, unseen = _map_ids(raw, table)
+                if unseen:
+                    log.warning("%s: %d row(s) at %s carry taxon ids absent from the given class map; "
+                                "they are labelled null (0)", self.labels_path.name, unseen, r)
+            else:
+                table = np.concatenate([[0], np.unique(raw[raw != 0])]).astype(np.int64)
+                idx, _ = _map_ids(raw, table)
+            self.class_to_taxon_id[r] = table
+            self._targets[r] = idx
+        self.num_classes: dict[str, int] = {r: int(t.shape[0]) for r, t in self.class_to_taxon_id.items()}
+
+        self.aux_components: list[tuple[str, int]] = []
+        blocks, masks = [], []
+        for name in metadata:
+            block = np.asarray(columns[name], dtype=np.float32).reshape(n_file, -1)[self.file_rows]
+            self.aux_components.append((name, int(block.shape[1])))
+            blocks.append(block)
+            masks.append((block != 0).any(axis=1) & np.isfinite(block).all(axis=1))
+        self._aux = np.concatenate(blocks, axis=1) if blocks else None
+        self._aux_mask = np.stack(masks, axis=1) if masks else None
+
+        from taxaug.taxonomy import Taxonomy
+
+        self.taxonomy = Taxonomy.from_labels({r: self._targets[r] for r in ranks}, null_index=0,
+                                             num_classes=self.num_classes, on_conflict=taxonomy_conflicts)
+
+    # ------------------------------------------------------------------ source hooks (subclasses)
+
+    def _init_source(self, f: h5py.File) -> None:
+        """Called once with the open labels file; subclasses record what they need to read images."""
+
+    def read_raw(self, index: int) -> bytes | np.ndarray | MissingImage:
+        """IO stage: the encoded bytes (or pixel array) of sample `index` (a position in this dataset).
+
+        Strict mode raises :class:`ImageLoadError`; permissive mode returns a :class:`MissingImage`.
+        """
+        raise NotImplementedError
+
+    def describe_source(self, index: int) -> str:
+        return str(self.identifiers[index])
+
+    # ------------------------------------------------------------------ per-sample access
+
+    def __len__(self) -> int:
+        return int(self.file_rows.shape[0])
+
+    def decode(self, raw: bytes | np.ndarray | MissingImage, index: int) -> torch.Tensor:
+        """CPU stage: a (3, H, W) uint8 tensor, or a counted placeholder in permissive mode."""
+        if isinstance(raw, MissingImage):
+            self.failures.add(raw.name, raw.reason)
+            return self.decode_spec.placeholder()
+        try:
+            return decode_image(raw, self.decode_spec, name=self.describe_source(index))
+        except ImageLoadError as exc:
+            if self.missing == "strict":
+                raise
+            self.failures.add(exc.path, exc.reason)
+            return self.decode_spec.placeholder()
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """Both stages for one sample."""
+        return self.decode(self.read_raw(index), index)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """One sample as a dict (for ``torch.utils.data.DataLoader``; collate with :meth:`collate`)."""
+        index = int(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
+        index %= len(self)
+        return {"image": self.load_image(index), "index": index}
+
+    # ------------------------------------------------------------------ batches
+
+    def targets(self, indices: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Class-index targets (long, 0 = null) of the given positions, per rank."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return {r: torch.from_numpy(self._targets[r][idx]) for r in self.rank_names}
+
+    def aux(self, indices: np.ndarray | torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(aux (B, D) float32, aux_mask (B, n_components) bool) of the given positions, or (None, None)."""
+        if self._aux is None:
+            return None, None
+        idx = np.asarray(indices, dtype=np.int64)
+        return torch.from_numpy(self._aux[idx]), torch.from_numpy(self._aux_mask[idx])
+
+    def make_batch(self, images: torch.Tensor, indices: np.ndarray | torch.Tensor):
+        """A :class:`taxaug.MixBatch` of `images` (B, C, H, W) with targets/aux of `indices`."""
+        from taxaug.functional.batch import MixBatch
+
+        idx = np.asarray(indices, dtype=np.int64)
+        aux, aux_mask = self.aux(idx)
+        return MixBatch(images=images, targets=self.targets(idx), aux=aux, aux_mask=aux_mask,
+                        indices=torch.from_numpy(idx.copy()))
+
+    def collate(self, samples: Sequence[dict[str, Any]]):
+        """Collate ``__getitem__`` dicts into a MixBatch (``DataLoader(collate_fn=dataset.collate)``)."""
+        images = torch.stack([s["image"] for s in samples])
+        return self.make_batch(images, np.array([s["index"] for s in samples], dtype=np.int64))
+
+    # ------------------------------------------------------------------ labels
+
+    def group_ids(self, rank: str) -> np.ndarray:
+        """int64 group id per sample for grouping at `rank`: its class index, with null -> -1.
+
+        Aligned with this dataset's positions (after filtering and splitting), and equal by
+        construction to what the mixing functions derive from the batch targets.
+        """
+        if rank not in self._targets:
+            raise KeyError(f"rank {rank!r} not loaded; ranks are {self.rank_names}")
+        ids = self._targets[rank].copy()
+        ids[ids == 0] = -1
+        return ids
+
+    def class_targets(self, rank: str) -> np.ndarray:
+        """int64 class index (0 = null) per sample at `rank`."""
+        return self._targets[rank].copy()
+
+    def taxon_ids(self, rank: str, classes: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Raw taxon ids of predicted class indices at `rank` (0 for the null class)."""
+        return self.class_to_taxon_id[rank][np.asarray(classes, dtype=np.int64)]
+
+    @property
+    def aux_dim(self) -> int:
+        return sum(w for _, w in self.aux_components)
+
+    # ------------------------------------------------------------------ subsets and splits
+
+    def subset(self, positions: Sequence[int] | np.ndarray) -> LabelsDataset:
+        """A view on some positions sharing class maps, taxonomy and decode settings.
+
+        Group ids, targets and aux of the view are aligned with its own positions; it has its own
+        failure counter.
+        """
+        pos = np.asarray(positions, dtype=np.int64)
+        if pos.size and (pos.min() < 0 or pos.max() >= len(self)):
+            raise IndexError(f"positions must be in [0, {len(self)}), got min {pos.min()} max {pos.max()}")
+        view = copy.copy(self)
+        view.file_rows = self.file_rows[pos]
+        view.identifiers = self.identifiers[pos]
+        view._targets = {r: t[pos] for r, t in self._targets.items()}
+        view._aux = None if self._aux is None else self._aux[pos]
+        view._aux_mask = None if self._aux_mask is None else self._aux_mask[pos]
+        view.failures = LoadFailures()
+        view._subset_hook(pos)
+        return view
+
+    def _subset_hook(self, pos: np.ndarray) -> None:
+        """Subclasses re-index their per-row source state."""
+
+    def split(self, val_ratio: float, *, seed: int = 0, stratify_rank: str | None = None
+              ) -> tuple[LabelsDataset, LabelsDataset]:
+        """Deterministic (train, val) views by ratio and seed, optionally stratified by a rank.
+
+        Class maps are the parent's, so both views share class indices; each view's group ids are
+        aligned with its own positions.
+        """
+        strat = None if stratify_rank is None else self.class_targets(stratify_rank)
+        train, val = split_indices(len(self), val_ratio, seed=seed, stratify=strat)
+        return self.subset(train), self.subset(val)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.labels_path.name}, {len(self)} samples, ranks "
+                f"{dict(self.num_classes)}, aux {self.aux_components}, missing={self.missing!r})")
+
+
+class HybridDataset(LabelsDataset):
+    """labels.h5 + a folder of image files named by ``img_identifiers``.
+
+    ``images_dir`` holds ``<identifier><file_extension>`` flat, or sharded as
+    ``<first shard_k chars>/<identifier><file_extension>`` when ``shard_k`` is set (falling back to
+    the flat layout, warned once). Other parameters: :class:`LabelsDataset`.
+    """
+
+    def __init__(self, labels_path: str | Path, images_dir: str | Path, *, file_extension: str = "",
+                 shard_k: int | None = None, **kwargs: Any):
+        self.locator = ImageLocator(images_dir, file_extension=file_extension, shard_k=shard_k)
+        super().__init__(labels_path, **kwargs)
+
+    def describe_source(self, index: int) -> str:
+        return str(self.locator.path_for(str(self.identifiers[index])))
+
+    def read_raw(self, index: int) -> bytes | MissingImage:
+        try:
+            return self.locator.read(str(self.identifiers[index]))
+        except ImageLoadError as exc:
+            if self.missing == "strict":
+                raise
+            return MissingImage(exc.path, exc.reason)
+
+
+class PureHDF5Dataset(LabelsDataset):
+    """labels.h5 whose ``images`` dataset holds the images: encoded files (vlen uint8) or a uint8
+    (N, H, W[, C]) pixel array. The file is reopened lazily per process (fork-safe).
+    """
+
+    def _init_source(self, f: h5py.File) -> None:
+        if schema.IMAGES not in f:
+            raise schema.SchemaError(self.labels_path, [f"{schema.IMAGES}: dataset is missing; pure-HDF5 mode "
+                                                        "reads images from it (use HybridDataset for an image "
+                                                        "folder)"])
+        self._handle: h5py.File | None = None
+        self._pid = -1
+        self._handle_lock = threading.Lock()
+
+    def _images(self) -> h5py.Dataset:
+        with self._handle_lock:
+            if self._handle is None or self._pid != os.getpid():
+                self._handle = h5py.File(self.labels_path, "r")
+                self._pid = os.getpid()
+            return self._handle[schema.IMAGES]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"], state["_pid"], state["_handle_lock"] = None, -1, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._handle_lock = threading.Lock()
+
+    def describe_source(self, index: int) -> str:
+        return f"{self.labels_path}:{schema.IMAGES}[{int(self.file_rows[index])}] ({self.identifiers[index]})"
+
+    def read_raw(self, index: int) -> bytes | np.ndarray | MissingImage:
+        data = self._images()[int(self.file_rows[index])]
+        if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1:
+            if data.size == 0:
+                reason = "empty entry in the images dataset"
+                if self.missing == "strict":
+                    raise ImageLoadError(self.describe_source(index), reason)
+                return MissingImage(self.describe_source(index), reason)
+            return data.tobytes()
+        return data

@@ -1,0 +1,218 @@
+"""GroupedBatchSampler: batches shaped for in-group mixing, deterministic and distributed-aware.
+
+Modes:
+
+- ``"strict-group"``: each full batch holds one group only. What is left of each group after its
+  full batches, plus unpairable samples, fills further batches (kept group-contiguous so the
+  leftovers of one group can still pair with each other).
+- ``"mixed-pairs"``: batches are made of same-group pairs; different pairs may come from different
+  groups. An odd batch size is rounded down to even (with a warning).
+- ``"standard"``: plain shuffled batches, no grouping.
+
+Unpairable samples (group id -1, groups with fewer than ``min_group_size`` members) fill batches as
+unmixable samples by default (``unpairable="fill"``); ``unpairable="exclude"`` leaves them out and
+says how many. Every other sample appears exactly once per epoch; the final batch may be smaller
+than ``batch_size`` (``drop_last=False``) so nothing is dropped.
+
+Distributed: every replica computes the same global batch list from ``(seed, epoch)`` (no
+``hash()``, no global RNG), then takes every ``num_replicas``-th full batch; the samples left over
+are split into one last, smaller batch per replica. Replicas are disjoint and equal in length. If
+fewer samples are left over than there are replicas, they are skipped that epoch (a different few
+each epoch) with a warning, since an equal length without repeats is impossible otherwise.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+
+__all__ = ["GroupedBatchSampler", "SamplerMode"]
+
+SamplerMode = Literal["strict-group", "mixed-pairs", "standard"]
+MODES = ("strict-group", "mixed-pairs", "standard")
+
+
+class GroupedBatchSampler:
+    """Yields lists of dataset positions; use as ``batch_sampler=`` or with the prefetching loader.
+
+    Parameters
+    ----------
+    group_ids: (N,) int group per sample (``dataset.group_ids(rank)``; -1 = no group).
+    batch_size: samples per full batch (rounded down to even in ``"mixed-pairs"``).
+    mode: ``"strict-group"``, ``"mixed-pairs"`` or ``"standard"``.
+    seed: base seed; the order of epoch e depends only on (seed, e).
+    shuffle: shuffle samples and batches (False keeps a deterministic dataset-ordered layout).
+    num_replicas, rank: distributed split (defaults: one replica).
+    unpairable: ``"fill"`` (default) or ``"exclude"``.
+    min_group_size: groups smaller than this (in the whole dataset) are unpairable; >= 2.
+    drop_last: drop the final smaller batch (its samples are then not seen that epoch).
+    """
+
+    def __init__(
+        self,
+        group_ids: Sequence[int] | np.ndarray | torch.Tensor,
+        batch_size: int,
+        *,
+        mode: SamplerMode = "strict-group",
+        seed: int = 0,
+        shuffle: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+        unpairable: Literal["fill", "exclude"] = "fill",
+        min_group_size: int = 2,
+        drop_last: bool = False,
+    ):
+        if isinstance(group_ids, torch.Tensor):
+            group_ids = group_ids.detach().cpu().numpy()
+        gids = np.asarray(group_ids)
+        if gids.ndim != 1 or (gids.size and not np.issubdtype(gids.dtype, np.integer)):
+            raise TypeError(f"group_ids must be a 1-D integer array, got dtype {gids.dtype} shape {gids.shape}")
+        if gids.size and gids.min() < -1:
+            raise ValueError(f"group_ids must be >= -1 (-1 = no group), got min {gids.min()}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if unpairable not in ("fill", "exclude"):
+            raise ValueError(f"unpairable must be 'fill' or 'exclude', got {unpairable!r}")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if mode == "mixed-pairs":
+            if batch_size < 2:
+                raise ValueError(f"mixed-pairs needs batch_size >= 2, got {batch_size}")
+            if batch_size % 2:
+                warnings.warn(f"mixed-pairs batches hold pairs: batch_size {batch_size} rounded down to "
+                              f"{batch_size - 1}", stacklevel=2)
+                batch_size -= 1
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas=}, {rank=}")
+        if min_group_size < 2:
+            raise ValueError(f"min_group_size must be >= 2, got {min_group_size}")
+        self.group_ids = gids.astype(np.int64)
+        self.batch_size = int(batch_size)
+        self.mode: SamplerMode = mode
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.unpairable = unpairable
+        self.min_group_size = int(min_group_size)
+        self.drop_last = drop_last
+        self.epoch = 0
+
+        n = self.group_ids.shape[0]
+        valid = self.group_ids >= 0
+        sizes = np.zeros(int(self.group_ids.max()) + 1 if valid.any() else 0, dtype=np.int64)
+        np.add.at(sizes, self.group_ids[valid], 1)
+        self._pairable = valid.copy()
+        self._pairable[valid] = sizes[self.group_ids[valid]] >= self.min_group_size
+        if mode == "standard":
+            self._pairable[:] = False
+        self.num_unpairable = int(n - self._pairable.sum()) if mode != "standard" else 0
+        self.num_excluded = self.num_unpairable if unpairable == "exclude" else 0
+        if self.num_excluded:
+            warnings.warn(f"GroupedBatchSampler: {self.num_excluded} of {n} samples cannot be paired (no group or "
+                          f"group smaller than {self.min_group_size}) and are excluded (unpairable='exclude')",
+                          stacklevel=2)
+        self.num_samples_total = n - self.num_excluded
+        full = self.num_samples_total // self.batch_size
+        self._per_rank_full = full // self.num_replicas
+        self._leftover = self.num_samples_total - self._per_rank_full * self.num_replicas * self.batch_size
+        self.num_skipped_per_epoch = 0
+        if self.drop_last:
+            self.num_skipped_per_epoch = self._leftover
+        elif 0 < self._leftover < self.num_replicas:
+            self.num_skipped_per_epoch = self._leftover
+            warnings.warn(f"GroupedBatchSampler: {self._leftover} sample(s) per epoch cannot be spread over "
+                          f"{self.num_replicas} replicas without repeats; they are skipped each epoch (a "
+                          "different set each epoch). Change batch_size or the replica count to avoid this.",
+                          stacklevel=2)
+
+    # ------------------------------------------------------------------ public
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields (call before each epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        extra = 1 if (not self.drop_last and self._leftover >= self.num_replicas) else 0
+        return self._per_rank_full + extra
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches(self.epoch):
+            yield batch.tolist()
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """This replica's batches for `epoch` as int64 arrays."""
+        full, tail = self._global_batches(epoch)
+        r, reps = self.rank, self.num_replicas
+        mine = full[r: self._per_rank_full * reps: reps]
+        if not self.drop_last:
+            rest = [*full[self._per_rank_full * reps:], tail]
+            left = np.concatenate(rest) if rest else np.empty(0, np.int64)
+            if left.size >= reps:
+                mine.append(np.array_split(left, reps)[r])
+        return mine
+
+    # ------------------------------------------------------------------ construction
+
+    def _rng(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch), 0xB47C4]))
+
+    def _perm(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+        return rng.permutation(x) if self.shuffle else x
+
+    def _grouped_order(self, rng: np.random.Generator, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`idx` reordered group by group (random group and member order); and each member's rank in its group."""
+        idx = self._perm(rng, idx)
+        g = self.group_ids[idx]
+        keys = rng.permutation(int(g.max()) + 1) if (self.shuffle and g.size) else np.arange(int(g.max(initial=0)) + 1)
+        order = np.argsort(keys[g], kind="stable") if g.size else np.empty(0, np.int64)
+        idx, g = idx[order], g[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(g)) + 1] if g.size else np.empty(0, np.int64)
+        counts = np.diff(np.r_[starts, g.size])
+        within = np.arange(g.size) - np.repeat(starts, counts)
+        size = np.repeat(counts, counts)
+        return idx, np.stack([within, size], axis=1) if g.size else np.empty((0, 2), np.int64)
+
+    def _global_batches(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
+        rng = self._rng(epoch)
+        all_idx = np.arange(self.group_ids.shape[0], dtype=np.int64)
+        pairable = all_idx[self._pairable]
+        loose = all_idx[~self._pairable] if self.unpairable == "fill" or self.mode == "standard" else all_idx[:0]
+        b = self.batch_size
+        if self.mode == "standard":
+            sequence = self._perm(rng, all_idx)
+            pure: list[np.ndarray] = []
+        elif self.mode == "strict-group":
+            ordered, info = self._grouped_order(rng, pairable)
+            within, size = info[:, 0], info[:, 1]
+            in_pure = within < (size // b) * b
+            flat = ordered[in_pure]
+            pure = [flat[i:i + b] for i in range(0, flat.size, b)]
+            sequence = np.concatenate([ordered[~in_pure], self._perm(rng, loose)])
+        else:  # mixed-pairs
+            ordered, info = self._grouped_order(rng, pairable)
+            within, size = info[:, 0], info[:, 1]
+            odd_last = (size % 2 == 1) & (within == size - 1)
+            pairs = ordered[~odd_last].reshape(-1, 2)
+            singles = self._perm(rng, np.concatenate([ordered[odd_last], loose]))
+            last = singles[-1:] if singles.size % 2 else singles[:0]
+            units = np.concatenate([pairs, singles[: singles.size - last.size].reshape(-1, 2)])
+            units = units[self._perm(rng, np.arange(units.shape[0]))]
+            sequence = np.concatenate([units.reshape(-1), last])
+            pure = []
+        n_full = sequence.size // b
+        fill = [sequence[i * b:(i + 1) * b] for i in range(n_full)]
+        full = pure + fill
+        if self.shuffle and full:
+            full = [full[i] for i in rng.permutation(len(full))]
+        tail = sequence[n_full * b:]
+        return full, tail
+
+    def __repr__(self) -> str:
+        return (f"GroupedBatchSampler(mode={self.mode!r}, batch_size={self.batch_size}, samples="
+                f"{self.num_samples_total}, batches={len(self)}, replicas={self.num_replicas}, rank={self.rank}, "
+                f"unpairable={self.num_unpairable} ({self.unpairable}))")
