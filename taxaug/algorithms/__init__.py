@@ -6,9 +6,13 @@
 See docs/algorithms.md for which State fields a loop sets around each event.
 """
 
+import importlib.util as _importlib_util
+
 from taxaug.algorithms.base import Algorithm, derive_seed
 from taxaug.algorithms.engine import Engine, TraceEntry
 from taxaug.algorithms.events import EVAL_EVENTS, REVERSED_EVENTS, Event
+from taxaug.algorithms.image import AugMix, AutoAugment, RandAugment, RandomErasing, TrivialAugment
+from taxaug.algorithms.mixing import CutMix, MixUp, SelectiveCutMix, SelectiveMix, SelectiveMixup
 from taxaug.algorithms.registry import (
     ENTRY_POINT_GROUP,
     UnknownAlgorithmError,
@@ -29,22 +33,39 @@ from taxaug.algorithms.schedules import (
     as_schedule,
     schedule_from_config,
 )
+from taxaug.algorithms.smoothing import LabelSmoothing, TaxonomyLabelSmoothing
 from taxaug.algorithms.state import State
+
+# LearnedAugment ("learned_augment") lives in learned.py, written separately; register it when present.
+if _importlib_util.find_spec("taxaug.algorithms.learned") is not None:
+    from taxaug.algorithms import learned
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "EVAL_EVENTS",
     "REVERSED_EVENTS",
     "Algorithm",
+    "AugMix",
+    "AutoAugment",
     "Constant",
     "Cosine",
+    "CutMix",
     "Engine",
     "Event",
+    "LabelSmoothing",
     "Linear",
+    "MixUp",
+    "RandAugment",
+    "RandomErasing",
     "Schedule",
+    "SelectiveCutMix",
+    "SelectiveMix",
+    "SelectiveMixup",
     "State",
     "Step",
+    "TaxonomyLabelSmoothing",
     "TraceEntry",
+    "TrivialAugment",
     "UnknownAlgorithmError",
     "as_schedule",
     "create",
