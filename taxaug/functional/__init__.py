@@ -8,6 +8,7 @@ from taxaug.functional import aux as _aux
 from taxaug.functional import boxes as _boxes
 from taxaug.functional import differentiable as _differentiable
 from taxaug.functional import groups as _groups
+from taxaug.functional import image_ops as _image_ops
 from taxaug.functional import mixing as _mixing
 from taxaug.functional import random as _random
 from taxaug.functional import targets as _targets
@@ -15,6 +16,7 @@ from taxaug.functional.aux import *
 from taxaug.functional.boxes import *
 from taxaug.functional.differentiable import *
 from taxaug.functional.groups import *
+from taxaug.functional.image_ops import *
 from taxaug.functional.mixing import *
 from taxaug.functional.random import *
 from taxaug.functional.targets import *
@@ -24,6 +26,7 @@ __all__ = [
     *_boxes.__all__,
     *_differentiable.__all__,
     *_groups.__all__,
+    *_image_ops.__all__,
     *_mixing.__all__,
     *_random.__all__,
     *_targets.__all__,

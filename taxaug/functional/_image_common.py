@@ -1,0 +1,120 @@
+"""Shared plumbing for the batched image ops: validation, parameter broadcasting, dtype and layout.
+
+Conventions (see docs/augmentations.md):
+- images are (B, C, H, W), uint8 (0..255) or floating in [0, 1];
+- intensity parameters (posterize bits, solarize thresholds, solarize_add amounts) are in 8-bit
+  levels for every dtype, so one call gives the same picture on uint8 and float images;
+- fill values are pixel values in the image's own range (0..255 for uint8, 0..1 for float).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from numbers import Real
+
+import torch
+
+from taxaug.functional._validate import check_images, describe
+
+Param = float | int | torch.Tensor
+Fill = float | int | Sequence[float] | torch.Tensor | None
+
+
+def check_image_batch(images: object, name: str = "images", *, clamp: bool = False) -> torch.Tensor:
+    """A (B, C, H, W) uint8 or floating batch; floating values must lie in [0, 1].
+
+    With ``clamp=True`` floating values outside [0, 1] are clipped (on a copy) instead of raising.
+    The range check is one reduction over the batch (a host sync on CUDA).
+    """
+    x = check_images(images, name)
+    if x.is_floating_point() and x.numel():
+        if clamp:
+            return x.clamp(0.0, 1.0)
+        lo, hi = torch.aminmax(x)
+        lo_v, hi_v = float(lo), float(hi)
+        if not (lo_v >= 0.0 and hi_v <= 1.0):
+            raise ValueError(
+                f"{name} are floating with values in [{lo_v:.4g}, {hi_v:.4g}], outside [0, 1]. Float images "
+                "must be scaled to [0, 1] (divide uint8 by 255 before normalising), or pass clamp=True to clip "
+                "them to [0, 1]."
+            )
+    return x
+
+
+def as_param(value: Param, batch: int, device: torch.device, name: str) -> torch.Tensor:
+    """A per-sample parameter as a float64 (B,) tensor on `device` (a python number broadcasts)."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must be a real number or a real (B,) tensor, got {describe(value)}")
+        if value.ndim == 0:
+            value = value.reshape(1).expand(batch)
+        if value.ndim != 1 or value.shape[0] != batch:
+            raise ValueError(f"{name} must be a number or a tensor of shape ({batch},), got {describe(value)}")
+        return value.to(device=device, dtype=torch.float64)
+    if not isinstance(value, Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number or a (B,) tensor, got {describe(value)}")
+    return torch.full((batch,), float(value), device=device, dtype=torch.float64)
+
+
+def fill_tensor(fill: Fill, channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Fill value as a (C,) tensor of the image dtype; None means 0 (black)."""
+    if fill is None:
+        return torch.zeros(channels, dtype=dtype, device=device)
+    values = torch.as_tensor(fill, dtype=torch.float64).flatten()
+    if values.numel() == 1:
+        values = values.expand(channels)
+    if values.numel() != channels:
+        raise ValueError(f"fill must be a number or have one value per channel ({channels}), got {fill!r}")
+    top = 255.0 if dtype == torch.uint8 else 1.0
+    if bool(((values < 0) | (values > top)).any()):
+        raise ValueError(f"fill values must lie in [0, {top:g}] for {dtype} images, got {fill!r}")
+    if dtype == torch.uint8:
+        values = values.round()
+    return values.to(device=device, dtype=dtype)
+
+
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when x is laid out that way (and not trivially also contiguous)."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """Ops compute on uint8, float32 or float64; half types are upcast to float32."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return x.dtype
+
+
+def run_op(
+    images: torch.Tensor,
+    kernel: Callable[..., torch.Tensor],
+    *args: object,
+    clamp: bool = False,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Validate, upcast half floats, run `kernel(x, *args)`, cast back and restore the memory format."""
+    x = check_image_batch(images, clamp=clamp) if validate else images
+    fmt = memory_format(x)
+    work = x.to(compute_dtype(x))
+    out = kernel(work, *args)
+    if out.dtype != x.dtype:
+        out = out.to(x.dtype)
+    return out.contiguous(memory_format=fmt)
+
+
+def to_levels_float(x: torch.Tensor) -> torch.Tensor:
+    """x in 8-bit levels as float32 (uint8) or its own float dtype scaled by 255."""
+    return x.float() if x.dtype == torch.uint8 else x * 255.0
+
+
+def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float [0, 1] -> uint8 levels by rounding (used by the histogram ops on float images)."""
+    return (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def view4(p: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, 1) for broadcasting against images."""
+    p = p.reshape(-1, 1, 1, 1)
+    return p.to(dtype) if dtype is not None else p

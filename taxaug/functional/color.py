@@ -1,0 +1,415 @@
+"""Batched photometric ops with per-sample parameters, PIL-faithful on uint8.
+
+uint8 semantics follow Pillow exactly where Pillow defines the op:
+- posterize, solarize, invert, autocontrast, equalize: bit-exact with ``PIL.ImageOps``;
+- brightness, color, contrast, sharpness: Pillow's ``ImageEnhance`` blend
+  ``trunc(clip(degenerate + f * (image - degenerate)))`` in float32, with Pillow's
+  degenerate images (black; L = (19595 r + 38470 g + 7471 b + 0x8000) >> 16; the rounded
+  mean of L; the 3x3 SMOOTH filter with border pixels kept). Tested to match Pillow within
+  1 level (nearly always exactly).
+Float images use the same formulas without the 8-bit truncation, so uint8 and float results agree
+within one level. Intensity parameters are in 8-bit levels for every dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as nnf
+
+from taxaug.functional._image_common import (
+    Param,
+    as_param,
+    check_image_batch,
+    quantize_uint8,
+    run_op,
+    view4,
+)
+
+__all__ = [
+    "adjust_hue",
+    "autocontrast",
+    "brightness",
+    "color",
+    "color_jitter",
+    "contrast",
+    "equalize",
+    "gaussian_blur",
+    "grayscale",
+    "identity",
+    "invert",
+    "posterize",
+    "sharpness",
+    "solarize",
+    "solarize_add",
+]
+
+_L_WEIGHTS = (19595, 38470, 7471)
+
+
+# ----------------------------------------------------------------------------- kernels
+# Kernels take x (uint8, float32 or float64, already validated) and float64 (B,) params.
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) luma, Pillow's L conversion for uint8 (integer, rounded), exact weights for float."""
+    if x.shape[1] == 1:
+        return x
+    if x.shape[1] != 3:
+        raise ValueError(f"colour ops need 1 (grey) or 3 (RGB) channels, got {x.shape[1]}")
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    if x.dtype == torch.uint8:
+        wr, wg, wb = _L_WEIGHTS
+        acc = r.int() * wr + g.int() * wg + b.int() * wb + 0x8000
+        return (acc >> 16).to(torch.uint8)
+    wr, wg, wb = (w / 65536.0 for w in _L_WEIGHTS)
+    return r * wr + g * wg + b * wb
+
+
+def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Pillow's Image.blend(degenerate, x, factor): float32 arithmetic, clip, truncate for uint8."""
+    if x.dtype == torch.uint8:
+        f = view4(factor, torch.float32)
+        d = degenerate.float()
+        out = d + f * (x.float() - d)
+        return out.clamp_(0.0, 255.0).trunc_().to(torch.uint8)
+    f = view4(factor, x.dtype)
+    return (degenerate + f * (x - degenerate)).clamp_(0.0, 1.0)
+
+
+def _k_identity(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:
+    return x.clone()
+
+
+def _k_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(torch.zeros((), dtype=x.dtype, device=x.device), x, factor)
+
+
+def _k_color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(_gray(x), x, factor)
+
+
+def _k_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    gray = _gray(x)
+    if x.dtype == torch.uint8:
+        total = gray.reshape(gray.shape[0], -1).sum(dim=1, dtype=torch.int64).double()
+        mean = torch.floor(total / max(gray[0].numel(), 1) + 0.5)
+        degenerate = view4(mean, torch.uint8)
+    else:
+        degenerate = gray.mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(degenerate, x, factor)
+
+
+def _smooth(x: torch.Tensor) -> torch.Tensor:
+    """Pillow's SMOOTH filter ([[1,1,1],[1,5,1],[1,1,1]] / 13), border pixels unchanged."""
+    _, c, h, w = x.shape
+    if h < 3 or w < 3:
+        return x.clone()
+    work = x.float() if x.dtype == torch.uint8 else x
+    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], dtype=work.dtype) / 13.0
+    kernel = kernel.to(work.device).expand(c, 1, 3, 3)
+    inner = nnf.conv2d(work, kernel, groups=c)
+    if x.dtype == torch.uint8:
+        inner = inner.add_(0.5).clamp_(0.0, 255.0).floor_().to(torch.uint8)
+    else:
+        inner = inner.clamp_(0.0, 1.0)
+    out = x.clone()
+    out[:, :, 1:-1, 1:-1] = inner
+    return out
+
+
+def _k_sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(_smooth(x), x, factor)
+
+
+def _k_posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    bits = bits.round().clamp(0, 8).long()
+    mask = (256 - (1 << (8 - bits))).to(torch.uint8)
+    if x.dtype == torch.uint8:
+        return x & view4(mask)
+    return (quantize_uint8(x) & view4(mask)).to(x.dtype) / 255.0
+
+
+def _k_solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    if x.dtype == torch.uint8:
+        return torch.where(x >= view4(threshold, torch.float32), 255 - x, x)
+    thr = view4(threshold, x.dtype) / 255.0
+    return torch.where(x >= thr, 1.0 - x, x)
+
+
+def _k_solarize_add(x: torch.Tensor, addition: torch.Tensor, threshold: float = 128.0) -> torch.Tensor:
+    if x.dtype == torch.uint8:
+        added = (x.to(torch.int16) + view4(addition.round(), torch.int16)).clamp_(0, 255).to(torch.uint8)
+        return torch.where(x < threshold, added, x)
+    added = (x + view4(addition, x.dtype) / 255.0).clamp_(0.0, 1.0)
+    return torch.where(x < threshold / 255.0, added, x)
+
+
+def _k_invert(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:
+    return 255 - x if x.dtype == torch.uint8 else 1.0 - x
+
+
+def _k_autocontrast(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    flat = hi <= lo
+    if x.dtype == torch.uint8:
+        # Pillow: lut[i] = clip(int(i * scale + offset)) in double precision.
+        lo_d, hi_d = lo.double(), hi.double()
+        # torch.div, not 255.0 / t: the reflected operator multiplies by a reciprocal and rounds differently
+        scale = torch.where(flat, 1.0, torch.div(torch.full_like(hi_d, 255.0), (hi_d - lo_d).clamp_min(1.0)))
+        offset = torch.where(flat, 0.0, -lo_d * scale)
+        out = x.double() * scale + offset
+        return out.clamp_(0.0, 255.0).trunc_().to(torch.uint8)
+    span = torch.where(flat, torch.ones_like(hi), hi - lo)
+    low = torch.where(flat, torch.zeros_like(lo), lo)
+    return ((x - low) / span).clamp_(0.0, 1.0)
+
+
+def _equalize_uint8(x: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    rows = b * c
+    idx = x.reshape(rows, h * w).long()
+    offsets = torch.arange(rows, device=x.device).mul_(256).unsqueeze(1)
+    hist = torch.bincount((idx + offsets).flatten(), minlength=rows * 256).reshape(rows, 256)
+    nonzero = hist > 0
+    n_levels = nonzero.sum(dim=1)
+    last = 255 - nonzero.flip(1).long().argmax(dim=1)
+    last_count = hist.gather(1, last.unsqueeze(1)).squeeze(1)
+    step = (h * w - last_count) // 255
+    use = (n_levels > 1) & (step > 0)
+    safe_step = step.clamp_min(1).unsqueeze(1)
+    before = hist.cumsum(dim=1) - hist
+    lut = ((safe_step // 2 + before) // safe_step).clamp_(0, 255)
+    identity = torch.arange(256, device=x.device).expand(rows, 256)
+    lut = torch.where(use.unsqueeze(1), lut, identity).to(torch.uint8)
+    return lut.gather(1, idx).reshape(b, c, h, w)
+
+
+def _k_equalize(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:
+    if x.dtype == torch.uint8:
+        return _equalize_uint8(x)
+    return _equalize_uint8(quantize_uint8(x)).to(x.dtype) / 255.0
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    maxc = x.amax(dim=1)
+    minc = x.amin(dim=1)
+    delta = maxc - minc
+    sat = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.where(delta > 0, (hue / 6.0) % 1.0, torch.zeros_like(hue))
+    return hue, sat, maxc
+
+
+def _hsv_to_rgb(hue: torch.Tensor, sat: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+    h6 = hue * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.long() % 6
+    p = val * (1.0 - sat)
+    q = val * (1.0 - sat * f)
+    t = val * (1.0 - sat * (1.0 - f))
+    choices_r = torch.stack([val, q, p, p, t, val], dim=1)
+    choices_g = torch.stack([t, val, val, q, p, p], dim=1)
+    choices_b = torch.stack([p, p, t, val, val, q], dim=1)
+    sel = i.unsqueeze(1)
+    return torch.cat(
+        [choices_r.gather(1, sel), choices_g.gather(1, sel), choices_b.gather(1, sel)], dim=1
+    )
+
+
+def _k_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x.clone()
+    if x.shape[1] != 3:
+        raise ValueError(f"adjust_hue needs 1 or 3 channels, got {x.shape[1]}")
+    work = x.float() / 255.0 if x.dtype == torch.uint8 else x
+    hue, sat, val = _rgb_to_hsv(work)
+    hue = (hue + shift.to(work.dtype).reshape(-1, 1, 1)) % 1.0
+    out = _hsv_to_rgb(hue, sat, val).clamp_(0.0, 1.0)
+    if x.dtype == torch.uint8:
+        return (out * 255.0).round_().to(torch.uint8)
+    return out
+
+
+def _k_gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    b, c, h, w = x.shape
+    work = x.float() if x.dtype == torch.uint8 else x
+    half = kernel_size // 2
+    pos = torch.arange(-half, half + 1, device=x.device, dtype=work.dtype)
+    s = sigma.to(work.dtype).clamp_min(1e-6).reshape(b, 1)
+    k1 = torch.exp(-0.5 * (pos / s) ** 2)
+    k1 = (k1 / k1.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (B*C, K)
+    flat = work.reshape(1, b * c, h, w)
+    pad_h, pad_w = min(half, h - 1), min(half, w - 1)
+    mode = "reflect" if pad_h == half and pad_w == half else "replicate"
+    flat = nnf.pad(flat, (half, half, half, half), mode=mode)
+    flat = nnf.conv2d(flat, k1.reshape(b * c, 1, 1, kernel_size), groups=b * c)
+    flat = nnf.conv2d(flat, k1.reshape(b * c, 1, kernel_size, 1), groups=b * c)
+    out = flat.reshape(b, c, h, w)
+    if x.dtype == torch.uint8:
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.clamp_(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- public ops
+
+
+def _p(images: torch.Tensor, value: Param, name: str) -> torch.Tensor:
+    return as_param(value, images.shape[0], images.device, name)
+
+
+def identity(images: torch.Tensor, magnitude: Param = 0.0, *, clamp: bool = False) -> torch.Tensor:
+    """A copy of the images (the 'no-op' of the policies; magnitude ignored)."""
+    return run_op(images, _k_identity, None, clamp=clamp)
+
+
+def brightness(images: torch.Tensor, factor: Param, *, clamp: bool = False) -> torch.Tensor:
+    """Scale intensities by `factor` (0 black, 1 unchanged), Pillow ImageEnhance.Brightness."""
+    x = check_image_batch(images, clamp=clamp)
+    return run_op(x, _k_brightness, _p(x, factor, "factor"), validate=False)
+
+
+def color(images: torch.Tensor, factor: Param, *, clamp: bool = False) -> torch.Tensor:
+    """Saturation: blend with the grey (L) image (0 grey, 1 unchanged), Pillow ImageEnhance.Color."""
+    x = check_image_batch(images, clamp=clamp)
+    return run_op(x, _k_color, _p(x, factor, "factor"), validate=False)
+
+
+def contrast(images: torch.Tensor, factor: Param, *, clamp: bool = False) -> torch.Tensor:
+    """Blend with the mean grey level (0 flat grey, 1 unchanged), Pillow ImageEnhance.Contrast."""
+    x = check_image_batch(images, clamp=clamp)
+    return run_op(x, _k_contrast, _p(x, factor, "factor"), validate=False)
+
+
+def sharpness(images: torch.Tensor, factor: Param, *, clamp: bool = False) -> torch.Tensor:
+    """Blend with the SMOOTH-filtered image (0 smoothed, 1 unchanged, 2 sharpened), Pillow ImageEnhance.Sharpness."""
+    x = check_image_batch(images, clamp=clamp)
+    return run_op(x, _k_sharpness, _p(x, factor, "factor"), validate=False)
+
+
+def posterize(images: torch.Tensor, bits: Param, *, clamp: bool = False) -> torch.Tensor:
+    """Keep the top `bits` (0..8) bits of each 8-bit level, PIL.ImageOps.posterize."""
+    x = check_image_batch(images, clamp=clamp)
+    b = _p(x, bits, "bits")
+    if x.device.type == "cpu" and bool(((b < 0) | (b > 8)).any()):
+        raise ValueError(f"bits must lie in [0, 8], got values such as {b[(b < 0) | (b > 8)][:3].tolist()}")
+    return run_op(x, _k_posterize, b, validate=False)
+
+
+def solarize(images: torch.Tensor, threshold: Param, *, clamp: bool = False) -> torch.Tensor:
+    """Invert every pixel whose 8-bit level is >= threshold (0..256), PIL.ImageOps.solarize."""
+    x = check_image_batch(images, clamp=clamp)
+    return run_op(x, _k_solarize, _p(x, threshold, "threshold"), validate=False)
+
+
+def solarize_add(
+    images: torch.Tensor, addition: Param, *, threshold: float = 128.0, clamp: bool = False
+) -> torch.Tensor:
+    """Add `addition` levels (clipped) to pixels below `threshold` levels (AutoAugment's SolarizeAdd)."""
+    x = check_image_batch(images, clamp=clamp)
+    return run_op(x, _k_solarize_add, _p(x, addition, "addition"), float(threshold), validate=False)
+
+
+def invert(images: torch.Tensor, magnitude: Param = 0.0, *, clamp: bool = False) -> torch.Tensor:
+    """255 - x (uint8) or 1 - x (float), PIL.ImageOps.invert."""
+    return run_op(images, _k_invert, None, clamp=clamp)
+
+
+def autocontrast(images: torch.Tensor, magnitude: Param = 0.0, *, clamp: bool = False) -> torch.Tensor:
+    """Stretch each channel of each image to the full range, PIL.ImageOps.autocontrast (cutoff 0)."""
+    return run_op(images, _k_autocontrast, None, clamp=clamp)
+
+
+def equalize(images: torch.Tensor, magnitude: Param = 0.0, *, clamp: bool = False) -> torch.Tensor:
+    """Histogram-equalise each channel of each image, PIL.ImageOps.equalize (float: on 8-bit levels)."""
+    return run_op(images, _k_equalize, None, clamp=clamp)
+
+
+def grayscale(images: torch.Tensor, *, clamp: bool = False) -> torch.Tensor:
+    """Pillow's L conversion, replicated to the input's channel count."""
+    x = check_image_batch(images, clamp=clamp)
+    return run_op(x, lambda t: _gray(t).expand_as(t).clone(), validate=False)
+
+
+def adjust_hue(images: torch.Tensor, shift: Param, *, clamp: bool = False) -> torch.Tensor:
+    """Rotate the hue by `shift` turns (in [-0.5, 0.5]) in HSV space; grey images are unchanged."""
+    x = check_image_batch(images, clamp=clamp)
+    s = _p(x, shift, "shift")
+    if x.device.type == "cpu" and bool((s.abs() > 0.5).any()):
+        raise ValueError(f"hue shift must lie in [-0.5, 0.5], got values such as {s[s.abs() > 0.5][:3].tolist()}")
+    return run_op(x, _k_hue, s, validate=False)
+
+
+def gaussian_blur(
+    images: torch.Tensor, sigma: Param, *, kernel_size: int | None = None, clamp: bool = False
+) -> torch.Tensor:
+    """Separable Gaussian blur with a per-sample sigma (pixels), reflect padding.
+
+    kernel_size defaults to the odd size covering +-3 sigma of the largest sigma (at least 3).
+    """
+    x = check_image_batch(images, clamp=clamp)
+    s = _p(x, sigma, "sigma")
+    if bool((s <= 0).any()):
+        raise ValueError("sigma must be > 0")
+    if kernel_size is None:
+        kernel_size = max(3, 2 * int(torch.ceil(3.0 * s.max()).item()) + 1)
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    return run_op(x, _k_gaussian_blur, s, int(kernel_size), validate=False)
+
+
+_JITTER_KERNELS = (_k_brightness, _k_contrast, _k_color, _k_hue)
+
+
+def color_jitter(
+    images: torch.Tensor,
+    brightness: Param = 1.0,
+    contrast: Param = 1.0,
+    saturation: Param = 1.0,
+    hue: Param = 0.0,
+    *,
+    order: torch.Tensor | None = None,
+    clamp: bool = False,
+) -> torch.Tensor:
+    """Brightness, contrast, saturation factors and hue shift, each per sample, in a per-sample order.
+
+    `order` is a (B, 4) long tensor whose rows are permutations of (0 brightness, 1 contrast,
+    2 saturation, 3 hue); None applies them in that fixed order. Each step runs every op once over
+    the samples that drew it at that step (grouped dispatch), so cost is four ops per sample.
+    """
+    x = check_image_batch(images, clamp=clamp)
+    bsz = x.shape[0]
+    params = [
+        _p(x, brightness, "brightness"),
+        _p(x, contrast, "contrast"),
+        _p(x, saturation, "saturation"),
+        _p(x, hue, "hue"),
+    ]
+    neutral = (1.0, 1.0, 1.0, 0.0)
+    if order is None:
+        order = torch.arange(4, device=x.device).expand(bsz, 4)
+    elif order.shape != (bsz, 4) or order.dtype != torch.long:
+        raise ValueError(f"order must be a (B, 4) long tensor of permutations of 0..3, got {order.shape}")
+    order = order.to(x.device)
+
+    def kernel(work: torch.Tensor) -> torch.Tensor:
+        out = work
+        for step in range(4):
+            chosen = order[:, step]
+            for op in range(4):
+                active = params[op] != neutral[op]
+                sel = torch.nonzero((chosen == op) & active).flatten()
+                if sel.numel() == 0:
+                    continue
+                if sel.numel() == bsz:
+                    out = _JITTER_KERNELS[op](out, params[op])
+                else:
+                    sub = _JITTER_KERNELS[op](out.index_select(0, sel), params[op].index_select(0, sel))
+                    out = out.index_copy(0, sel, sub)
+        return out if out is not work else work.clone()
+
+    return run_op(x, kernel, validate=False)
