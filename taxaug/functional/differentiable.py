@@ -594,7 +594,9 @@ def apply_sampled_ops(
         magnitude = per_sample.gather(1, choice.view(-1, 1)).squeeze(1)
         x = _apply_fused(x, choice, magnitude, ops, noise.dither[layer].to(x.device))
     if in_dtype == torch.uint8:
-        return torch.round(x * 255.0).clamp(0, 255).to(torch.uint8)
+        x = torch.round(x * 255.0).clamp(0, 255).to(torch.uint8)
+    if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
+        x = x.contiguous(memory_format=torch.channels_last)
     return x
 
 
