@@ -1,0 +1,273 @@
+"""Datasets: builder-free round trip, layouts, filtering alignment, splits, decode, missing/corrupt images."""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from taxaug.data import (
+    FilterConfig,
+    HybridDataset,
+    ImageLoadError,
+    PureHDF5Dataset,
+    SchemaError,
+    decode_image,
+    shard_name,
+    write_labels,
+)
+from taxaug.data.images import DecodeSpec
+from taxaug.taxonomy import TaxonomyConflictError
+
+N = 30
+
+
+def _jpeg(seed: int, size=(32, 24)) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _labels(n=N):
+    species = 100 + np.arange(n) % 6  # 6 species
+    genus = 10 + (species % 3)  # species 100,103 -> genus 10, ...
+    species = species.copy()
+    species[::7] = 0  # some unknown species
+    return species, genus
+
+
+@pytest.fixture
+def hybrid(tmp_path):
+    ids = [f"{i:04d}_0.jpg" for i in range(N)]
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    for i, name in enumerate(ids):
+        (img_dir / name).write_bytes(_jpeg(i))
+    species, genus = _labels()
+    rng = np.random.default_rng(0)
+    lat = rng.uniform(-60, 60, N)
+    lat[::5] = np.nan
+    in_region = (np.arange(N) % 4 != 0).astype(np.uint8)
+    path = write_labels(tmp_path / "labels.h5", ids, {"taxa_L10": species, "taxa_L20": genus}, lat=lat,
+                        lon=rng.uniform(-100, 100, N), dates=["2020-06-01T10:00:00"] * N,
+                        elevation=rng.uniform(0, 2000, N), in_region=in_region)
+    return path, img_dir, ids, species, genus, lat, in_region
+
+
+def test_round_trip_targets_aux_and_images(hybrid):
+    path, img_dir, ids, species, genus, lat, _ = hybrid
+    ds = HybridDataset(path, img_dir, image_size=(16, 20), metadata=("spatial", "temporal", "elevation_multiscale"))
+    assert len(ds) == N and ds.rank_names == ("taxa_L10", "taxa_L20")
+    assert ds.num_classes == {"taxa_L10": 7, "taxa_L20": 4}
+    assert ds.aux_components == [("spatial", 3), ("temporal", 2), ("elevation_multiscale", 6)]
+    sample = ds[3]
+    assert sample["image"].shape == (3, 16, 20) and sample["image"].dtype == torch.uint8
+    batch = ds.collate([ds[i] for i in range(8)])
+    assert batch.images.shape == (8, 3, 16, 20)
+    assert batch.indices.tolist() == list(range(8))
+    assert batch.aux.shape == (8, 11) and batch.aux_mask.shape == (8, 3)
+    assert batch.aux_mask[:, 0].tolist() == [not np.isnan(v) for v in lat[:8]]
+    # class indices map back to the raw taxon ids, 0 <-> 0
+    for rank, raw in (("taxa_L10", species), ("taxa_L20", genus)):
+        back = ds.taxon_ids(rank, ds.class_targets(rank))
+        np.testing.assert_array_equal(back, raw)
+    # the taxonomy is built from the same arrays: species' parent is its genus
+    parents = ds.taxonomy.parent_array("taxa_L10")
+    cls = ds.class_targets("taxa_L10")
+    gen = ds.class_targets("taxa_L20")
+    known = cls > 0
+    np.testing.assert_array_equal(parents[cls[known]], gen[known])
+    # decoded pixels equal a direct Pillow decode + resize of the same file
+    direct = decode_image((img_dir / ids[3]).read_bytes(), DecodeSpec(size=(16, 20)))
+    assert torch.equal(sample["image"], direct)
+
+
+def test_group_ids_stay_aligned_after_filtering_and_split(hybrid):
+    path, img_dir, _ids, species, _, lat, in_region = hybrid
+    cfg = FilterConfig(required_ranks=("taxa_L10",), in_region_only=True, required_metadata=("spatial",))
+    ds = HybridDataset(path, img_dir, image_size=16, filters=cfg)
+    keep = (species != 0) & (in_region == 1) & ~np.isnan(lat)
+    assert len(ds) == keep.sum()
+    np.testing.assert_array_equal(ds.file_rows, np.flatnonzero(keep))
+    assert set(ds.filter_report) == {"unknown taxa_L10", "not in_region", "unknown spatial"}
+    assert sum(ds.filter_report.values()) == N - keep.sum()
+    for view in (ds, *ds.split(0.3, seed=4)):
+        gids = view.group_ids("taxa_L10")
+        # each position's group id is the class of that position's own identifier
+        raw = species[[int(i[:4]) for i in view.identifiers]]
+        np.testing.assert_array_equal(view.taxon_ids("taxa_L10", np.where(gids < 0, 0, gids)), raw)
+        assert (gids >= 1).all()
+
+
+def test_partial_labels_off_drops_rows_unknown_at_any_rank(hybrid):
+    path, img_dir, _, species, _, _, _ = hybrid
+    ds = HybridDataset(path, img_dir, image_size=16, filters=FilterConfig(partial_labels=False))
+    assert len(ds) == (species != 0).sum()
+    full = HybridDataset(path, img_dir, image_size=16)
+    assert (full.group_ids("taxa_L10") == -1).sum() == (species == 0).sum()
+
+
+def test_split_deterministic_disjoint_and_stratified(hybrid):
+    path, img_dir, *_ = hybrid
+    ds = HybridDataset(path, img_dir, image_size=16)
+    a_train, a_val = ds.split(0.25, seed=3)
+    _b_train, b_val = ds.split(0.25, seed=3)
+    np.testing.assert_array_equal(a_val.file_rows, b_val.file_rows)
+    assert set(a_train.file_rows).isdisjoint(a_val.file_rows)
+    assert sorted([*a_train.file_rows, *a_val.file_rows]) == list(range(N))
+    assert len(a_val) == round(0.25 * N)
+    _, c_val = ds.split(0.25, seed=4)
+    assert not np.array_equal(c_val.file_rows, a_val.file_rows)
+    s_train, s_val = ds.split(0.5, seed=0, stratify_rank="taxa_L10")
+    tr = np.bincount(s_train.class_targets("taxa_L10"), minlength=7)
+    va = np.bincount(s_val.class_targets("taxa_L10"), minlength=7)
+    assert (np.abs(tr - va) <= 1).all()  # every class halved (up to rounding)
+    # both views share class indices and the taxonomy
+    assert s_val.num_classes == ds.num_classes and s_val.taxonomy is ds.taxonomy
+
+
+def test_presplit_file_reuses_training_class_map(tmp_path, hybrid):
+    path, img_dir, ids, _species, genus, *_ = hybrid
+    train = HybridDataset(path, img_dir, image_size=16)
+    val_path = write_labels(tmp_path / "val.h5", ids[:4], {"taxa_L10": [101, 999, 0, 105],
+                                                           "taxa_L20": genus[[1, 1, 2, 5]]})
+    val = HybridDataset(val_path, img_dir, image_size=16, class_maps=train.class_to_taxon_id)
+    assert val.num_classes == train.num_classes
+    np.testing.assert_array_equal(val.taxon_ids("taxa_L10", val.class_targets("taxa_L10")), [101, 0, 0, 105])
+
+
+def test_sharded_layout_and_flat_fallback_warned_once(tmp_path, hybrid, caplog):
+    path, img_dir, ids, *_ = hybrid
+    sharded = tmp_path / "sharded"
+    for name in ids[:-3]:  # the last three stay flat
+        (sharded / shard_name(name, 3)).mkdir(parents=True, exist_ok=True)
+        (sharded / shard_name(name, 3) / name).write_bytes((img_dir / name).read_bytes())
+    for name in ids[-3:]:
+        (sharded / name).write_bytes((img_dir / name).read_bytes())
+    ds = HybridDataset(path, sharded, image_size=16, shard_k=3)
+    flat = HybridDataset(path, img_dir, image_size=16)
+    with caplog.at_level(logging.WARNING, logger="taxaug.data"):
+        for i in range(N):
+            assert torch.equal(ds.load_image(i), flat.load_image(i))
+    fallbacks = [r for r in caplog.records if "falling back to the flat layout" in r.message]
+    assert len(fallbacks) == 1
+    assert str(ds.locator.path_for(ids[0])).endswith(f"{shard_name(ids[0], 3)}/{ids[0]}")
+
+
+def test_file_extension_appended(tmp_path):
+    img_dir = tmp_path / "img"
+    img_dir.mkdir()
+    (img_dir / "a1.png").write_bytes(_jpeg(1))
+    path = write_labels(tmp_path / "l.h5", ["a1"], {"taxa_L10": [5]})
+    ds = HybridDataset(path, img_dir, file_extension="png", image_size=8)
+    assert ds.load_image(0).shape == (3, 8, 8)
+
+
+def test_missing_and_corrupt_images_strict_and_permissive(hybrid):
+    path, img_dir, ids, *_ = hybrid
+    (img_dir / ids[2]).unlink()
+    (img_dir / ids[5]).write_bytes(b"definitely not a jpeg")
+    strict = HybridDataset(path, img_dir, image_size=(12, 10))
+    with pytest.raises(ImageLoadError, match=ids[2]) as err:
+        strict.load_image(2)
+    assert "file not found" in str(err.value)
+    with pytest.raises(ImageLoadError, match=ids[5]):
+        strict.load_image(5)
+    loose = HybridDataset(path, img_dir, image_size=(12, 10), missing="permissive")
+    batch = loose.collate([loose[i] for i in range(8)])
+    assert batch.images.shape == (8, 3, 12, 10)  # batch size kept
+    assert not batch.images[2].any() and not batch.images[5].any()
+    assert loose.failures.count == 2
+    report = loose.failures.report()
+    assert ids[2] in report and ids[5] in report
+    with pytest.raises(ValueError, match="needs image_size"):
+        HybridDataset(path, img_dir, missing="permissive")
+
+
+def test_invalid_file_refused_with_full_report(tmp_path, hybrid):
+    path, img_dir, *_ = hybrid
+    with h5py.File(path, "a") as f:
+        data = f["taxa_L20"][()]
+        del f["taxa_L20"]
+        f.create_dataset("taxa_L20", data=data.astype(np.int64))
+        f["spatial"][0] = np.nan
+    with pytest.raises(SchemaError) as err:
+        HybridDataset(path, img_dir)
+    assert "taxa_L20: dtype must be uint32" in str(err.value)
+    assert "spatial: 3 NaN/infinite" in str(err.value)
+    with pytest.raises(SchemaError, match="taxa_L40: required rank"):
+        write_labels(tmp_path / "ok.h5", ["a"], {"taxa_L10": [1]})
+        HybridDataset(tmp_path / "ok.h5", img_dir, rank_names=["taxa_L10", "taxa_L40"])
+
+
+def test_taxonomy_conflicts_are_reported(tmp_path, hybrid):
+    _, img_dir, ids, *_ = hybrid
+    path = write_labels(tmp_path / "c.h5", ids[:4], {"taxa_L10": [1, 1, 2, 2], "taxa_L20": [7, 8, 9, 9]})
+    with pytest.raises(TaxonomyConflictError):
+        HybridDataset(path, img_dir)
+    with pytest.warns(UserWarning, match="most frequent parent"):
+        HybridDataset(path, img_dir, taxonomy_conflicts="majority")
+
+
+@pytest.mark.parametrize("stored", ["encoded", "pixels"])
+def test_pure_hdf5_mode(tmp_path, stored):
+    n = 6
+    if stored == "encoded":
+        images = [_jpeg(i) for i in range(n)]
+    else:
+        images = np.random.default_rng(0).integers(0, 255, (n, 20, 24, 3), dtype=np.uint8)
+    path = write_labels(tmp_path / "p.h5", [f"s{i}" for i in range(n)], {"taxa_L10": np.arange(n) % 2 + 1},
+                        images=images)
+    ds = PureHDF5Dataset(path, image_size=(10, 12))
+    batch = ds.collate([ds[i] for i in range(n)])
+    assert batch.images.shape == (n, 3, 10, 12)
+    if stored == "pixels":
+        raw = PureHDF5Dataset(path)
+        assert torch.equal(raw.load_image(1), torch.from_numpy(images[1]).permute(2, 0, 1))
+    clone = pickle.loads(pickle.dumps(ds))  # fork/spawn workers reopen the file lazily
+    assert torch.equal(clone.load_image(2), ds.load_image(2))
+    no_images = write_labels(tmp_path / "q.h5", ["a"], {"taxa_L10": [1]})
+    with pytest.raises(SchemaError, match="images: dataset is missing"):
+        PureHDF5Dataset(no_images)
+
+
+def test_decode_modes_and_draft():
+    data = _jpeg(3, size=(400, 300))
+    cover = decode_image(data, DecodeSpec(size=(50, 50)))
+    stretch = decode_image(data, DecodeSpec(size=(50, 50), resize="resize"))
+    nodraft = decode_image(data, DecodeSpec(size=(50, 50), draft=False))
+    assert cover.shape == stretch.shape == nodraft.shape == (3, 50, 50)
+    keep = decode_image(data, DecodeSpec())
+    assert keep.shape == (3, 300, 400)
+    # draft decoding stays close to a full decode on smooth content
+    smooth = np.tile(np.linspace(0, 255, 400, dtype=np.uint8), (300, 1))
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([smooth] * 3, axis=2)).save(buf, format="JPEG", quality=95)
+    a = decode_image(buf.getvalue(), DecodeSpec(size=(60, 80))).float()
+    b = decode_image(buf.getvalue(), DecodeSpec(size=(60, 80), draft=False)).float()
+    assert (a - b).abs().mean() < 3.0
+    gray = io.BytesIO()
+    Image.fromarray(smooth).save(gray, format="PNG")
+    assert decode_image(gray.getvalue(), DecodeSpec(size=8)).shape == (3, 8, 8)
+    with pytest.raises(ImageLoadError, match="not a decodable image"):
+        decode_image(b"\x00" * 10, DecodeSpec(size=8), name="x.jpg")
+
+
+def test_index_errors_and_pickling(hybrid):
+    path, img_dir, *_ = hybrid
+    ds = HybridDataset(path, img_dir, image_size=8)
+    with pytest.raises(IndexError):
+        ds[N]
+    assert ds[-1]["index"] == N - 1
+    clone = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(clone.load_image(4), ds.load_image(4))
+    with pytest.raises(KeyError, match="not loaded"):
+        ds.group_ids("taxa_L30")

@@ -1,0 +1,174 @@
+"""labels.h5 schema: writer round trip, every validation error, metadata encoders."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from taxaug.data import SchemaError, encoders, validate, write_labels
+
+
+def _write(path, n=6, **kw):
+    ids = [f"{i:04d}_0.jpg" for i in range(n)]
+    taxa = {"taxa_L10": np.arange(n) % 3 + 1, "taxa_L20": np.ones(n)}
+    return write_labels(path, ids, taxa, **kw)
+
+
+def test_writer_round_trip_is_valid_and_holds_every_dataset(tmp_path):
+    n = 5
+    path = _write(tmp_path / "labels.h5", n=n, lat=[10, -20, np.nan, 45, 0], lon=[0, 100, 5, -170, 0],
+                  dates=["2020-01-01", "2020-07-01T12:00:00", "", None, "2021-12-31T23:30:00Z"],
+                  temporal_features=("month", "hour"), elevation=[0, 100, np.nan, 2500, 10],
+                  elevation_sets={"micro": (10, 100), "macro": (1000,)}, anomaly_score=np.zeros(n),
+                  observer_id=np.arange(n), in_region=[1, 0, 1, 1, 0], config={"source": "unit test"})
+    report = validate(path)
+    assert report.ok, report.problems
+    assert report.num_samples == n and report.rank_names == ("taxa_L10", "taxa_L20")
+    with h5py.File(path) as f:
+        assert f["taxa_L10"].dtype == np.uint32
+        assert f["spatial"].shape == (n, 3) and f["temporal"].shape == (n, 4)
+        assert f["elevation_micro"].shape == (n, 4) and f["elevation_macro"].shape == (n, 2)
+        assert list(f["elevation_micro"].attrs["scales"]) == [10, 100]
+        assert json.loads(f["metadata"].attrs["config_json"]) == {"source": "unit test"}
+        assert not f["spatial"][2].any()  # NaN latitude encodes as all-zero (unknown)
+        assert not f["temporal"][3].any()  # missing date
+        assert f["temporal"][0, 2:].tolist() == [0.0, 0.0]  # date without time: hour unknown
+        assert f["temporal"][1, 2:].tolist() == pytest.approx([0.0, -1.0], abs=1e-6)  # 12:00
+        np.testing.assert_allclose(np.linalg.norm(f["spatial"][0]), 1.0, rtol=1e-6)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        _write(path)
+
+
+def _corrupt(path, edit):
+    _write(path, lat=np.zeros(6), lon=np.zeros(6), elevation=np.zeros(6), dates=["2020-01-01"] * 6,
+           in_region=np.ones(6))
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return validate(path)
+
+
+def _replace(f, name, data, **attrs):
+    if name in f:
+        del f[name]
+    ds = f.create_dataset(name, data=data)
+    for k, v in attrs.items():
+        ds.attrs[k] = v
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda f: f.__delitem__("img_identifiers"), "img_identifiers: mandatory dataset is missing"),
+        (lambda f: (f.__delitem__("taxa_L10"), f.__delitem__("taxa_L20")), "no rank datasets"),
+        (lambda f: _replace(f, "taxa_L10", np.ones(6, dtype=np.int64)), "taxa_L10: dtype must be uint32"),
+        (lambda f: _replace(f, "taxa_L20", np.ones(5, dtype=np.uint32)), "taxa_L20: length 5 does not match"),
+        (lambda f: _replace(f, "img_identifiers", np.arange(6)), "img_identifiers: dtype must be variable-length"),
+        (lambda f: _replace(f, "img_identifiers", np.array([b"a", b"a", b"b", b"c", b"d", b"e"])),
+         "duplicated identifier"),
+        (lambda f: _replace(f, "spatial", np.full((6, 3), np.nan, np.float32)), "spatial: 18 NaN/infinite"),
+        (lambda f: _replace(f, "spatial", np.zeros((6, 2), np.float32)), "spatial: must have 3 columns"),
+        (lambda f: _replace(f, "temporal", np.zeros((6, 3), np.float32)), "temporal: must have an even number"),
+        (lambda f: _replace(f, "elevation_multiscale", np.zeros((6, 4), np.float32), scales=[1.0, 2.0, 3.0]),
+         "attribute scales has 3 entries"),
+        (lambda f: _replace(f, "temporal", np.zeros((6, 2), np.float32), column_names=["a"]),
+         "column_names has 1 entries"),
+        (lambda f: _replace(f, "raw_lat", np.full(6, 95, np.float32)), "raw_lat: 6 value(s) outside"),
+        (lambda f: _replace(f, "raw_lon", np.array([1, 2, 3, 4, 5, np.inf], np.float32)), "raw_lon: 1 infinite"),
+        (lambda f: _replace(f, "anomaly_score", np.array([b"x"] * 6)), "anomaly_score: dtype"),
+        (lambda f: _replace(f, "in_region", np.full(6, 2, np.uint8)), "in_region: values must be 0 or 1"),
+        (lambda f: f["metadata"].attrs.__setitem__("config_json", "{not json"), "config_json is not valid JSON"),
+        (lambda f: f.create_dataset("images", data=np.zeros((6, 4), np.float32)), "images: must be vlen uint8"),
+    ],
+)
+def test_every_schema_error_is_reported_with_its_dataset(tmp_path, edit, expected):
+    report = _corrupt(tmp_path / "labels.h5", edit)
+    assert not report.ok
+    assert any(expected in p for p in report.problems), report.problems
+    with pytest.raises(SchemaError, match="problem"):
+        report.raise_if_invalid()
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    def edit(f):
+        _replace(f, "taxa_L10", np.ones(6, dtype=np.int16))
+        _replace(f, "spatial", np.full((6, 3), np.nan, np.float32))
+        _replace(f, "in_region", np.full(6, 7, np.uint8))
+
+    report = _corrupt(tmp_path / "l.h5", edit)
+    assert len(report.problems) == 3
+    text = str(SchemaError(report.path, report.problems))
+    for name in ("taxa_L10", "spatial", "in_region"):
+        assert name in text
+
+
+def test_missing_file_and_non_hdf5(tmp_path):
+    assert "file not found" in validate(tmp_path / "nope.h5").problems[0]
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5")
+    assert "not an HDF5 file" in validate(bad).problems[0]
+
+
+def test_required_ranks_and_datasets(tmp_path):
+    path = _write(tmp_path / "l.h5")
+    problems = validate(path, required_ranks=["taxa_L30"], required_datasets=["spatial"]).problems
+    assert any("taxa_L30: required rank" in p for p in problems)
+    assert any("spatial: required dataset" in p for p in problems)
+
+
+def test_writer_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="taxa_L<digits>"):
+        write_labels(tmp_path / "a.h5", ["a"], {"species": [1]})
+    with pytest.raises(ValueError, match="length 2"):
+        write_labels(tmp_path / "b.h5", ["a", "b"], {"taxa_L10": [1, 2, 3]})
+    with pytest.raises(ValueError, match="non-negative"):
+        write_labels(tmp_path / "c.h5", ["a"], {"taxa_L10": [-1]})
+    with pytest.raises(ValueError, match="together"):
+        write_labels(tmp_path / "d.h5", ["a"], {"taxa_L10": [1]}, lat=[0.0])
+
+
+# ------------------------------------------------------------------ encoders
+
+
+@given(lat=st.floats(-90, 90), lon=st.floats(-180, 180))
+def test_unit_sphere_rows_have_unit_norm(lat, lon):
+    xyz = encoders.unit_sphere([lat], [lon])
+    assert xyz.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(xyz[0]), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.degrees(np.arcsin(np.clip(xyz[0, 2], -1, 1))), lat, atol=1e-2)
+
+
+def test_unit_sphere_known_points_and_bad_range():
+    xyz = encoders.unit_sphere([0, 90, 0], [0, 0, 90])
+    np.testing.assert_allclose(xyz, [[1, 0, 0], [0, 0, 1], [0, 1, 0]], atol=1e-6)
+    with pytest.raises(ValueError, match=r"lat must be in \[-90, 90\]"):
+        encoders.unit_sphere([91], [0])
+
+
+@given(values=st.lists(st.floats(-1e4, 1e4), min_size=1, max_size=8), period=st.floats(0.5, 1e4))
+def test_cyclical_pairs_lie_on_unit_circle(values, period):
+    out = encoders.cyclical(values, period)
+    np.testing.assert_allclose(out[:, 0] ** 2 + out[:, 1] ** 2, 1.0, rtol=1e-4)
+
+
+def test_cyclical_is_periodic_and_elevation_scales():
+    a = encoders.cyclical([1.0, 13.0], 12.0)
+    np.testing.assert_allclose(a[0], a[1], atol=1e-6)
+    elev = encoders.multiscale_elevation([250.0, np.nan], [1000, 100])
+    assert elev.shape == (2, 4)
+    np.testing.assert_allclose(elev[0, :2], [1.0, 0.0], atol=1e-6)  # quarter of the 1000 m period
+    assert not elev[1].any()
+    with pytest.raises(ValueError, match="positive"):
+        encoders.multiscale_elevation([1.0], [0])
+
+
+def test_cyclical_date_features():
+    out = encoders.cyclical_date(["2021-01-01T06:00:00", "garbage"], ("day_of_year", "hour"))
+    np.testing.assert_allclose(out[0], [0, 1, 1, 0], atol=1e-6)
+    assert not out[1].any()
+    with pytest.raises(ValueError, match="subset of"):
+        encoders.cyclical_date(["2021-01-01"], ("week",))
