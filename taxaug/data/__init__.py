@@ -15,9 +15,11 @@ Typical use::
 """
 
 from taxaug.data import encoders
+from taxaug.data.cache import LRUCache, nbytes
 from taxaug.data.dataset import HybridDataset, LabelsDataset, LoadFailures, MissingImage, PureHDF5Dataset
 from taxaug.data.filters import FilterConfig, apply_filters
 from taxaug.data.images import DecodeSpec, ImageLoadError, ImageLocator, decode_image, shard_name
+from taxaug.data.loader import PrefetchLoader
 from taxaug.data.sampler import GroupedBatchSampler
 from taxaug.data.schema import SchemaError, ValidationReport, validate, write_labels
 from taxaug.data.split import split_indices
@@ -29,15 +31,18 @@ __all__ = [
     "HybridDataset",
     "ImageLoadError",
     "ImageLocator",
+    "LRUCache",
     "LabelsDataset",
     "LoadFailures",
     "MissingImage",
+    "PrefetchLoader",
     "PureHDF5Dataset",
     "SchemaError",
     "ValidationReport",
     "apply_filters",
     "decode_image",
     "encoders",
+    "nbytes",
     "shard_name",
     "split_indices",
     "validate",

@@ -1,0 +1,233 @@
+"""Prefetching loader and LRU cache: exactly-once delivery, order, slow consumers, early close, errors."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from taxaug.data import (
+    GroupedBatchSampler,
+    HybridDataset,
+    ImageLoadError,
+    LRUCache,
+    PrefetchLoader,
+    nbytes,
+    write_labels,
+)
+
+N = 37
+
+
+def _jpeg(seed: int) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    ids = [f"{i:04d}.jpg" for i in range(N)]
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    for i, name in enumerate(ids):
+        (img_dir / name).write_bytes(_jpeg(i))
+    species = np.arange(N) % 5 + 1
+    path = write_labels(tmp_path / "labels.h5", ids, {"taxa_L10": species, "taxa_L20": species % 2 + 1},
+                        lat=np.linspace(-50, 50, N), lon=np.zeros(N))
+    return HybridDataset(path, img_dir, image_size=(12, 16), metadata=("spatial",))
+
+
+def _taxaug_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("taxaug-")]
+
+
+def test_every_sample_exactly_once_per_epoch_in_sampler_order(dataset):
+    sampler = GroupedBatchSampler(dataset.group_ids("taxa_L10"), 6, mode="mixed-pairs", seed=1)
+    loader = PrefetchLoader(dataset, sampler, num_io_threads=3, num_decode_threads=2, batch_concurrency=2,
+                            max_ready_batches=2, monitor_interval=None)
+    assert len(loader) == len(sampler) == 7
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        assert [b.indices.tolist() for b in batches] == list(sampler)
+        flat = torch.cat([b.indices for b in batches]).tolist()
+        assert sorted(flat) == list(range(N))
+        assert [b.batch_size for b in batches] == [6] * 6 + [1]
+        for b in batches:  # images, targets and aux belong to the same rows
+            idx = b.indices.numpy()
+            assert torch.equal(b.targets["taxa_L10"], torch.from_numpy(dataset.class_targets("taxa_L10")[idx]))
+            assert torch.equal(b.images[0], dataset.load_image(int(idx[0])))
+            aux, mask = dataset.aux(idx)
+            assert torch.equal(b.aux, aux) and torch.equal(b.aux_mask, mask)
+    assert _taxaug_threads() == []
+    stats = loader.last_stats
+    assert stats["batches"] == 7 and stats["cache_hits"] == N  # second epoch served from the cache
+
+
+def test_slow_consumer_gets_everything_and_queues_stay_bounded(dataset):
+    sampler = GroupedBatchSampler(dataset.group_ids("taxa_L10"), 4, mode="standard", seed=0)
+    loader = PrefetchLoader(dataset, sampler, num_io_threads=2, num_decode_threads=2, batch_concurrency=1,
+                            max_ready_batches=1, monitor_interval=None)
+    seen = []
+    depth = []
+    for batch in loader:
+        time.sleep(0.02)
+        run = loader._run
+        depth.append(run.ready_queue.qsize() if run else 0)
+        seen.extend(batch.indices.tolist())
+    assert sorted(seen) == list(range(N))
+    assert max(depth) <= 1
+
+
+def test_early_close_stops_threads_and_next_epoch_is_complete(dataset):
+    sampler = GroupedBatchSampler(dataset.group_ids("taxa_L10"), 4, mode="strict-group", seed=5)
+    expected = list(sampler)
+    loader = PrefetchLoader(dataset, sampler, num_io_threads=2, monitor_interval=None)
+    got = []
+    for i, batch in enumerate(loader):
+        got.append(batch.indices.tolist())
+        if i == 2:
+            break
+    assert got == expected[:3]  # what was delivered is whole and in order
+    assert _taxaug_threads() == []
+    it = iter(loader)
+    first = next(it)
+    loader.close()  # explicit close mid-epoch
+    assert first.indices.tolist() == expected[0]
+    assert _taxaug_threads() == []
+    with pytest.raises(StopIteration):
+        next(it)
+    assert [b.indices.tolist() for b in loader] == expected  # reusable after close
+
+
+def test_transforms_run_per_sample_and_per_batch(dataset):
+    sampler = GroupedBatchSampler(dataset.group_ids("taxa_L10"), 5, mode="standard", shuffle=False)
+    names = []
+
+    def per_sample(img):
+        names.append(threading.current_thread().name)
+        return 255 - img
+
+    def per_batch(batch):
+        return batch.replace(images=batch.images.float() / 255)
+
+    loader = PrefetchLoader(dataset, sampler, transform=per_sample, batch_transform=per_batch,
+                            monitor_interval=None)
+    batch = next(iter(loader))
+    loader.close()
+    assert batch.images.dtype == torch.float32
+    expected = (255 - dataset.load_image(0)).float() / 255
+    assert torch.allclose(batch.images[0], expected)
+    assert all(n.startswith("taxaug-decode") for n in names)
+
+
+def test_strict_error_raised_naming_file_and_threads_stop(dataset):
+    broken = dataset.identifiers[9]
+    dataset.locator.path_for(broken).write_bytes(b"garbage")
+    sampler = GroupedBatchSampler(dataset.group_ids("taxa_L10"), 4, mode="standard", shuffle=False)
+    loader = PrefetchLoader(dataset, sampler, monitor_interval=None)
+    got = []
+    with pytest.raises(ImageLoadError, match=broken):
+        for b in loader:
+            got.append(b)
+    assert len(got) == 2  # batches before the bad one were delivered
+    assert _taxaug_threads() == []
+
+
+def test_permissive_placeholders_keep_batch_size_and_are_counted(dataset, tmp_path):
+    dataset.locator.path_for(dataset.identifiers[3]).unlink()
+    dataset.locator.path_for(dataset.identifiers[20]).write_bytes(b"garbage")
+    loose = HybridDataset(dataset.labels_path, dataset.locator.images_dir, image_size=(12, 16),
+                          missing="permissive")
+    sampler = GroupedBatchSampler(loose.group_ids("taxa_L10"), 8, mode="standard", seed=2)
+    lines = []
+    loader = PrefetchLoader(loose, sampler, monitor_interval=None, monitor=lines.append)
+    batches = list(loader)
+    assert [b.batch_size for b in batches] == [8, 8, 8, 8, 5]
+    assert loose.failures.count == 2
+    assert loader.last_stats["failed"] == 2
+
+
+def test_monitor_emits_one_line_per_interval(dataset):
+    sampler = GroupedBatchSampler(dataset.group_ids("taxa_L10"), 2, mode="standard")
+    lines = []
+    loader = PrefetchLoader(dataset, sampler, monitor_interval=0.02, monitor=lines.append)
+    for _ in loader:
+        time.sleep(0.01)
+    assert lines, "no monitor line was emitted"
+    line = lines[0]
+    for part in ("Q(io/dec/ready)", "Cache(H/M/E)", "Size:", "Tput(IO/Dec/Out)", "Wait(Main/Dec/IO)", "ms/s"):
+        assert part in line
+    assert "\n" not in line
+    assert _taxaug_threads() == []
+
+
+def test_sampler_failure_is_reported():
+    class Boom:
+        def __iter__(self):
+            yield [0]
+            raise RuntimeError("sampler broke")
+
+        def __len__(self):
+            return 2
+
+    class Tiny:
+        file_rows = np.arange(1)
+
+        def read_raw(self, i):
+            return np.zeros((4, 4, 3), np.uint8)
+
+        def decode(self, raw, i):
+            return torch.from_numpy(raw).permute(2, 0, 1)
+
+        def make_batch(self, images, idx):
+            from taxaug import MixBatch
+
+            return MixBatch(images=images, targets={}, indices=torch.as_tensor(idx))
+
+    loader = PrefetchLoader(Tiny(), Boom(), monitor_interval=None)
+    it = iter(loader)
+    assert next(it).batch_size == 1
+    with pytest.raises(RuntimeError, match="sampler broke"):
+        next(it)
+
+
+def test_bad_loader_arguments():
+    with pytest.raises(TypeError, match="read_raw"):
+        PrefetchLoader([1, 2, 3], [[0]])
+    with pytest.raises(ValueError, match="num_io_threads"):
+        PrefetchLoader(type("D", (), {"read_raw": 0, "decode": 0, "make_batch": 0})(), [[0]], num_io_threads=0)
+
+
+# ------------------------------------------------------------------ cache
+
+
+def test_nbytes_counts_payload_not_headers():
+    assert nbytes(b"x" * 1000) == 1000
+    assert nbytes(np.zeros((10, 10), np.float32)) == 400
+    assert nbytes(torch.zeros(3, 8, 8, dtype=torch.uint8)) == 192
+    assert nbytes((b"ab", np.zeros(3, np.uint8))) == 5
+    with pytest.raises(TypeError, match="cannot measure"):
+        nbytes(object())
+
+
+def test_lru_evicts_least_recent_by_bytes():
+    cache = LRUCache(100)
+    assert cache.put("a", b"x" * 40) and cache.put("b", b"x" * 40)
+    assert cache.get("a") is not None  # a is now most recent
+    cache.put("c", b"x" * 40)  # evicts b
+    assert "b" not in cache and "a" in cache and "c" in cache
+    assert cache.size_bytes == 80 and cache.evictions == 1
+    assert not cache.put("huge", b"x" * 101) and cache.size_bytes == 80
+    cache.put("a", b"x" * 10)  # replacing re-accounts
+    assert cache.size_bytes == 50
+    s = cache.stats()
+    assert (s["hits"], s["misses"]) == (1, 0)
+    assert cache.get("zz") is None and cache.misses == 1
