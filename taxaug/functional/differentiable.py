@@ -339,7 +339,7 @@ def diff_solarize(images: torch.Tensor, threshold: float | torch.Tensor) -> torc
 def _equalize_full(x: torch.Tensor) -> torch.Tensor:
     """Histogram equalisation per sample and channel (PIL's algorithm), vectorised, no gradient."""
     b, c, h, w = x.shape
-    levels = torch.round(x.detach().float() * 255.0).clamp(0, 255).long().view(b * c, h * w)
+    levels = torch.round(x.detach().float() * 255.0).clamp(0, 255).long().reshape(b * c, h * w)
     hist = torch.zeros(b * c, 256, dtype=torch.float32, device=x.device)
     hist.scatter_add_(1, levels, torch.ones_like(levels, dtype=torch.float32))
     bins = torch.arange(256, device=x.device)
