@@ -108,7 +108,7 @@ class Algorithm:
         return {k: config_value(v) for k, v in self._init_args.items()}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._init_args.items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
 
     # --- behaviour ------------------------------------------------------------------------

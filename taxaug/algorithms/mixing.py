@@ -209,12 +209,13 @@ class _Selective(_Mixing):
                 f"group_levels must name tasks of the batch"
             )
         target = batch.targets[level]
-        if target.ndim != 1:
-            raise TypeError(
-                f"{self.key}: targets[{level!r}] must be class indices (B,) to group by, got shape "
-                f"{tuple(target.shape)}; run mixing before anything that makes targets dense"
-            )
-        ids = target.long()
+        if target.ndim == 1:
+            ids = target.long()
+        else:
+            # Dense targets (e.g. after an earlier mix): a one-hot row keeps its class as group; a soft row
+            # already mixes two classes at this level and is never mixed again.
+            peak, cls = target.max(dim=1)
+            ids = torch.where(peak >= 1.0 - 1e-6, cls, torch.full_like(cls, -1))
         if self.exclude_null:
             ids = F.exclude_null_samples(ids, batch.targets, null_task_keys=self.null_task_keys,
                                          null_index=self.null_index)
