@@ -41,12 +41,14 @@ __all__ = [
 _BLOCK_BYTES = 2 * 2**20
 
 
-def _block_size(x: torch.Tensor) -> int:
-    per_sample = max(1, x[0].numel() * x.element_size())
+def _block_size(x: torch.Tensor, compute_dtype: torch.dtype) -> int:
+    itemsize = torch.empty((), dtype=compute_dtype).element_size()
+    per_sample = max(1, x[0].numel() * max(itemsize, x.element_size()))
     return max(1, _BLOCK_BYTES // per_sample)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """Blend in the image dtype when it is float32/64, else in float32 (exact rounding for uint8)."""
     return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
 
@@ -70,29 +72,35 @@ def _check_perm(perm: torch.Tensor, size: int, device: torch.device) -> torch.Te
     return perm.to(device)
 
 
-def _blend(dst: torch.Tensor, own: torch.Tensor, partner: torch.Tensor, weight: torch.Tensor) -> None:
-    """dst = weight * own + (1 - weight) * partner, rounded for integer images."""
-    if own.dtype in (torch.float32, torch.float64):
-        torch.lerp(partner, own, weight.to(own.dtype), out=dst)
-        return
-    mixed = torch.lerp(partner.to(torch.float32), own.to(torch.float32), weight)
-    if not own.is_floating_point():
-        mixed.round_()
-    dst.copy_(mixed)
-
-
 def _blend_images(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    weight = lam.view(-1, 1, 1, 1).to(torch.float32)
+    """out[i] = lam[i] * x[i] + (1 - lam[i]) * x[perm[i]], rounded half up for integer images."""
+    compute = _compute_dtype(x)
+    weight = lam.view(-1, 1, 1, 1).to(compute)
     if x.device.type != "cpu":
-        _blend(out, x, x.index_select(0, perm), weight)
+        mixed = torch.lerp(x.index_select(0, perm).to(compute), x.to(compute), weight)
+        out.copy_(mixed if x.is_floating_point() else mixed.add_(0.5))
         return out
-    block = _block_size(x)
-    buffer = torch.empty_like(x[:block])
+    block = _block_size(x, compute)
+    partner_buffer = torch.empty_like(x[:block])
+    if x.dtype == compute:
+        for start in range(0, x.shape[0], block):
+            stop = min(start + block, x.shape[0])
+            partner = partner_buffer[: stop - start]
+            torch.index_select(x, 0, perm[start:stop], out=partner)
+            torch.lerp(partner, x[start:stop], weight[start:stop], out=out[start:stop])
+        return out
+    # Blend integer / half images in a reused float32 buffer (a fresh allocation per
+    # block would fault its pages in every time). uint8 rounds half up: +0.5, then the
+    # cast back truncates.
+    mixed_buffer = torch.empty_like(x[:block], dtype=compute)
+    offset = torch.tensor(0.0 if x.is_floating_point() else 0.5, dtype=compute)
     for start in range(0, x.shape[0], block):
         stop = min(start + block, x.shape[0])
-        partner = buffer[: stop - start]
+        partner, mixed = partner_buffer[: stop - start], mixed_buffer[: stop - start]
         torch.index_select(x, 0, perm[start:stop], out=partner)
-        _blend(out[start:stop], x[start:stop], partner, weight[start:stop])
+        torch.addcmul(offset, x[start:stop], weight[start:stop], out=mixed)
+        mixed.addcmul_(partner, 1.0 - weight[start:stop])
+        out[start:stop].copy_(mixed)
     return out
 
 
@@ -101,7 +109,7 @@ def _paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: 
     if x.device.type != "cpu":
         torch.where(box_masks(boxes, height, width), x.index_select(0, perm), x, out=out)
         return out
-    block = _block_size(x)
+    block = _block_size(x, x.dtype)
     buffer = torch.empty_like(x[:block])
     for start in range(0, x.shape[0], block):
         stop = min(start + block, x.shape[0])
