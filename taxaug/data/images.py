@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DecodeSpec", "ImageLoadError", "ImageLocator", "decode_image", "shard_name"]
+__all__ = ["DecodeSpec", "ImageLoadError", "ImageLocator", "decode_image", "layout_path", "shard_name"]
 
 log = logging.getLogger("taxaug.data")
 
@@ -37,6 +37,13 @@ def shard_name(identifier: str, k: int) -> str:
     if k < 1:
         raise ValueError(f"shard k must be >= 1, got {k}")
     return Path(identifier).name[:k]
+
+
+def layout_path(images_dir: str | Path, name: str, shard_k: int | None) -> Path:
+    """Where file `name` lives: ``images_dir/name`` (flat) or ``images_dir/<first k chars>/name``."""
+    if shard_k is None:
+        return Path(images_dir) / name
+    return Path(images_dir) / shard_name(name, shard_k) / name
 
 
 class ImageLocator:
@@ -78,7 +85,7 @@ class ImageLocator:
         name = self.filename(identifier)
         if self.shard_k is None:
             return self.images_dir / name
-        sharded = self.images_dir / shard_name(name, self.shard_k) / name
+        sharded = layout_path(self.images_dir, name, self.shard_k)
         if sharded.exists():
             return sharded
         flat = self.images_dir / name

@@ -1,0 +1,192 @@
+"""``taxaug-data``: build, verify, shard and inspect labels.h5 datasets (and generate a demo one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="labels.h5 + images from a folder laid out by rank or from a CSV",
+                       description="Build a dataset. Folder: coarsest rank first, e.g. family/genus/species/*.jpg "
+                                   "(a folder named _unknown means unknown at that rank). CSV: an identifier column, "
+                                   "taxa_LXX columns, optional lat, lon, date, elevation, anomaly_score, observer_id, "
+                                   "in_region.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-folder", type=Path, help="image folder laid out by rank")
+    src.add_argument("--from-csv", type=Path, help="CSV of identifiers, ranks and metadata")
+    p.add_argument("--images-dir", type=Path, help="where the CSV's images are (with --from-csv)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (labels.h5, images/)")
+    p.add_argument("--ranks", help="comma-separated rank names, finest first (default taxa_L10,taxa_L20,...)")
+    p.add_argument("--identifier-column", default="identifier")
+    p.add_argument("--images", choices=("copy", "hardlink", "symlink", "none"), default="copy",
+                   help="how images reach OUT/images (none: leave them in place)")
+    p.add_argument("--shard-k", type=int, default=None, help="shard images by the first K characters")
+    p.add_argument("--temporal-features", default="day_of_year", help="e.g. day_of_year,hour or month")
+    p.add_argument("--elevation-scales", default="100,1000,10000", help="metres, comma-separated")
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_run_build)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from taxaug.data.build import build_from_csv, build_from_folder
+
+    ranks = args.ranks.split(",") if args.ranks else None
+    if args.from_folder is not None:
+        result = build_from_folder(args.from_folder, args.out, rank_names=ranks, images=args.images,
+                                   shard_k=args.shard_k, num_workers=args.workers, overwrite=args.overwrite,
+                                   progress=None)
+    else:
+        if args.images_dir is None:
+            print("error: --from-csv needs --images-dir (where the CSV's identifiers are)", file=sys.stderr)
+            return 2
+        scales = [float(s) for s in args.elevation_scales.split(",")]
+        result = build_from_csv(args.from_csv, args.out, images_dir=args.images_dir,
+                                identifier_column=args.identifier_column, rank_columns=ranks, images=args.images,
+                                shard_k=args.shard_k, temporal_features=args.temporal_features.split(","),
+                                elevation_sets={"multiscale": scales}, num_workers=args.workers,
+                                overwrite=args.overwrite, progress=None)
+    print(f"wrote {result.labels_path} ({result.num_samples} samples, classes per rank incl. null "
+          f"{result.num_classes}); images in {result.images_dir}"
+          + (f" sharded k={result.shard_k}" if result.shard_k else ""))
+    return 0
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check that every image exists and decodes; exit 1 past a threshold")
+    p.add_argument("labels", type=Path)
+    p.add_argument("images_dir", type=Path)
+    p.add_argument("--file-extension", default="")
+    p.add_argument("--shard-k", type=int, default=None)
+    p.add_argument("--no-decode", action="store_true", help="existence only (faster)")
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--chunk-size", type=int, default=1000)
+    p.add_argument("--max-missing-ratio", type=_ratio, default=None,
+                   help="fail above this fraction of missing+corrupt images (0 = none allowed)")
+    p.add_argument("--max-missing-count", type=_count, default=None,
+                   help="fail above this many missing+corrupt images (0 = none allowed)")
+    p.add_argument("--report", type=Path, default=None, help="write the JSON report here (always, pass or fail)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from taxaug.data.verify import verify_images
+
+    report = verify_images(args.labels, args.images_dir, file_extension=args.file_extension, shard_k=args.shard_k,
+                           decode=not args.no_decode, num_workers=args.workers, chunk_size=args.chunk_size,
+                           max_missing_ratio=args.max_missing_ratio, max_missing_count=args.max_missing_count,
+                           report_path=args.report, progress=None if not args.no_progress else False)
+    print(report.summary())
+    for name in (report.missing_identifiers[:10]):
+        print(f"  missing: {name}")
+    for name in (report.corrupt_identifiers[:10]):
+        print(f"  corrupt: {name}")
+    if args.report is not None:
+        print(f"report written to {args.report}")
+    return 0 if report.passed else 1
+
+
+def _add_shard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shard", help="migrate a flat image folder to the first_k_chars sharded layout")
+    p.add_argument("input_dir", type=Path)
+    p.add_argument("output_dir", type=Path)
+    p.add_argument("--k", type=int, default=2)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--mode", choices=("hardlink", "copy", "symlink"), default="hardlink",
+                   help="hardlink (falls back to copy where refused), copy or symlink")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_shard)
+
+
+def _run_shard(args: argparse.Namespace) -> int:
+    from taxaug.data.shard import shard_directory
+
+    report = shard_directory(args.input_dir, args.output_dir, k=args.k, num_workers=args.workers, mode=args.mode,
+                             progress=None if not args.no_progress else False)
+    print(report.summary())
+    for name, reason in report.failed[:10]:
+        print(f"  {name}: {reason}")
+    return 0 if not report.failed else 1
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="counts per rank, group sizes, metadata coverage, schema problems")
+    p.add_argument("labels", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from taxaug.data.inspect import format_inspection, inspect_labels
+
+    info = inspect_labels(args.labels)
+    print(json.dumps(info, indent=2) if args.json else format_inspection(info))
+    return 0 if info["valid"] else 1
+
+
+def _add_demo(sub: argparse._SubParsersAction, wanted: bool) -> None:
+    p = sub.add_parser("demo", help="generate a small synthetic demo dataset")
+    if not wanted:  # keep `taxaug-data --help` from importing the demo generator
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        return
+    try:
+        from taxaug.data import demo
+    except ImportError as exc:
+        reason = str(exc)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda _a: _demo_missing(reason))
+        return
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.run)
+
+
+def _demo_missing(reason: str) -> int:
+    print(f"error: the demo generator (taxaug.data.demo) is not available ({reason}); it ships with the "
+          "taxaug package, so reinstall it (pip install -e .) or check for an import error above", file=sys.stderr)
+    return 2
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taxaug-data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_build(sub)
+    _add_verify(sub)
+    _add_shard(sub)
+    _add_inspect(sub)
+    words = list(sys.argv[1:] if argv is None else argv)
+    _add_demo(sub, wanted=bool(words) and words[0] == "demo")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Summaries of a labels.h5 file: counts per rank, group sizes, metadata coverage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from taxaug.data import schema
+
+__all__ = ["format_inspection", "inspect_labels"]
+
+
+def _group_sizes(ids: np.ndarray) -> dict[str, float]:
+    known = ids[ids != 0]
+    if known.size == 0:
+        return {"groups": 0, "min": 0, "median": 0.0, "mean": 0.0, "max": 0, "singletons": 0, "below_4": 0}
+    _, counts = np.unique(known, return_counts=True)
+    return {"groups": int(counts.size), "min": int(counts.min()), "median": float(np.median(counts)),
+            "mean": float(counts.mean()), "max": int(counts.max()), "singletons": int((counts == 1).sum()),
+            "below_4": int((counts < 4).sum())}
+
+
+def inspect_labels(path: str | Path) -> dict:
+    """A JSON-ready summary: validation problems, per-rank counts and group sizes, metadata coverage."""
+    report = schema.validate(path)
+    out: dict = {"path": str(path), "valid": report.ok, "problems": list(report.problems),
+                 "num_samples": report.num_samples, "ranks": {}, "metadata": {}, "datasets": {}}
+    if report.num_samples is None:
+        return out
+    with h5py.File(path, "r") as f:
+        for name, obj in f.items():
+            if isinstance(obj, h5py.Dataset):
+                out["datasets"][name] = {"shape": list(obj.shape), "dtype": str(obj.dtype)}
+        n = report.num_samples
+        for rank in report.rank_names:
+            ids = f[rank][()].astype(np.int64) if f[rank].shape == (n,) else np.zeros(n, np.int64)
+            known = int((ids != 0).sum())
+            out["ranks"][rank] = {"known": known, "unknown": n - known,
+                                  "known_fraction": known / n if n else 0.0, **_group_sizes(ids)}
+        for name in f:
+            obj = f[name]
+            if not isinstance(obj, h5py.Dataset) or obj.shape[:1] != (n,):
+                continue
+            if name in schema.FEATURE_DATASETS or schema.is_elevation(name):
+                block = obj[()].reshape(n, -1)
+                valid = (block != 0).any(axis=1) & np.isfinite(block).all(axis=1)
+                out["metadata"][name] = {"width": int(block.shape[1]), "valid": int(valid.sum()),
+                                         "coverage": float(valid.mean()) if n else 0.0}
+            elif name in schema.RAW_FLOATS and obj.dtype.kind == "f":
+                valid = np.isfinite(obj[()])
+                out["metadata"][name] = {"valid": int(valid.sum()), "coverage": float(valid.mean()) if n else 0.0}
+            elif name == "raw_date_observed" and h5py.check_string_dtype(obj.dtype) is not None:
+                valid = np.char.str_len(obj.asstr()[()].astype(str)) > 0
+                out["metadata"][name] = {"valid": int(valid.sum()), "coverage": float(valid.mean()) if n else 0.0}
+            elif name == "in_region":
+                out["metadata"][name] = {"in_region": int((obj[()] == 1).sum())}
+        if schema.METADATA_GROUP in f and "config_json" in f[schema.METADATA_GROUP].attrs:
+            try:
+                config = json.loads(f[schema.METADATA_GROUP].attrs["config_json"])
+                out["config_keys"] = sorted(config) if isinstance(config, dict) else []
+            except ValueError:
+                out["config_keys"] = []
+    return out
+
+
+def format_inspection(info: dict) -> str:
+    """The summary as aligned text."""
+    lines = [f"{info['path']}: {info['num_samples']} samples, "
+             + ("valid" if info["valid"] else f"INVALID ({len(info['problems'])} problem(s))")]
+    lines += [f"  ! {p}" for p in info["problems"]]
+    if info["ranks"]:
+        lines.append("ranks (finest first):")
+        lines.append(f"  {'rank':<10} {'known':>9} {'unknown':>9} {'groups':>7} {'min':>5} {'median':>7} "
+                     f"{'max':>6} {'single':>7} {'<4':>5}")
+        for rank, r in info["ranks"].items():
+            lines.append(f"  {rank:<10} {r['known']:>9} {r['unknown']:>9} {r['groups']:>7} {r['min']:>5} "
+                         f"{r['median']:>7.1f} {r['max']:>6} {r['singletons']:>7} {r['below_4']:>5}")
+    if info["metadata"]:
+        lines.append("metadata coverage:")
+        for name, m in info["metadata"].items():
+            if "coverage" in m:
+                width = f" ({m['width']} cols)" if "width" in m else ""
+                lines.append(f"  {name:<24} {100 * m['coverage']:6.1f}%  {m['valid']} rows{width}")
+            else:
+                lines.append(f"  {name:<24} {m['in_region']} rows in region")
+    return "\n".join(lines)
