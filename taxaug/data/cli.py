@@ -143,20 +143,13 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0 if info["valid"] else 1
 
 
-def _add_demo(sub: argparse._SubParsersAction, wanted: bool) -> None:
-    p = sub.add_parser("demo", help="generate a small synthetic demo dataset")
-    if not wanted:  # keep `taxaug-data --help` from importing the demo generator
+def _add_demo(sub: argparse._SubParsersAction, demo_module) -> None:
+    p = sub.add_parser("demo", help="generate a small synthetic demo dataset (taxaug-data demo --help)")
+    if demo_module is None:  # keep `taxaug-data --help` from importing the demo generator
         p.add_argument("rest", nargs=argparse.REMAINDER)
         return
-    try:
-        from taxaug.data import demo
-    except ImportError as exc:
-        reason = str(exc)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda _a: _demo_missing(reason))
-        return
-    demo.add_arguments(p)
-    p.set_defaults(func=demo.run)
+    demo_module.add_arguments(p)
+    p.set_defaults(func=demo_module.run)
 
 
 def _demo_missing(reason: str) -> int:
@@ -165,21 +158,26 @@ def _demo_missing(reason: str) -> int:
     return 2
 
 
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+def build_parser(demo_module=None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taxaug-data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_build(sub)
     _add_verify(sub)
     _add_shard(sub)
     _add_inspect(sub)
-    words = list(sys.argv[1:] if argv is None else argv)
-    _add_demo(sub, wanted=bool(words) and words[0] == "demo")
+    _add_demo(sub, demo_module)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    demo_module = None
+    if words and words[0] == "demo":  # imported only when asked for
+        try:
+            from taxaug.data import demo as demo_module
+        except ImportError as exc:
+            return _demo_missing(str(exc))
+    args = build_parser(demo_module).parse_args(words)
     try:
         code = args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
