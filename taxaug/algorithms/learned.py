@@ -22,6 +22,7 @@ Three layers, each usable on its own:
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import logging
 import math
@@ -96,7 +97,7 @@ def _default_init(name: str, low: float, high: float) -> float:
     neutral = OP_NEUTRAL[name]
     if neutral is None or not low <= neutral <= high:
         return (low + high) / 2.0
-    far = high if high - neutral >= neutral - low else low
+    far = high if high - neutral >= neutral - low - 1e-9 else low
     return (neutral + far) / 2.0
 
 
@@ -438,12 +439,11 @@ class FixedPolicy:
                 raise ValueError(f"fixed policy op {name!r} lacks its probability 'p'")
             probs.append(_real(entry.pop("p"), f"{name}.p"))
             magnitude = entry.pop("magnitude", None)
-            spec = OpSpec.from_dict(str(name), {k: v for k, v in entry.items() if k != "init"} or None)
+            spec = OpSpec.from_dict(str(name), entry or None)
             if spec.has_magnitude:
                 if magnitude is None:
                     raise ValueError(f"fixed policy op {name!r} lacks its 'magnitude'")
                 magnitude = _real(magnitude, f"{name}.magnitude")
-                spec = attrs.evolve(spec, init=min(max(magnitude, spec.low), spec.high))
             specs.append(spec)
             mags.append(0.0 if magnitude is None else magnitude)
         return cls(ops=tuple(specs), probabilities=tuple(probs), magnitudes=tuple(mags),
@@ -788,7 +788,8 @@ class LearnedAugment(_PolicyAlgorithm):
         super().apply(event, state)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"learner": self.learner.state_dict(), "meta_steps": self.meta_steps,
+        # a copy: state_dict() holds live parameter and Adam tensors that later steps update in place
+        return {"learner": copy.deepcopy(self.learner.state_dict()), "meta_steps": self.meta_steps,
                 "skipped_meta_steps": self.skipped_meta_steps}
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
