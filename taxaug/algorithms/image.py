@@ -125,15 +125,17 @@ class AutoAugment(_ImageAugmentation):
 
     functional_name = "auto_augment"
 
-    def __init__(self, *, policy: str = "imagenet", fill: float | list[float] | None = None, prob: ProbSpec = 1.0,
-                 where: str = "device") -> None:
+    def __init__(self, *, policy: str = "imagenet", fill: float | list[float] | None = None,
+                 interpolation: str = "nearest", prob: ProbSpec = 1.0, where: str = "device") -> None:
         super().__init__()
         self.policy = check_choice(policy, "policy", ("imagenet", "cifar10", "svhn"))
         self.fill = _check_fill(fill)
+        self.interpolation = interpolation
         self._setup_image(prob=prob, where=where)
 
     def _op(self, images, generator, value):
-        return F.auto_augment(images, self.policy, generator=generator, fill=self.fill)
+        return F.auto_augment(images, self.policy, generator=generator, fill=self.fill,
+                              interpolation=self.interpolation)
 
 
 @register("rand_augment")
@@ -143,19 +145,21 @@ class RandAugment(_ImageAugmentation):
     functional_name = "rand_augment"
 
     def __init__(self, *, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31,
-                 magnitude_std: float = 0.0, fill: float | list[float] | None = None, prob: ProbSpec = 1.0,
-                 where: str = "device") -> None:
+                 magnitude_std: float = 0.0, fill: float | list[float] | None = None,
+                 interpolation: str = "nearest", prob: ProbSpec = 1.0, where: str = "device") -> None:
         super().__init__()
         self.num_ops = check_int(num_ops, "num_ops", low=0)
         self.num_magnitude_bins = check_int(num_magnitude_bins, "num_magnitude_bins", low=2)
         self.magnitude = check_real(magnitude, "magnitude", low=0.0, high=self.num_magnitude_bins - 1)
         self.magnitude_std = check_real(magnitude_std, "magnitude_std", low=0.0)
         self.fill = _check_fill(fill)
+        self.interpolation = interpolation
         self._setup_image(prob=prob, where=where)
 
     def _op(self, images, generator, value):
         return F.rand_augment(images, self.num_ops, self.magnitude, num_magnitude_bins=self.num_magnitude_bins,
-                              magnitude_std=self.magnitude_std, generator=generator, fill=self.fill)
+                              magnitude_std=self.magnitude_std, generator=generator, fill=self.fill,
+                              interpolation=self.interpolation)
 
 
 @register("trivial_augment")
@@ -165,15 +169,16 @@ class TrivialAugment(_ImageAugmentation):
     functional_name = "trivial_augment_wide"
 
     def __init__(self, *, num_magnitude_bins: int = 31, fill: float | list[float] | None = None,
-                 prob: ProbSpec = 1.0, where: str = "device") -> None:
+                 interpolation: str = "nearest", prob: ProbSpec = 1.0, where: str = "device") -> None:
         super().__init__()
         self.num_magnitude_bins = check_int(num_magnitude_bins, "num_magnitude_bins", low=2)
         self.fill = _check_fill(fill)
+        self.interpolation = interpolation
         self._setup_image(prob=prob, where=where)
 
     def _op(self, images, generator, value):
         return F.trivial_augment_wide(images, num_magnitude_bins=self.num_magnitude_bins, generator=generator,
-                                      fill=self.fill)
+                                      fill=self.fill, interpolation=self.interpolation)
 
 
 @register("augmix")
@@ -187,7 +192,8 @@ class AugMix(_ImageAugmentation):
     functional_name = "augmix"
 
     def __init__(self, *, severity: int = 3, width: int = 3, depth: int = -1, alpha: float = 1.0,
-                 augmentation_set: str = "all", prob: ProbSpec = 1.0, where: str = "device") -> None:
+                 augmentation_set: str = "all", fill: float | list[float] | None = None,
+                 interpolation: str = "nearest", prob: ProbSpec = 1.0, where: str = "device") -> None:
         super().__init__()
         self.severity = check_int(severity, "severity", low=1, high=10)
         self.width = check_int(width, "width", low=1)
@@ -196,11 +202,14 @@ class AugMix(_ImageAugmentation):
             raise ValueError("depth must be -1 (random in {1, 2, 3}) or >= 1, got 0")
         self.alpha = check_real(alpha, "alpha", low=0.0, low_open=True)
         self.augmentation_set = check_choice(augmentation_set, "augmentation_set", ("all", "safe", "original"))
+        self.fill = _check_fill(fill)
+        self.interpolation = interpolation
         self._setup_image(prob=prob, where=where)
 
     def _op(self, images, generator, value):
         return F.augmix(images, severity=self.severity, width=self.width, depth=self.depth, alpha=self.alpha,
-                        augmentation_set=self.augmentation_set, generator=generator)
+                        augmentation_set=self.augmentation_set, generator=generator, fill=self.fill,
+                        interpolation=self.interpolation)
 
 
 @register("random_erasing")
@@ -208,14 +217,14 @@ class RandomErasing(_ImageAugmentation):
     """Random Erasing on the whole batch: each sample erased with probability `p` (a number or a schedule).
 
     `scale` and `ratio` bound the erased area (fraction of the image) and aspect ratio; `mode` fills with a
-    constant `value` ("const"), per-channel noise ("rand") or per-pixel noise ("pixel"); up to `count`
-    boxes per sample.
+    constant `value` (a number or one per channel, "const"), uniform noise ("rand") or normal noise
+    ("pixel"); up to `count` boxes per sample.
     """
 
     functional_name = "random_erasing"
 
     def __init__(self, *, p: ProbSpec = 0.25, scale: list[float] = (0.02, 0.33), ratio: list[float] = (0.3, 3.3),
-                 mode: str = "const", value: float = 0.0, count: int = 1, max_attempts: int = 10,
+                 mode: str = "const", value: float | list[float] = 0.0, count: int = 1, max_attempts: int = 10,
                  where: str = "device") -> None:
         super().__init__()
         self.p = as_schedule(p, "p", low=0.0, high=1.0)
@@ -224,7 +233,9 @@ class RandomErasing(_ImageAugmentation):
         if self.ratio[0] <= 0:
             raise ValueError(f"ratio must be > 0, got {list(ratio)}")
         self.mode = check_choice(mode, "mode", ("const", "rand", "pixel"))
-        self.value = check_real(value, "value")
+        self.value = _check_fill(value)
+        if self.value is None:
+            raise TypeError("value must be a number or a list of per-channel numbers, got None")
         self.count = check_int(count, "count", low=1)
         self.max_attempts = check_int(max_attempts, "max_attempts", low=1)
         self._setup_image(prob=1.0, where=where)
