@@ -87,21 +87,51 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+BLOCK_ELEMENTS = 2**19
+"""On CPU, ops run over blocks of samples of about this many elements so that the few float
+temporaries of an op stay in cache (one pass over DRAM instead of one per temporary)."""
+
+
+def sample_blocks(x: torch.Tensor) -> list[slice]:
+    """Slices of the batch dimension: one block on accelerators, cache-sized blocks on CPU."""
+    b = x.shape[0]
+    if x.device.type != "cpu" or b == 0:
+        return [slice(0, b)]
+    per = max(1, BLOCK_ELEMENTS // max(1, x[0].numel()))
+    return [slice(s, min(b, s + per)) for s in range(0, b, per)]
+
+
 def run_op(
     images: torch.Tensor,
     kernel: Callable[..., torch.Tensor],
-    *args: object,
+    per_sample: tuple[torch.Tensor, ...] = (),
+    extra: tuple[object, ...] = (),
+    *,
     clamp: bool = False,
     validate: bool = True,
 ) -> torch.Tensor:
-    """Validate, upcast half floats, run `kernel(x, *args)`, cast back and restore the memory format."""
+    """Validate, upcast half floats, run ``kernel(x_block, *per_sample_block, *extra)`` over sample
+    blocks, cast back and restore the memory format. `per_sample` tensors are sliced along dim 0."""
     x = check_image_batch(images, clamp=clamp) if validate else images
     fmt = memory_format(x)
     work = x.to(compute_dtype(x))
-    out = kernel(work, *args)
+    blocks = sample_blocks(work)
+    if len(blocks) == 1:
+        out = kernel(work, *per_sample, *extra)
+    else:
+        out = torch.empty_like(work, memory_format=fmt)
+        for blk in blocks:
+            out[blk] = kernel(work[blk], *(p[blk] for p in per_sample), *extra)
     if out.dtype != x.dtype:
         out = out.to(x.dtype)
     return out.contiguous(memory_format=fmt)
+
+
+def apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """Per (sample, channel) lookup: x uint8 (B, C, H, W), lut uint8 (B, C, 256)."""
+    b, c, h, w = x.shape
+    idx = x.reshape(b * c, h * w).long()
+    return lut.reshape(b * c, 256).gather(1, idx).reshape(b, c, h, w)
 
 
 def to_levels_float(x: torch.Tensor) -> torch.Tensor:

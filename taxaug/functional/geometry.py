@@ -155,7 +155,7 @@ def affine(
         data = data.expand(x.shape[0], 6)
     if data.shape != (x.shape[0], 6):
         raise ValueError(f"data must have shape (B, 6) or (6,), got {tuple(data.shape)}")
-    return run_op(x, _k_affine, data, fill, interpolation, validate=False)
+    return run_op(x, _k_affine, (data,), (fill, interpolation), validate=False)
 
 
 def _geometric(images, value, name, make, fill, interpolation, clamp):
@@ -165,7 +165,7 @@ def _geometric(images, value, name, make, fill, interpolation, clamp):
     if not bool(torch.isfinite(p).all()):
         raise ValueError(f"{name} must be finite")
     data = make(p, x.shape[2], x.shape[3])
-    return run_op(x, _k_affine, data, fill, interpolation, validate=False)
+    return run_op(x, _k_affine, (data,), (fill, interpolation), validate=False)
 
 
 def rotate(images: torch.Tensor, angle: Param, *, fill: Fill = None, interpolation: str = "nearest",
@@ -200,7 +200,7 @@ def translate_y(images: torch.Tensor, pixels: Param, *, fill: Fill = None, inter
 
 def hflip(images: torch.Tensor, magnitude: Param = 0.0, *, clamp: bool = False) -> torch.Tensor:
     """Mirror left-right."""
-    return run_op(images, lambda t, _=None: t.flip(-1), None, clamp=clamp)
+    return run_op(images, lambda t: t.flip(-1), clamp=clamp)
 
 
 GEOMETRIC_DATA = {

@@ -18,6 +18,7 @@ import torch.nn.functional as nnf
 
 from taxaug.functional._image_common import (
     Param,
+    apply_lut,
     as_param,
     check_image_batch,
     quantize_uint8,
@@ -68,10 +69,11 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Pillow's Image.blend(degenerate, x, factor): float32 arithmetic, clip, truncate for uint8."""
     if x.dtype == torch.uint8:
+        # same float32 operations in the same order as Pillow; the uint8 cast truncates like C
         f = view4(factor, torch.float32)
         d = degenerate.float()
-        out = d + f * (x.float() - d)
-        return out.clamp_(0.0, 255.0).trunc_().to(torch.uint8)
+        out = (x - d).mul_(f).add_(d)
+        return out.clamp_(0.0, 255.0).to(torch.uint8)
     f = view4(factor, x.dtype)
     return (degenerate + f * (x - degenerate)).clamp_(0.0, 1.0)
 
@@ -81,7 +83,9 @@ def _k_identity(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Ten
 
 
 def _k_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(torch.zeros((), dtype=x.dtype, device=x.device), x, factor)
+    if x.dtype == torch.uint8:  # Pillow: 0 + f * (x - 0) == f * x exactly
+        return (x * view4(factor, torch.float32)).clamp_(0.0, 255.0).to(torch.uint8)
+    return (x * view4(factor, x.dtype)).clamp_(0.0, 1.0)
 
 
 def _k_color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -109,7 +113,7 @@ def _smooth(x: torch.Tensor) -> torch.Tensor:
     kernel = kernel.to(work.device).expand(c, 1, 3, 3)
     inner = nnf.conv2d(work, kernel, groups=c)
     if x.dtype == torch.uint8:
-        inner = inner.add_(0.5).clamp_(0.0, 255.0).floor_().to(torch.uint8)
+        inner = inner.add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
     else:
         inner = inner.clamp_(0.0, 1.0)
     out = x.clone()
@@ -131,7 +135,9 @@ def _k_posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
 
 def _k_solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.uint8:
-        return torch.where(x >= view4(threshold, torch.float32), 255 - x, x)
+        thr = threshold.clamp(0, 256)
+        hit = (x >= view4(thr.clamp(max=255), torch.uint8)) & view4(thr < 256)
+        return torch.where(hit, 255 - x, x)
     thr = view4(threshold, x.dtype) / 255.0
     return torch.where(x >= thr, 1.0 - x, x)
 
@@ -153,13 +159,14 @@ def _k_autocontrast(x: torch.Tensor, param: torch.Tensor | None = None) -> torch
     hi = x.amax(dim=(2, 3), keepdim=True)
     flat = hi <= lo
     if x.dtype == torch.uint8:
-        # Pillow: lut[i] = clip(int(i * scale + offset)) in double precision.
+        # Pillow: lut[i] = clip(int(i * scale + offset)) in double precision, per channel.
         lo_d, hi_d = lo.double(), hi.double()
         # torch.div, not 255.0 / t: the reflected operator multiplies by a reciprocal and rounds differently
         scale = torch.where(flat, 1.0, torch.div(torch.full_like(hi_d, 255.0), (hi_d - lo_d).clamp_min(1.0)))
         offset = torch.where(flat, 0.0, -lo_d * scale)
-        out = x.double() * scale + offset
-        return out.clamp_(0.0, 255.0).trunc_().to(torch.uint8)
+        levels = torch.arange(256, dtype=torch.float64, device=x.device)
+        lut = (levels * scale.reshape(*x.shape[:2], 1) + offset.reshape(*x.shape[:2], 1))
+        return apply_lut(x, lut.clamp_(0.0, 255.0).to(torch.uint8))
     span = torch.where(flat, torch.ones_like(hi), hi - lo)
     low = torch.where(flat, torch.zeros_like(lo), lo)
     return ((x - low) / span).clamp_(0.0, 1.0)
@@ -264,31 +271,31 @@ def _p(images: torch.Tensor, value: Param, name: str) -> torch.Tensor:
 
 def identity(images: torch.Tensor, magnitude: Param = 0.0, *, clamp: bool = False) -> torch.Tensor:
     """A copy of the images (the 'no-op' of the policies; magnitude ignored)."""
-    return run_op(images, _k_identity, None, clamp=clamp)
+    return run_op(images, _k_identity, clamp=clamp)
 
 
 def brightness(images: torch.Tensor, factor: Param, *, clamp: bool = False) -> torch.Tensor:
     """Scale intensities by `factor` (0 black, 1 unchanged), Pillow ImageEnhance.Brightness."""
     x = check_image_batch(images, clamp=clamp)
-    return run_op(x, _k_brightness, _p(x, factor, "factor"), validate=False)
+    return run_op(x, _k_brightness, (_p(x, factor, "factor"),), validate=False)
 
 
 def color(images: torch.Tensor, factor: Param, *, clamp: bool = False) -> torch.Tensor:
     """Saturation: blend with the grey (L) image (0 grey, 1 unchanged), Pillow ImageEnhance.Color."""
     x = check_image_batch(images, clamp=clamp)
-    return run_op(x, _k_color, _p(x, factor, "factor"), validate=False)
+    return run_op(x, _k_color, (_p(x, factor, "factor"),), validate=False)
 
 
 def contrast(images: torch.Tensor, factor: Param, *, clamp: bool = False) -> torch.Tensor:
     """Blend with the mean grey level (0 flat grey, 1 unchanged), Pillow ImageEnhance.Contrast."""
     x = check_image_batch(images, clamp=clamp)
-    return run_op(x, _k_contrast, _p(x, factor, "factor"), validate=False)
+    return run_op(x, _k_contrast, (_p(x, factor, "factor"),), validate=False)
 
 
 def sharpness(images: torch.Tensor, factor: Param, *, clamp: bool = False) -> torch.Tensor:
     """Blend with the SMOOTH-filtered image (0 smoothed, 1 unchanged, 2 sharpened), Pillow ImageEnhance.Sharpness."""
     x = check_image_batch(images, clamp=clamp)
-    return run_op(x, _k_sharpness, _p(x, factor, "factor"), validate=False)
+    return run_op(x, _k_sharpness, (_p(x, factor, "factor"),), validate=False)
 
 
 def posterize(images: torch.Tensor, bits: Param, *, clamp: bool = False) -> torch.Tensor:
@@ -297,13 +304,13 @@ def posterize(images: torch.Tensor, bits: Param, *, clamp: bool = False) -> torc
     b = _p(x, bits, "bits")
     if x.device.type == "cpu" and bool(((b < 0) | (b > 8)).any()):
         raise ValueError(f"bits must lie in [0, 8], got values such as {b[(b < 0) | (b > 8)][:3].tolist()}")
-    return run_op(x, _k_posterize, b, validate=False)
+    return run_op(x, _k_posterize, (b,), validate=False)
 
 
 def solarize(images: torch.Tensor, threshold: Param, *, clamp: bool = False) -> torch.Tensor:
     """Invert every pixel whose 8-bit level is >= threshold (0..256), PIL.ImageOps.solarize."""
     x = check_image_batch(images, clamp=clamp)
-    return run_op(x, _k_solarize, _p(x, threshold, "threshold"), validate=False)
+    return run_op(x, _k_solarize, (_p(x, threshold, "threshold"),), validate=False)
 
 
 def solarize_add(
@@ -311,22 +318,22 @@ def solarize_add(
 ) -> torch.Tensor:
     """Add `addition` levels (clipped) to pixels below `threshold` levels (AutoAugment's SolarizeAdd)."""
     x = check_image_batch(images, clamp=clamp)
-    return run_op(x, _k_solarize_add, _p(x, addition, "addition"), float(threshold), validate=False)
+    return run_op(x, _k_solarize_add, (_p(x, addition, "addition"),), (float(threshold),), validate=False)
 
 
 def invert(images: torch.Tensor, magnitude: Param = 0.0, *, clamp: bool = False) -> torch.Tensor:
     """255 - x (uint8) or 1 - x (float), PIL.ImageOps.invert."""
-    return run_op(images, _k_invert, None, clamp=clamp)
+    return run_op(images, _k_invert, clamp=clamp)
 
 
 def autocontrast(images: torch.Tensor, magnitude: Param = 0.0, *, clamp: bool = False) -> torch.Tensor:
     """Stretch each channel of each image to the full range, PIL.ImageOps.autocontrast (cutoff 0)."""
-    return run_op(images, _k_autocontrast, None, clamp=clamp)
+    return run_op(images, _k_autocontrast, clamp=clamp)
 
 
 def equalize(images: torch.Tensor, magnitude: Param = 0.0, *, clamp: bool = False) -> torch.Tensor:
     """Histogram-equalise each channel of each image, PIL.ImageOps.equalize (float: on 8-bit levels)."""
-    return run_op(images, _k_equalize, None, clamp=clamp)
+    return run_op(images, _k_equalize, clamp=clamp)
 
 
 def grayscale(images: torch.Tensor, *, clamp: bool = False) -> torch.Tensor:
@@ -341,7 +348,7 @@ def adjust_hue(images: torch.Tensor, shift: Param, *, clamp: bool = False) -> to
     s = _p(x, shift, "shift")
     if x.device.type == "cpu" and bool((s.abs() > 0.5).any()):
         raise ValueError(f"hue shift must lie in [-0.5, 0.5], got values such as {s[s.abs() > 0.5][:3].tolist()}")
-    return run_op(x, _k_hue, s, validate=False)
+    return run_op(x, _k_hue, (s,), validate=False)
 
 
 def gaussian_blur(
@@ -359,7 +366,7 @@ def gaussian_blur(
         kernel_size = max(3, 2 * int(torch.ceil(3.0 * s.max()).item()) + 1)
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
-    return run_op(x, _k_gaussian_blur, s, int(kernel_size), validate=False)
+    return run_op(x, _k_gaussian_blur, (s,), (int(kernel_size),), validate=False)
 
 
 _JITTER_KERNELS = (_k_brightness, _k_contrast, _k_color, _k_hue)
@@ -389,27 +396,31 @@ def color_jitter(
         _p(x, saturation, "saturation"),
         _p(x, hue, "hue"),
     ]
-    neutral = (1.0, 1.0, 1.0, 0.0)
     if order is None:
         order = torch.arange(4, device=x.device).expand(bsz, 4)
     elif order.shape != (bsz, 4) or order.dtype != torch.long:
         raise ValueError(f"order must be a (B, 4) long tensor of permutations of 0..3, got {order.shape}")
     order = order.to(x.device)
 
-    def kernel(work: torch.Tensor) -> torch.Tensor:
-        out = work
-        for step in range(4):
-            chosen = order[:, step]
-            for op in range(4):
-                active = params[op] != neutral[op]
-                sel = torch.nonzero((chosen == op) & active).flatten()
-                if sel.numel() == 0:
-                    continue
-                if sel.numel() == bsz:
-                    out = _JITTER_KERNELS[op](out, params[op])
-                else:
-                    sub = _JITTER_KERNELS[op](out.index_select(0, sel), params[op].index_select(0, sel))
-                    out = out.index_copy(0, sel, sub)
-        return out if out is not work else work.clone()
+    return run_op(x, _k_color_jitter, (*params, order), validate=False)
 
-    return run_op(x, kernel, validate=False)
+
+_JITTER_NEUTRAL = (1.0, 1.0, 1.0, 0.0)
+
+
+def _k_color_jitter(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor, h: torch.Tensor,
+                    order: torch.Tensor) -> torch.Tensor:
+    params = (b, c, s, h)
+    out = x
+    for step in range(4):
+        chosen = order[:, step]
+        for op in range(4):
+            sel = torch.nonzero((chosen == op) & (params[op] != _JITTER_NEUTRAL[op])).flatten()
+            if sel.numel() == 0:
+                continue
+            if sel.numel() == x.shape[0]:
+                out = _JITTER_KERNELS[op](out, params[op])
+            else:
+                sub = _JITTER_KERNELS[op](out.index_select(0, sel), params[op].index_select(0, sel))
+                out = out.index_copy(0, sel, sub)
+    return out if out is not x else x.clone()
