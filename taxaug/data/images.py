@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import threading
 from pathlib import Path
 from typing import Literal
@@ -139,16 +140,26 @@ class DecodeSpec:
         return torch.zeros((3, *self.size), dtype=torch.uint8)
 
 
-def _target_size(w0: int, h0: int, spec: DecodeSpec) -> tuple[int, int, tuple[int, int, int, int] | None]:
-    """(resize_w, resize_h, crop box or None) for an image of (w0, h0)."""
+def _draft_size(w0: int, h0: int, spec: DecodeSpec) -> tuple[int, int]:
+    """Smallest decoded size that still covers the output without upscaling."""
     assert spec.size is not None
     h, w = spec.size
     if spec.resize == "resize":
-        return w, h, None
+        return w, h
     scale = max(h / h0, w / w0)
-    rw, rh = max(w, round(w0 * scale)), max(h, round(h0 * scale))
-    left, top = (rw - w) // 2, (rh - h) // 2
-    return rw, rh, (left, top, left + w, top + h)
+    return max(w, math.ceil(w0 * scale)), max(h, math.ceil(h0 * scale))
+
+
+def _source_box(w0: int, h0: int, spec: DecodeSpec) -> tuple[float, float, float, float]:
+    """Region of the source that maps onto the output: all of it ("resize"), or the centred crop ("cover")."""
+    assert spec.size is not None
+    h, w = spec.size
+    if spec.resize == "resize":
+        return 0.0, 0.0, float(w0), float(h0)
+    scale = max(h / h0, w / w0)
+    cw, ch = w / scale, h / scale
+    left, top = (w0 - cw) / 2, (h0 - ch) / 2
+    return left, top, left + cw, top + ch
 
 
 def decode_image(data: bytes | np.ndarray, spec: DecodeSpec, *, name: str = "<bytes>") -> torch.Tensor:
@@ -162,17 +173,14 @@ def decode_image(data: bytes | np.ndarray, spec: DecodeSpec, *, name: str = "<by
         else:
             img = Image.open(io.BytesIO(bytes(data) if not isinstance(data, bytes) else data))
             if spec.draft and spec.size is not None and img.format == "JPEG":
-                rw, rh, _ = _target_size(*img.size, spec)
-                img.draft("RGB", (rw, rh))
+                img.draft("RGB", _draft_size(*img.size, spec))
         if img.mode != "RGB":
             img = img.convert("RGB")
-        if spec.size is not None:
-            rw, rh, box = _target_size(*img.size, spec)
-            if (rw, rh) != img.size:
-                img = img.resize((rw, rh), Image.BILINEAR)
-            if box is not None and box != (0, 0, rw, rh):
-                img = img.crop(box)
+        if spec.size is not None and (spec.size[1], spec.size[0]) != img.size:
+            # one resampling pass over just the region that survives the crop
+            img = img.resize((spec.size[1], spec.size[0]), Image.BILINEAR, box=_source_box(*img.size, spec))
         arr = np.array(img)  # writable copy: torch warns on read-only buffers
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(name, f"not a decodable image ({type(exc).__name__}: {exc})") from exc
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    # transpose in numpy: a torch copy here would start an OpenMP team per call, from every decode thread
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
