@@ -3,7 +3,7 @@
 The contract harness (test_algorithms_contract.py) runs every registered algorithm through `run_steps`.
 Each algorithm needs a *case*: a dict with
     "kwargs":   constructor kwargs for a case that actually changes the batch,
-    "disabled": kwargs that make it an exact no-op (None if it has no such setting),
+    "disabled": kwargs that make it an exact no-op (None if it has no such setting; every built-in has one),
     "prepare":  optional callable(state) that adds what the algorithm needs to the State.
 Built-in cases are in CASES below; other areas add theirs in a module `tests/algorithm_cases_<area>.py`
 defining `CASES = {"registry_name": {...}}`, which `all_cases()` collects.
@@ -61,7 +61,8 @@ class TinyModel(nn.Module):
         self.heads = nn.ModuleDict({L10: nn.Linear(3 * 4 * 4, NUM_CLASSES[L10]),
                                     L20: nn.Linear(3 * 4 * 4, NUM_CLASSES[L20])})
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, aux: torch.Tensor | None = None,
+                aux_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         x = nn.functional.adaptive_avg_pool2d(images.float(), 4).flatten(1)
         return {k: head(x) for k, head in self.heads.items()}
 
@@ -161,9 +162,27 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
+def learned_cases() -> dict[str, dict[str, Any]]:
+    """Cases for taxaug.algorithms.learned (engineer D's area), when that module is present.
+
+    They need State.model and State.loss_fn, which make_state provides; a meta step runs every
+    second step so the resume test crosses one. They have no off switch ("disabled": None).
+    """
+    if importlib.util.find_spec("taxaug.algorithms.learned") is None:
+        return {}
+    from taxaug.algorithms.learned import FixedPolicy
+
+    return {
+        "learned_augment": {"kwargs": {"meta_every": 2}, "disabled": None},
+        "uniform_augment": {"kwargs": {}, "disabled": None},
+        "fixed_policy_augment": {"kwargs": {"policy": FixedPolicy.uniform(None).to_dict()}, "disabled": None},
+    }
+
+
 def all_cases() -> dict[str, dict[str, Any]]:
-    """Built-in cases plus those of `tests/algorithm_cases_*.py` modules written by other areas."""
+    """Built-in cases, the learned-augment cases, and those of `tests/algorithm_cases_*.py` modules."""
     cases = dict(CASES)
+    cases.update(learned_cases())
     for path in sorted(Path(__file__).parent.glob("algorithm_cases_*.py")):
         spec = importlib.util.spec_from_file_location(f"_taxaug_cases_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
