@@ -18,6 +18,7 @@ from taxaug.data import (
     LRUCache,
     PrefetchLoader,
     nbytes,
+    train_val_loaders,
     write_labels,
 )
 
@@ -231,3 +232,26 @@ def test_lru_evicts_least_recent_by_bytes():
     s = cache.stats()
     assert (s["hits"], s["misses"]) == (1, 0)
     assert cache.get("zz") is None and cache.misses == 1
+
+
+def test_train_val_loaders_keep_augmentation_off_validation(dataset):
+    train, val = dataset.split(0.3, seed=0)
+    calls = {"sample": [], "batch": 0}
+
+    def aug(img):
+        calls["sample"].append(img.shape)
+        return img
+
+    def batch_aug(batch):
+        calls["batch"] += 1
+        return batch
+
+    tl, vl = train_val_loaders(train, val, batch_size=4, train_transform=aug, train_batch_transform=batch_aug,
+                               monitor_interval=None)
+    assert vl.transform is None and vl.batch_transform is None
+    val_batches = list(vl)
+    assert calls == {"sample": [], "batch": 0}
+    assert torch.cat([b.indices for b in val_batches]).tolist() == list(range(len(val)))  # in order, all
+    assert sum(b.batch_size for b in tl) == len(train)
+    assert len(calls["sample"]) == len(train) and calls["batch"] == len(tl)
+    assert tl.batch_sampler.mode == "mixed-pairs"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from taxaug.data import HybridDataset, validate
+from taxaug.data import FilterConfig, HybridDataset, validate
 from taxaug.data.build import build_from_csv, build_from_folder
 from taxaug.data.cli import main
 from taxaug.data.inspect import inspect_labels
@@ -205,3 +205,20 @@ def test_cli_demo_without_generator_fails_clearly(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "taxaug.data.demo", None)  # as if demo.py were absent
     assert main(["demo", "--out", "x"]) == 2
     assert "demo generator (taxaug.data.demo) is not available" in capsys.readouterr().err
+
+
+def test_dataset_verify_counts_only_its_rows(built, tmp_path):
+    ds = built.open(image_size=8, filters=FilterConfig(required_ranks=("taxa_L10",)))
+    assert len(ds) == 9
+    unknown_row = int(np.flatnonzero(~np.isin(np.arange(11), ds.file_rows))[0])
+    excluded = HybridDataset(built.labels_path, built.images_dir).identifiers[unknown_row]
+    os.remove(built.images_dir / excluded)  # a filtered-out row's image: not this dataset's problem
+    assert ds.verify(max_missing_count=0).total_images_checked == 9
+    kept = ds.identifiers[4]
+    os.remove(built.images_dir / kept)
+    report_path = tmp_path / "v.json"
+    with pytest.raises(VerificationError, match=kept):
+        ds.verify(max_missing_count=0, report_path=report_path)
+    data = json.loads(report_path.read_text())
+    assert data["missing_indices"] == [int(ds.file_rows[4])]  # file rows, as in the labels file
+    assert not ds.verify(max_missing_ratio=0.0, raise_on_failure=False).passed

@@ -19,7 +19,7 @@ from taxaug.data.cache import LRUCache, nbytes
 from taxaug.data.dataset import HybridDataset, LabelsDataset, LoadFailures, MissingImage, PureHDF5Dataset
 from taxaug.data.filters import FilterConfig, apply_filters
 from taxaug.data.images import DecodeSpec, ImageLoadError, ImageLocator, decode_image, shard_name
-from taxaug.data.loader import PrefetchLoader
+from taxaug.data.loader import PrefetchLoader, train_val_loaders
 from taxaug.data.sampler import GroupedBatchSampler
 from taxaug.data.schema import SchemaError, ValidationReport, validate, write_labels
 from taxaug.data.split import split_indices
@@ -45,6 +45,7 @@ __all__ = [
     "nbytes",
     "shard_name",
     "split_indices",
+    "train_val_loaders",
     "validate",
     "write_labels",
 ]

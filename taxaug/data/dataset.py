@@ -369,6 +369,25 @@ class HybridDataset(LabelsDataset):
     def describe_source(self, index: int) -> str:
         return str(self.locator.path_for(str(self.identifiers[index])))
 
+    def verify(self, *, max_missing_ratio: float | None = None, max_missing_count: int | None = None,
+               report_path: str | Path | None = None, decode: bool = True, num_workers: int = 8,
+               raise_on_failure: bool = True, progress: bool | None = None):
+        """Check this dataset's images (only the rows kept after filtering) exist and decode.
+
+        Thresholds: None = no limit, 0 = none allowed. Raises ``VerificationError`` past a threshold
+        when `raise_on_failure`; the JSON report is written to `report_path` either way. Returns the
+        :class:`~taxaug.data.verify.VerifyReport`.
+        """
+        from taxaug.data.verify import verify_images
+
+        report = verify_images(self.labels_path, self.locator.images_dir, file_extension=self.locator.file_extension,
+                               shard_k=self.locator.shard_k, decode=decode, num_workers=num_workers,
+                               max_missing_ratio=max_missing_ratio, max_missing_count=max_missing_count,
+                               report_path=report_path, progress=progress, rows=self.file_rows)
+        if raise_on_failure:
+            report.raise_if_failed()
+        return report
+
     def read_raw(self, index: int) -> bytes | MissingImage:
         try:
             return self.locator.read(str(self.identifiers[index]))

@@ -29,7 +29,7 @@ import torch
 
 from taxaug.data.cache import LRUCache
 
-__all__ = ["PrefetchLoader"]
+__all__ = ["PrefetchLoader", "train_val_loaders"]
 
 log = logging.getLogger("taxaug.data")
 
@@ -503,3 +503,39 @@ class PrefetchLoader:
             f" | Wait(Main/Dec/IO): {s['wait_main_ms_s']:.0f}/{s['wait_decode_ms_s']:.0f}/{s['wait_io_ms_s']:.0f} ms/s"
             f" | Failed: {s['failed']}"
         )
+
+
+def train_val_loaders(
+    train: Any,
+    val: Any,
+    *,
+    batch_size: int,
+    group_rank: str | None = None,
+    mode: str = "mixed-pairs",
+    seed: int = 0,
+    num_replicas: int = 1,
+    rank: int = 0,
+    train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    train_batch_transform: Callable[[Any], Any] | None = None,
+    val_batch_size: int | None = None,
+    unpairable: str = "fill",
+    **loader_kwargs: Any,
+) -> tuple[PrefetchLoader, PrefetchLoader]:
+    """A training loader (grouped sampler at `group_rank`, training augmentation) and a validation
+    loader (plain in-order batches, no augmentation, no sample dropped), sharing loader settings.
+
+    `group_rank` defaults to the finest rank. Validation never receives `train_transform` or
+    `train_batch_transform`; that separation is the point of this helper.
+    """
+    from taxaug.data.sampler import GroupedBatchSampler
+
+    group_rank = group_rank or train.rank_names[0]
+    train_sampler = GroupedBatchSampler(train.group_ids(group_rank), batch_size, mode=mode,  # type: ignore[arg-type]
+                                        seed=seed, num_replicas=num_replicas, rank=rank,
+                                        unpairable=unpairable)  # type: ignore[arg-type]
+    val_sampler = GroupedBatchSampler(np.full(len(val), -1, dtype=np.int64), val_batch_size or batch_size,
+                                      mode="standard", shuffle=False, num_replicas=num_replicas, rank=rank)
+    train_loader = PrefetchLoader(train, train_sampler, transform=train_transform,
+                                  batch_transform=train_batch_transform, **loader_kwargs)
+    val_loader = PrefetchLoader(val, val_sampler, **loader_kwargs)
+    return train_loader, val_loader

@@ -102,12 +102,14 @@ def verify_images(
     max_missing_count: int | None = None,
     report_path: str | Path | None = None,
     progress: bool | None = None,
+    rows: np.ndarray | None = None,
 ) -> VerifyReport:
     """Check every identifier of `labels_path` exists under `images_dir` (and decodes, with `decode`).
 
     Runs `num_workers` threads over chunks of `chunk_size`. The JSON report is written to
-    `report_path` whenever one is given, pass or fail. Covers the whole labels file, before any
-    dataset filtering.
+    `report_path` whenever one is given, pass or fail. Covers the whole labels file unless `rows`
+    (file rows, e.g. a filtered dataset's ``file_rows``) restricts it; indices in the report are
+    file rows either way.
     """
     if max_missing_ratio is not None and not 0.0 <= max_missing_ratio <= 1.0:
         raise ValueError(f"max_missing_ratio must be in [0, 1] or None, got {max_missing_ratio}")
@@ -119,7 +121,9 @@ def verify_images(
     with h5py.File(labels_path, "r") as f:
         if schema.IDENTIFIERS not in f:
             raise schema.SchemaError(labels_path, [f"{schema.IDENTIFIERS}: mandatory dataset is missing"])
-        ids = [str(s) for s in f[schema.IDENTIFIERS].asstr()[()]]
+        all_ids = f[schema.IDENTIFIERS].asstr()[()]
+    file_rows = np.arange(len(all_ids)) if rows is None else np.asarray(rows, dtype=np.int64)
+    ids = [str(all_ids[r]) for r in file_rows]
     locator = ImageLocator(images_dir, file_extension=file_extension, shard_k=shard_k)
     status = np.zeros(len(ids), dtype=np.int8)
     bar = Progress(len(ids), "verify", enabled=progress)
@@ -151,9 +155,9 @@ def verify_images(
         decode_checked=decode,
         verification_timestamp=time.strftime("%Y-%m-%d %H:%M:%S"),
         missing_identifiers=[ids[i] for i in missing],
-        missing_indices=missing.tolist(),
+        missing_indices=file_rows[missing].tolist(),
         corrupt_identifiers=[ids[i] for i in corrupt],
-        corrupt_indices=corrupt.tolist(),
+        corrupt_indices=file_rows[corrupt].tolist(),
         max_missing_ratio=max_missing_ratio,
         max_missing_count=max_missing_count,
         passed=passed,
