@@ -232,18 +232,17 @@ def _grayscale(x: torch.Tensor) -> torch.Tensor:
 
 
 def _smoothed(x: torch.Tensor) -> torch.Tensor:
-    """PIL's SMOOTH kernel ([[1,1,1],[1,5,1],[1,1,1]] / 13) inside, the original on the 1-pixel border."""
-    channels = x.shape[1]
+    """PIL's SMOOTH kernel ([[1,1,1],[1,5,1],[1,1,1]] / 13) inside, the original on the 1-pixel border.
+
+    Written as ``(9 * mean3x3 + 4 * centre) / 13``: a 3x3 average pool is much
+    cheaper than a depthwise convolution on CPU.
+    """
     if x.shape[-1] < 3 or x.shape[-2] < 3:
         return x
-    kernel = x.new_ones(3, 3)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / 13.0).expand(channels, 1, 3, 3)
-    inner = torchF.conv2d(x, kernel, groups=channels)
-    padded = torchF.pad(inner, (1, 1, 1, 1))
-    border = torch.ones_like(x[:1, :1], dtype=torch.bool)
-    border[..., 1:-1, 1:-1] = False
-    return torch.where(border, x, padded)
+    inner = (torchF.avg_pool2d(x, 3, stride=1) * 9.0 + 4.0 * x[..., 1:-1, 1:-1]) / 13.0
+    top, bottom = x[..., :1, :], x[..., -1:, :]
+    middle = torch.cat([x[..., 1:-1, :1], inner, x[..., 1:-1, -1:]], dim=-1)
+    return torch.cat([top, middle, bottom], dim=-2)
 
 
 def _degenerate(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -530,17 +529,61 @@ def relaxed_augment(
             op_logits, noise.gumbel[layer].to(x.device), temperature=temperature, hard=hard
         ).to(x.dtype)
         per_sample = signed_magnitudes(magnitudes, noise.sign[layer].to(x.device), rs, ops)
-        delta = torch.zeros_like(x)
-        for j, name in enumerate(ops):
-            if name == "identity":
-                continue
-            out = diff_apply_op(
-                x, name, per_sample[:, j] if OP_NEUTRAL[name] is not None else None,
-                dither=noise.dither[layer].to(x.device),
-            )
-            delta = delta + weights[:, j].view(-1, 1, 1, 1) * (out - x)
-        x = x + delta
+        order, outputs = _all_op_outputs(x, per_sample, ops, noise.dither[layer].to(x.device))
+        if order:
+            w = weights[:, order].t().reshape(len(order), -1, 1, 1, 1)
+            x = x + (w * (outputs - x)).sum(dim=0)
     return x
+
+
+def _all_op_outputs(
+    x: torch.Tensor, per_sample: torch.Tensor, ops: tuple[str, ...], dither: torch.Tensor
+) -> tuple[list[int], torch.Tensor]:
+    """Every op of ``ops`` (but identity) applied to the whole batch, stacked (K', B, C, H, W).
+
+    Ops of one family share a call: the geometric ops one warp over the batch
+    repeated per op, the enhance ops one blend over stacked degenerate images.
+    Returns the op indices in stacking order and the stack.
+    """
+    batch = x.shape[0]
+    order: list[int] = []
+    parts: list[torch.Tensor] = []
+    geometric = [j for j, o in enumerate(ops) if o in GEOMETRIC_OPS]
+    if geometric:
+        maps = [_geometric_maps(ops[j], per_sample[:, j]) for j in geometric]
+        matrix = torch.cat([m for m, _ in maps])
+        shift = torch.cat([t for _, t in maps])
+        repeated = x.unsqueeze(0).expand(len(geometric), *x.shape).reshape(-1, *x.shape[1:])
+        parts.append(_warp(repeated, matrix, shift).view(len(geometric), *x.shape))
+        order += geometric
+    for j, o in enumerate(ops):
+        if o in FLIP_OPS:
+            parts.append((x.flip(-1) if o == "hflip" else x.flip(-2)).unsqueeze(0))
+            order.append(j)
+    enhance = [j for j, o in enumerate(ops) if o in ENHANCE_OPS]
+    if enhance:
+        gray = _grayscale(x) if any(ops[j] in ("color", "contrast") for j in enhance) else None
+        degenerates = []
+        for j in enhance:
+            if ops[j] == "brightness":
+                degenerates.append(torch.zeros_like(x))
+            elif ops[j] == "color":
+                degenerates.append(gray.expand_as(x))
+            elif ops[j] == "contrast":
+                degenerates.append(gray.mean(dim=(1, 2, 3), keepdim=True).expand_as(x))
+            else:
+                degenerates.append(_smoothed(x))
+        degenerate = torch.stack(degenerates)
+        factor = per_sample[:, enhance].t().reshape(len(enhance), batch, 1, 1, 1)
+        parts.append((degenerate + factor * (x - degenerate)).clamp(0.0, 1.0))
+        order += enhance
+    for j, o in enumerate(ops):
+        if o in ("posterize", "solarize", "equalize", "autocontrast"):
+            parts.append(diff_apply_op(x, o, per_sample[:, j], dither=dither).unsqueeze(0))
+            order.append(j)
+    if not parts:
+        return [], x.unsqueeze(0)
+    return order, torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def _check_noise(noise: PolicyNoise, num_layers: int, batch: int, k: int) -> None:
