@@ -308,7 +308,7 @@ def _dispatch(
     per_block = sample_blocks(x)[0].stop or 1
     out: torch.Tensor | None = None
     start = 0
-    fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if bool(geo.any()) else None
+    fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if any(n in _GEOMETRIC for n in names) else None
     for gid, count in enumerate(counts):
         if count == 0:
             continue
