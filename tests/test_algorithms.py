@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_algorithms_harness import (
     AUX_COMPONENTS,
     L10,
@@ -337,3 +339,26 @@ def test_cuda_batch_matches_cpu_and_resumes_exactly(name):
         resumed.run(Event.AFTER_DATALOADER, state)
         runs.append(state.batch.images)
     assert torch.equal(runs[0], runs[1])
+
+
+@given(seed=st.integers(0, 2**31 - 1), level=st.sampled_from([L10, L20]), switch_prob=st.sampled_from([0.0, 0.5, 1.0]),
+       per_sample_lam=st.booleans(), batch=st.sampled_from([8, 16, 24]))
+@settings(max_examples=20)
+def test_any_selective_mix_keeps_lineages_and_never_self_pairs(seed, level, switch_prob, per_sample_lam, batch):
+    state = make_state()
+    algorithm = create("selective_mix", group_levels=[level], switch_prob=switch_prob, per_sample_lam=per_sample_lam,
+                       aux_components=AUX_COMPONENTS)
+    engine = Engine([algorithm], seed=seed)
+    original = make_batch(seed % 97, batch=batch)
+    state.batch = original
+    engine.run(Event.AFTER_DATALOADER, state)
+    info = state.scratch[algorithm.key]
+    perm, lam = info["perm"], info["lam"]
+    assert state.taxonomy.consistency_error(state.batch.targets) < 1e-6
+    groups = F.exclude_null_samples(original.targets[level], original.targets)
+    assert torch.equal(groups[perm], groups)
+    unmixed = perm == torch.arange(batch)
+    assert bool((lam[unmixed] == 1).all())
+    assert torch.equal(state.batch.images[unmixed], original.images[unmixed])
+    counts = (groups[:, None] == groups[None, :]).sum(dim=1)
+    assert torch.equal(unmixed, (groups == -1) | (counts < 2)), "unpaired exactly when null or alone in its group"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from taxaug.algorithms import REVERSED_EVENTS, Algorithm, Engine, Event, State, TraceEntry, derive_seed
 
@@ -175,3 +177,32 @@ def test_subclass_with_var_kwargs_is_refused():
         class Bad(Algorithm):
             def __init__(self, **kwargs):
                 super().__init__()
+
+
+@given(matches=st.lists(st.sets(st.sampled_from(list(Event))), min_size=0, max_size=8),
+       event=st.sampled_from(list(Event)))
+def test_order_rule_holds_for_any_algorithm_list(matches, event):
+    """Whatever each algorithm matches, those that run do so in list order (reversed on the 3 AFTER_ events)."""
+    log: list = []
+    algorithms = [Recorder(tag=str(i), log=log, only=sorted(m, key=list(Event).index)) for i, m in enumerate(matches)]
+    engine = Engine(algorithms)
+    ran = engine.run(event, State(training=not event.is_eval))
+    expected = [str(i) for i, m in enumerate(matches) if event in m]
+    if event in REVERSED_EVENTS:
+        expected.reverse()
+    assert [tag for _, tag in log] == expected
+    assert ran == [f"{t}.recorder" for t in expected]
+
+
+def test_errors_name_the_algorithm_and_event():
+    class Broken(Algorithm):
+        events = frozenset({Event.BATCH_START})
+
+        def apply(self, event, state):
+            raise ValueError("boom")
+
+    engine = Engine([Recorder(), Broken()])
+    with pytest.raises(ValueError, match="boom") as info:
+        engine.run(Event.BATCH_START, State(step=4))
+    notes = getattr(info.value, "__notes__", ["raised by algorithm 1.Broken on BATCH_START at step 4"])
+    assert notes == ["raised by algorithm 1.Broken on BATCH_START at step 4"]

@@ -79,7 +79,12 @@ class Engine:
         for algorithm in self._reversed if event in REVERSED_EVENTS else self.algorithms:
             if algorithm.match(event, state):
                 start = time.perf_counter()
-                algorithm.apply(event, state)
+                try:
+                    algorithm.apply(event, state)
+                except Exception as err:
+                    if hasattr(err, "add_note"):  # Python >= 3.11
+                        err.add_note(f"raised by algorithm {algorithm.key} on {event.name} at step {state.step}")
+                    raise
                 seconds = time.perf_counter() - start
                 ran.append(algorithm.key)
                 if self._tracing:

@@ -51,8 +51,6 @@ def _check_fill(fill: Any) -> Any:
 class _ImageAugmentation(Algorithm):
     """Shared machinery: where it runs, per-sample probability, dry-run validation of arguments."""
 
-    functional_name = ""
-
     def _setup_image(self, *, prob: ProbSpec, where: str) -> None:
         self.prob = as_schedule(prob, "prob", low=0.0, high=1.0)
         self.where = check_choice(where, "where", WHERE)
@@ -61,10 +59,8 @@ class _ImageAugmentation(Algorithm):
 
     def _validate_by_dry_run(self) -> None:
         """Run the op once on a tiny batch so bad arguments fail at construction, with the op's message."""
-        if not hasattr(F, self.functional_name):
-            return  # the functional op is not importable yet; arguments are checked at first use
         probe = torch.zeros(2, 3, 16, 16)
-        self._op(probe, torch.Generator().manual_seed(0), 1.0)
+        self._op(probe, torch.Generator().manual_seed(0), self._op_value(0, 1))
 
     def _op(self, images: torch.Tensor, generator: torch.Generator, step_value: float) -> torch.Tensor:
         raise NotImplementedError
@@ -123,7 +119,6 @@ class _ImageAugmentation(Algorithm):
 class AutoAugment(_ImageAugmentation):
     """AutoAugment on the whole batch, one sub-policy drawn per sample (imagenet, cifar10 or svhn policy)."""
 
-    functional_name = "auto_augment"
 
     def __init__(self, *, policy: str = "imagenet", fill: float | list[float] | None = None,
                  interpolation: str = "nearest", prob: ProbSpec = 1.0, where: str = "device") -> None:
@@ -140,24 +135,30 @@ class AutoAugment(_ImageAugmentation):
 
 @register("rand_augment")
 class RandAugment(_ImageAugmentation):
-    """RandAugment on the whole batch: `num_ops` ops per sample at `magnitude` (of `num_magnitude_bins`)."""
+    """RandAugment on the whole batch: `num_ops` ops per sample at `magnitude` (of `num_magnitude_bins`).
 
-    functional_name = "rand_augment"
+    `magnitude` may be a schedule (e.g. ramped up over training); `magnitude_std` adds per-sample noise
+    (`inf`: uniform in [0, magnitude]).
+    """
 
-    def __init__(self, *, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31,
+
+    def __init__(self, *, num_ops: int = 2, magnitude: float | dict | Schedule = 9, num_magnitude_bins: int = 31,
                  magnitude_std: float = 0.0, fill: float | list[float] | None = None,
                  interpolation: str = "nearest", prob: ProbSpec = 1.0, where: str = "device") -> None:
         super().__init__()
         self.num_ops = check_int(num_ops, "num_ops", low=0)
         self.num_magnitude_bins = check_int(num_magnitude_bins, "num_magnitude_bins", low=2)
-        self.magnitude = check_real(magnitude, "magnitude", low=0.0, high=self.num_magnitude_bins - 1)
+        self.magnitude = as_schedule(magnitude, "magnitude", low=0.0, high=self.num_magnitude_bins - 1)
         self.magnitude_std = check_real(magnitude_std, "magnitude_std", low=0.0)
         self.fill = _check_fill(fill)
         self.interpolation = interpolation
         self._setup_image(prob=prob, where=where)
 
+    def _op_value(self, step: int, max_steps: int | None) -> float:
+        return self.magnitude.value(step, max_steps)
+
     def _op(self, images, generator, value):
-        return F.rand_augment(images, self.num_ops, self.magnitude, num_magnitude_bins=self.num_magnitude_bins,
+        return F.rand_augment(images, self.num_ops, value, num_magnitude_bins=self.num_magnitude_bins,
                               magnitude_std=self.magnitude_std, generator=generator, fill=self.fill,
                               interpolation=self.interpolation)
 
@@ -166,7 +167,6 @@ class RandAugment(_ImageAugmentation):
 class TrivialAugment(_ImageAugmentation):
     """TrivialAugment (wide) on the whole batch: one op per sample at a uniformly drawn magnitude."""
 
-    functional_name = "trivial_augment_wide"
 
     def __init__(self, *, num_magnitude_bins: int = 31, fill: float | list[float] | None = None,
                  interpolation: str = "nearest", prob: ProbSpec = 1.0, where: str = "device") -> None:
@@ -189,7 +189,6 @@ class AugMix(_ImageAugmentation):
     `augmentation_set` is "all", "safe" (without ops that overlap ImageNet-C corruptions) or "original".
     """
 
-    functional_name = "augmix"
 
     def __init__(self, *, severity: int = 3, width: int = 3, depth: int = -1, alpha: float = 1.0,
                  augmentation_set: str = "all", fill: float | list[float] | None = None,
@@ -221,7 +220,6 @@ class RandomErasing(_ImageAugmentation):
     ("pixel"); up to `count` boxes per sample.
     """
 
-    functional_name = "random_erasing"
 
     def __init__(self, *, p: ProbSpec = 0.25, scale: list[float] = (0.02, 0.33), ratio: list[float] = (0.3, 3.3),
                  mode: str = "const", value: float | list[float] = 0.0, count: int = 1, max_attempts: int = 10,

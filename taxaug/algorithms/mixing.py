@@ -193,6 +193,9 @@ class _Selective(_Mixing):
         self.min_group_size = check_int(min_group_size, "min_group_size", low=2)
         self.exclude_null = check_bool(exclude_null, "exclude_null")
         self.null_task_keys = check_str_list(null_task_keys, "null_task_keys", allow_none=True)
+        if self.null_task_keys is not None and not self.exclude_null:
+            raise ValueError(f"null_task_keys={self.null_task_keys} has no effect with exclude_null=False; "
+                             f"drop it or set exclude_null=True")
         self.null_index = check_int(null_index, "null_index", low=0)
         self.per_sample_lam = check_bool(per_sample_lam, "per_sample_lam")
 
