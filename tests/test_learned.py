@@ -372,3 +372,29 @@ def test_validation_source_and_missing_wiring_errors(gen):
     algo = create("learned_augment", policy={"num_layers": 1})
     with pytest.raises(ValueError, match=r"State.model and State.loss_fn"):
         _run(Engine([algo]), State(model=model), [0], gen)
+
+
+def test_unrolled_inner_steps_match_plain_autograd(gen):
+    """inner_steps=2: two SGD steps on the two halves of the augmented batch, differentiated end to end."""
+    from torch.func import functional_call
+
+    policy = AugmentPolicy({"ops": ["identity", "rotate", "contrast", "posterize"], "num_layers": 1, "hard": False})
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 144, 3))
+    x, y = batch(gen, 24)
+    noise = policy.draw_noise(16, generator=gen)
+    lf = nn.functional.cross_entropy
+    grads, *_ = meta_gradients(policy, model, lf, (x[:16], y[:16]), (x[16:], y[16:]), inner_lr=0.5,
+                               inner_steps=2, noise=noise)
+    augmented = policy(x[:16], noise=noise)
+    weights = dict(model.named_parameters())
+    for idx in (slice(0, 8), slice(8, 16)):
+        loss = lf(functional_call(model, weights, (augmented[idx],)), y[:16][idx])
+        g = torch.autograd.grad(loss, list(weights.values()), create_graph=True)
+        weights = {n: w - 0.5 * gw for (n, w), gw in zip(weights.items(), g)}
+    val = lf(functional_call(model, weights, (x[16:],)), y[16:])
+    expected = torch.autograd.grad(val, [policy.op_logits, policy.magnitude_logits])
+    torch.testing.assert_close(grads["op_logits"], expected[0], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(grads["magnitude_logits"], expected[1], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="inner_steps"):
+        meta_gradients(policy, model, lf, (x[:4], y[:4]), (x[4:8], y[4:8]), inner_lr=0.5, inner_steps=5)

@@ -474,6 +474,17 @@ def _unpack(batch: Batch, name: str) -> tuple[torch.Tensor, Any, dict[str, Any]]
     return images, targets, kwargs
 
 
+def _index(value: Any, idx: torch.Tensor) -> Any:
+    """Rows ``idx`` of a tensor, or of every tensor in a dict / list / tuple (None and scalars kept)."""
+    if isinstance(value, torch.Tensor):
+        return value[idx] if value.ndim else value
+    if isinstance(value, Mapping):
+        return {k: _index(v, idx) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_index(v, idx) for v in value)
+    return value
+
+
 def _mean_loss(value: Any) -> torch.Tensor:
     """A loss_fn result (scalar, per-sample (B,), or a tuple whose first item is one of those) as a scalar."""
     if isinstance(value, (tuple, list)):
@@ -491,23 +502,31 @@ def meta_gradients(
     val_batch: Batch,
     *,
     inner_lr: float,
+    inner_steps: int = 1,
     noise: PolicyNoise | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hypergradient of the clean validation loss after one inner SGD step on the augmented batch.
+    """Hypergradient of the clean validation loss after inner SGD step(s) on the augmented batch.
 
     ``d/d phi  L_val(w - inner_lr * grad_w L_train(aug_phi(x_train), w))`` by
     ``torch.func.grad`` over the policy parameters ``phi`` of an inner
-    ``torch.func.grad_and_value`` over a functional copy of the model weights.
+    ``torch.func.grad`` over a functional copy of the model weights. With
+    ``inner_steps = K > 1`` the augmented batch is cut into K chunks and the
+    K SGD steps are unrolled (memory grows with K, within the call only).
     The model's own parameters and buffers are never modified (buffers such as
     BatchNorm running stats are cloned for the step). Returns the gradients
-    (keyed like ``policy.named_parameters()``), the train and validation
-    losses and the augmented training images, all detached.
+    (keyed like ``policy.named_parameters()``), the mean train loss, the
+    validation loss and the augmented training images, all detached.
     """
     x_train, y_train, train_kwargs = _unpack(train_batch, "train_batch")
     x_val, y_val, val_kwargs = _unpack(val_batch, "val_batch")
+    if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or not 1 <= inner_steps <= x_train.shape[0]:
+        raise ValueError(f"inner_steps must be an integer in [1, train batch size {x_train.shape[0]}], "
+                         f"got {inner_steps!r}")
     if noise is None:
         noise = policy.draw_noise(x_train.shape[0], generator=generator, device=x_train.device)
+    chunks = [torch.arange(x_train.shape[0], device=x_train.device).tensor_split(inner_steps)[i]
+              for i in range(inner_steps)]
     weights = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     policy_params = {n: p.detach() for n, p in policy.named_parameters()}
@@ -516,14 +535,21 @@ def meta_gradients(
     def outer(phi: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         augmented = functional_call(policy, {**phi, **policy_buffers}, (x_train,), {"noise": noise})
 
-        def inner(w: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        def inner(w: dict[str, torch.Tensor], idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-            out = functional_call(model, {**w, **frozen, **buffers}, (augmented,), train_kwargs)
-            loss = _mean_loss(loss_fn(out, y_train))
+            images, targets, kwargs = augmented, y_train, train_kwargs
+            if inner_steps > 1:
+                images, targets, kwargs = augmented[idx], _index(y_train, idx), _index(train_kwargs, idx)
+            out = functional_call(model, {**w, **frozen, **buffers}, (images,), kwargs)
+            loss = _mean_loss(loss_fn(out, targets))
             return loss, loss
 
-        grads, train_loss = grad(inner, has_aux=True)(weights)
-        updated = {n: weights[n] - inner_lr * grads[n] for n in weights}
+        updated, train_losses = weights, []
+        for idx in chunks:
+            grads, loss = grad(inner, has_aux=True)(updated, idx)
+            updated = {n: updated[n] - inner_lr * grads[n] for n in updated}
+            train_losses.append(loss)
+        train_loss = torch.stack(train_losses).mean()
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         out = functional_call(model, {**updated, **frozen, **buffers}, (x_val,), val_kwargs)
         val_loss = _mean_loss(loss_fn(out, y_val))
@@ -556,11 +582,14 @@ class MetaLearner:
     """
 
     def __init__(self, policy: AugmentPolicy | None = None, *, lr: float = 0.05, inner_lr: float = 0.1,
-                 optimizer: torch.optim.Optimizer | None = None) -> None:
+                 inner_steps: int = 1, optimizer: torch.optim.Optimizer | None = None) -> None:
         self.policy = policy if policy is not None else AugmentPolicy()
         if not lr > 0 or not inner_lr > 0:
             raise ValueError(f"lr and inner_lr must be > 0, got lr={lr!r}, inner_lr={inner_lr!r}")
+        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
+            raise ValueError(f"inner_steps must be an integer >= 1, got {inner_steps!r}")
         self.inner_lr = float(inner_lr)
+        self.inner_steps = inner_steps
         self.optimizer = optimizer or torch.optim.Adam(self.policy.parameters(), lr=lr, betas=(0.5, 0.999))
 
     def meta_step(self, model: nn.Module, loss_fn: Callable[[Any, Any], Any], train_batch: Batch,
@@ -569,7 +598,8 @@ class MetaLearner:
         """One outer update of the policy: hypergradient (see ``meta_gradients``), then an optimizer step."""
         grads, train_loss, val_loss, augmented = meta_gradients(
             self.policy, model, loss_fn, train_batch, val_batch,
-            inner_lr=self.inner_lr if inner_lr is None else inner_lr, noise=noise, generator=generator,
+            inner_lr=self.inner_lr if inner_lr is None else inner_lr, inner_steps=self.inner_steps,
+            noise=noise, generator=generator,
         )
         for n, p in self.policy.named_parameters():
             p.grad = grads[n]
@@ -676,6 +706,7 @@ class LearnedAugment(_PolicyAlgorithm):
         meta_every: meta step every this many optimizer steps (k); 1 = every step.
         lr: Adam learning rate of the policy parameters.
         inner_lr: learning rate of the inner SGD step; None = the loop optimizer's first lr (else 0.1).
+        inner_steps: unrolled inner SGD steps per meta step (the train part is cut into that many chunks).
         validation: "split" (hold out part of each meta batch) or "source" (a validation iterable).
         val_fraction: share of the batch held out with ``validation="split"``.
         log_every: log probabilities/magnitudes every this many meta steps (0 = never).
@@ -683,7 +714,8 @@ class LearnedAugment(_PolicyAlgorithm):
     """
 
     def __init__(self, *, policy: Mapping[str, Any] | str | None = None, meta_every: int = 5, lr: float = 0.05,
-                 inner_lr: float | None = None, validation: str = "split", val_fraction: float = 0.5,
+                 inner_lr: float | None = None, inner_steps: int = 1, validation: str = "split",
+                 val_fraction: float = 0.5,
                  log_every: int = 50, history_size: int = 1000) -> None:
         super().__init__()
         if isinstance(meta_every, bool) or not isinstance(meta_every, int) or meta_every < 1:
@@ -699,7 +731,7 @@ class LearnedAugment(_PolicyAlgorithm):
         self.val_fraction = float(val_fraction)
         self.inner_lr = inner_lr
         self.log_every = int(log_every)
-        self.learner = MetaLearner(AugmentPolicy(policy), lr=lr, inner_lr=inner_lr or 0.1)
+        self.learner = MetaLearner(AugmentPolicy(policy), lr=lr, inner_lr=inner_lr or 0.1, inner_steps=inner_steps)
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=history_size)
         self.meta_steps = 0
         self.skipped_meta_steps = 0
