@@ -255,3 +255,12 @@ def test_train_val_loaders_keep_augmentation_off_validation(dataset):
     assert sum(b.batch_size for b in tl) == len(train)
     assert len(calls["sample"]) == len(train) and calls["batch"] == len(tl)
     assert tl.batch_sampler.mode == "mixed-pairs"
+
+
+def test_empty_batch_from_sampler_is_an_error(dataset):
+    loader = PrefetchLoader(dataset, [[0, 1], []], monitor_interval=None)
+    it = iter(loader)
+    assert next(it).indices.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="empty batch"):
+        next(it)
+    assert _taxaug_threads() == []

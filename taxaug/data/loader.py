@@ -143,6 +143,8 @@ class _EpochRun:
         try:
             for indices in self.batches:
                 idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+                if idx.size == 0:
+                    raise ValueError(f"the batch sampler yielded an empty batch (batch {seq})")
                 while not self.slots.acquire(timeout=_POLL):
                     if self.stop.is_set():
                         return
@@ -150,9 +152,6 @@ class _EpochRun:
                 with self.jobs_cond:
                     self.jobs[seq] = job
                     self.jobs_cond.notify_all()
-                if idx.size == 0:
-                    with self.jobs_cond:
-                        self.jobs_cond.notify_all()
                 for slot in range(idx.size):
                     if not self._put(self.io_queue, (job, slot)):
                         return
@@ -262,8 +261,9 @@ class _EpochRun:
                         item = self.ready_queue.get(timeout=_POLL)
                         break
                     except queue.Empty:
-                        if not any(t.is_alive() for t in self.threads):
-                            break
+                        if not any(t.is_alive() for t in self.threads) and self.ready_queue.empty():
+                            raise RuntimeError("loader threads exited before the epoch finished "
+                                               f"({self.out_batches} batches delivered); this is a bug") from None
                     finally:
                         self.main_wait += time.perf_counter() - start
                 if item is _END:
