@@ -13,9 +13,7 @@ import collections
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
-
-import attrs
+from typing import Any, NamedTuple
 
 from taxaug.algorithms.base import Algorithm
 from taxaug.algorithms.events import REVERSED_EVENTS, Event
@@ -26,9 +24,11 @@ __all__ = ["Engine", "TraceEntry"]
 log = logging.getLogger(__name__)
 
 
-@attrs.frozen
-class TraceEntry:
-    """One `apply` call: when (step, epoch, event), who (algorithm key) and how long it took."""
+class TraceEntry(NamedTuple):
+    """One `apply` call: when (step, epoch, event), who (algorithm key) and how long it took.
+
+    A named tuple because one is built per apply on the hot path.
+    """
 
     step: int
     epoch: int

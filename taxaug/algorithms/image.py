@@ -54,6 +54,8 @@ class _ImageAugmentation(Algorithm):
     def _setup_image(self, *, prob: ProbSpec, where: str) -> None:
         self.prob = as_schedule(prob, "prob", low=0.0, high=1.0)
         self.where = check_choice(where, "where", WHERE)
+        # loader side: only follow the schedule position at BATCH_START; never touch the engine's batch
+        self.events = frozenset({Event.BATCH_START if self.where == "loader" else Event.AFTER_DATALOADER})
         self._position: tuple[int, int | None] = (0, None)
         self._validate_by_dry_run()
 
@@ -68,13 +70,6 @@ class _ImageAugmentation(Algorithm):
     def _op_value(self, step: int, max_steps: int | None) -> float:
         """Subclass hook: a scheduled argument of the op at this position (unused by default)."""
         return 1.0
-
-    def match(self, event: Event, state: State) -> bool:
-        if not state.training:
-            return False
-        if self.where == "loader":
-            return event is Event.BATCH_START
-        return event is Event.AFTER_DATALOADER
 
     def apply(self, event: Event, state: State) -> None:
         self._note_position(state)

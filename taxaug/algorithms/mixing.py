@@ -73,11 +73,8 @@ class _Mixing(Algorithm):
         self.num_classes = _check_num_classes(num_classes)
         self.aux_chunks = _check_components(aux_components)
         self.mixed_batches = 0
-
-    def match(self, event: Event, state: State) -> bool:
-        if not state.training:
-            return False
-        return event is Event.AFTER_DATALOADER or (event is Event.AFTER_LOSS and self.interpolate_loss)
+        # matched by the base class's set lookup, the cheapest test for the many events this ignores
+        self.events = frozenset({Event.AFTER_DATALOADER, *([Event.AFTER_LOSS] if self.interpolate_loss else [])})
 
     def apply(self, event: Event, state: State) -> None:
         if event is Event.AFTER_LOSS:
