@@ -293,6 +293,7 @@ def test_exported_policy_reproduces_the_learned_distribution(gen):
     x, _ = batch(gen, 8)
     noise = policy.draw_noise(8, generator=gen)
     torch.testing.assert_close(exported(x, noise=noise), policy(x, noise=noise).detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(exported(x, noise=noise), policy.sample(x, noise=noise), atol=1e-6, rtol=0)
     assert FixedPolicy.from_dict(json.loads(json.dumps(exported.to_dict()))) == exported
 
 

@@ -344,8 +344,15 @@ class AugmentPolicy(nn.Module):
     @torch.no_grad()
     def sample(self, images: torch.Tensor, *, noise: PolicyNoise | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Hard draw from the current distribution without gradients (uint8 or float; dtype kept)."""
-        return self.export_policy()(images, noise=noise, generator=generator)
+        """Hard draw from the current distribution without gradients (uint8 or float; dtype kept).
+
+        Reads the parameters as tensors (no host sync); same draws as ``export_policy()(images)``.
+        """
+        x = check_images(images)
+        return apply_sampled_ops(
+            x, self.op_logits, self.op_magnitudes(x.shape[-2], x.shape[-1]), ops=self.ops,
+            random_sign=self.random_sign, num_layers=self.config.num_layers, noise=noise, generator=generator,
+        )
 
     def summary(self) -> dict[str, dict[str, float]]:
         """``{op: {"p": probability, "magnitude": value}}`` (magnitude omitted for ops without one)."""
@@ -630,7 +637,7 @@ class _PolicyAlgorithm(Algorithm):
 
     events = frozenset({Event.AFTER_DATALOADER})
 
-    def _policy(self) -> FixedPolicy:
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def apply(self, event: Event, state: State) -> None:
@@ -638,8 +645,7 @@ class _PolicyAlgorithm(Algorithm):
         batch = state.batch
         if batch is None:
             raise ValueError(f"{self.key}: State.batch is None at AFTER_DATALOADER; set it to the MixBatch first")
-        images = self._policy()(batch.images, generator=self.generator)
-        state.batch = batch.replace(images=images)
+        state.batch = batch.replace(images=self._augment(batch.images))
 
 
 @register("fixed_policy_augment")
@@ -650,8 +656,8 @@ class FixedPolicyAugment(_PolicyAlgorithm):
         super().__init__()
         self.policy = FixedPolicy.from_dict(policy)
 
-    def _policy(self) -> FixedPolicy:
-        return self.policy
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        return self.policy(images, generator=self.generator)
 
 
 @register("uniform_augment")
@@ -662,8 +668,8 @@ class UniformAugment(_PolicyAlgorithm):
         super().__init__()
         self.policy = FixedPolicy.uniform(policy)
 
-    def _policy(self) -> FixedPolicy:
-        return self.policy
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        return self.policy(images, generator=self.generator)
 
 
 class _Cycle:
@@ -749,8 +755,8 @@ class LearnedAugment(_PolicyAlgorithm):
         """The learned distribution as a fixed policy (run it with ``FixedPolicyAugment`` or call it)."""
         return self.policy.export_policy()
 
-    def _policy(self) -> FixedPolicy:
-        return self.policy.export_policy()
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        return self.policy.sample(images, generator=self.generator)
 
     def _inner_lr(self, state: State) -> float:
         if self.inner_lr is not None:
