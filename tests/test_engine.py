@@ -206,3 +206,25 @@ def test_errors_name_the_algorithm_and_event():
         engine.run(Event.BATCH_START, State(step=4))
     notes = getattr(info.value, "__notes__", ["raised by algorithm 1.Broken on BATCH_START at step 4"])
     assert notes == ["raised by algorithm 1.Broken on BATCH_START at step 4"]
+
+
+def test_generator_device_is_checkpointed_and_checked():
+    engine = Engine([Recorder()], seed=0, generator_device="cpu")
+    saved = engine.state_dict()
+    assert saved["algorithms"]["0.recorder"]["generator_device"] == "cpu"
+    saved["algorithms"]["0.recorder"]["generator_device"] = "cuda:0"
+    with pytest.raises(ValueError, match=r"generator lived on cuda:0.*generator_device='cuda:0'"):
+        Engine([Recorder()], seed=0).load_state_dict(saved)
+
+
+@pytest.mark.cuda
+def test_cuda_generators_resume_exactly():
+    a = Recorder()
+    engine = Engine([a], seed=3, generator_device="cuda")
+    assert a.generator.device.type == "cuda"
+    saved = engine.state_dict()
+    first = torch.rand(4, generator=a.generator, device="cuda")
+    b = Recorder()
+    resumed = Engine([b], seed=3, generator_device="cuda")
+    resumed.load_state_dict(saved)
+    assert torch.equal(torch.rand(4, generator=b.generator, device="cuda"), first)

@@ -96,11 +96,21 @@ class Algorithm:
 
     # --- identity -------------------------------------------------------------------------
 
-    def bind(self, *, run_seed: int, index: int) -> None:
-        """Give the algorithm its place in a run: key `"{index}.{name}"` and a generator seeded from both."""
+    def bind(self, *, run_seed: int, index: int, generator_device: torch.device | str = "cpu") -> None:
+        """Give the algorithm its place in a run: key `"{index}.{name}"` and a generator seeded from both.
+
+        The generator lives on the CPU by default: draws are then identical whatever device the batch
+        is on. `generator_device="cuda"` keeps large per-pixel draws (noise fills, AugMix weights) on
+        the GPU instead of copying them over, at the price of device-dependent streams.
+        """
         self.run_seed = int(run_seed)
         self.index = int(index)
         self.key = f"{self.index}.{self.name or type(self).__name__}"
+        device = torch.device(generator_device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if self.generator.device != device:
+            self.generator = torch.Generator(device=device)
         self.generator.manual_seed(derive_seed(self.run_seed, self.index))
 
     def config(self) -> dict[str, Any]:
@@ -145,6 +155,7 @@ class Algorithm:
             "run_seed": self.run_seed,
             "index": self.index,
             "generator": self.generator.get_state().clone(),
+            "generator_device": str(self.generator.device),
             "position": {"step": self.last_step, "progress": self.last_progress, "epoch": self.last_epoch},
             "calls": self.calls,
             "extra": self.extra_state(),
@@ -169,6 +180,12 @@ class Algorithm:
                     f"{self.key}: checkpoint config differs ({detail}); rebuild the algorithm from the saved "
                     f"config (from_config) or pass strict=False"
                 )
+        saved_device = state_dict.get("generator_device", str(self.generator.device))
+        if torch.device(saved_device).type != self.generator.device.type:
+            raise ValueError(
+                f"{self.key}: the checkpoint's generator lived on {saved_device}, this one on "
+                f"{self.generator.device}; build the Engine with generator_device={saved_device!r}"
+            )
         self.generator.set_state(state_dict["generator"].clone())
         self.run_seed = int(state_dict.get("run_seed", self.run_seed))
         self.index = int(state_dict.get("index", self.index))

@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import torch
+
 from taxaug.algorithms.base import Algorithm
 from taxaug.algorithms.events import REVERSED_EVENTS, Event
 from taxaug.algorithms.state import State
@@ -47,9 +49,12 @@ class Engine:
         algorithms: Algorithm instances, in the order they run.
         seed: run seed; algorithm i gets key `"{i}.{name}"` and a generator seeded from (seed, i).
         trace_size: how many trace entries to keep (oldest dropped first); 0 disables the trace.
+        generator_device: where the algorithms' generators live: "cpu" (default; the same draws on any
+            batch device) or "cuda" (large per-pixel draws stay on the GPU).
     """
 
-    def __init__(self, algorithms: Iterable[Algorithm] = (), *, seed: int = 0, trace_size: int = 10_000) -> None:
+    def __init__(self, algorithms: Iterable[Algorithm] = (), *, seed: int = 0, trace_size: int = 10_000,
+                 generator_device: torch.device | str = "cpu") -> None:
         algorithms = list(algorithms)
         for i, a in enumerate(algorithms):
             if not isinstance(a, Algorithm):
@@ -62,7 +67,7 @@ class Engine:
         self.seed = int(seed)
         self.algorithms: tuple[Algorithm, ...] = tuple(algorithms)
         for i, a in enumerate(self.algorithms):
-            a.bind(run_seed=self.seed, index=i)
+            a.bind(run_seed=self.seed, index=i, generator_device=generator_device)
         self._reversed = tuple(reversed(self.algorithms))
         self.trace: collections.deque[TraceEntry] = collections.deque(maxlen=trace_size)
         self._tracing = trace_size > 0
