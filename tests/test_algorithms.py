@@ -362,3 +362,13 @@ def test_any_selective_mix_keeps_lineages_and_never_self_pairs(seed, level, swit
     assert torch.equal(state.batch.images[unmixed], original.images[unmixed])
     counts = (groups[:, None] == groups[None, :]).sum(dim=1)
     assert torch.equal(unmixed, (groups == -1) | (counts < 2)), "unpaired exactly when null or alone in its group"
+
+
+def test_interpolate_loss_composes_with_label_smoothing():
+    data = [make_batch(i) for i in range(3)]
+    mixed = run_steps(Engine([create("selective_cutmix"), create("label_smoothing", smoothing=0.2)], seed=5),
+                      make_state(), data)
+    interp = run_steps(Engine([create("selective_cutmix", interpolate_loss=True),
+                               create("label_smoothing", smoothing=0.2)], seed=5), make_state(), data)
+    for m, i in zip(mixed, interp):
+        assert torch.allclose(m["loss"], i["loss"], atol=1e-5)
