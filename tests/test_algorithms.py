@@ -278,6 +278,12 @@ def test_loader_side_augmentation_leaves_the_engine_batch_alone():
             assert out is batch, "prob is 0 before step 2"
         else:
             assert not torch.equal(out.images, batch.images)
+    erase = create("random_erasing", where="loader", p=1.0)
+    pair = Engine([algorithm, create("mixup"), erase], seed=0)
+    composed = pair.loader_transform()
+    out = composed(batch)
+    assert not torch.equal(out.images, batch.images) and out.targets is batch.targets
+    assert Engine([create("mixup")]).loader_transform() is None
     images = algorithm.batch_transform(batch.images)
     assert images.shape == batch.images.shape
     with pytest.raises(TypeError, match="batch_transform takes a MixBatch or"):

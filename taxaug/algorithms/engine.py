@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -101,6 +101,22 @@ class Engine:
     def loader_transforms(self) -> list[Any]:
         """`batch_transform` callables of algorithms configured to run loader-side (`where="loader"`)."""
         return [a.batch_transform for a in self.algorithms if getattr(a, "where", None) == "loader"]
+
+    def loader_transform(self) -> Callable[[Any], Any] | None:
+        """One `MixBatch -> MixBatch` callable running every loader-side transform in list order, or None.
+
+        Pass it as the data loader's `batch_transform`; it runs in the loader's assembly thread.
+        """
+        transforms = self.loader_transforms()
+        if not transforms:
+            return None
+
+        def run_all(batch: Any) -> Any:
+            for transform in transforms:
+                batch = transform(batch)
+            return batch
+
+        return run_all
 
     def summary(self) -> str:
         """One line per (event, algorithm) in the trace: calls and total milliseconds."""
