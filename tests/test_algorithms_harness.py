@@ -82,6 +82,8 @@ def make_state(*, max_steps: int = 6) -> State:
 
 TRAIN_EVENTS_BEFORE_FORWARD = (Event.BEFORE_DATALOADER, Event.AFTER_DATALOADER, Event.BATCH_START,
                                Event.BEFORE_FORWARD)
+STEP_EVENTS = (*TRAIN_EVENTS_BEFORE_FORWARD, Event.AFTER_FORWARD, Event.BEFORE_LOSS, Event.AFTER_LOSS,
+               Event.BEFORE_BACKWARD, Event.AFTER_BACKWARD, Event.BATCH_END)
 
 
 def run_step(engine: Engine, state: State, batch: F.MixBatch) -> dict[str, Any]:
