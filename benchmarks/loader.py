@@ -13,6 +13,7 @@ Usage: ``python benchmarks/loader.py [--quick] [--out DIR] [--repeats N] [--work
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -51,6 +52,13 @@ def make_images(folder: Path, count: int, seed: int = 0) -> list[str]:
     return names
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) plus its reaped children (DataLoader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     workers = int(os.environ.get("TAXAUG_BENCH_WORKERS", "2"))
@@ -86,20 +94,25 @@ def main() -> None:
             assert seen == count, (seen, count)
 
         table = Table(f"Loader: {count} JPEGs {SIZE[0]}x{SIZE[1]} -> 224x224 uint8, batch {BATCH}, "
-                      f"{workers} workers/decode threads, {os.cpu_count()} cores visible (median of {repeats})")
+                      f"{workers} workers/decode threads, {os.cpu_count()} cores visible, load average "
+                      f"{os.getloadavg()[0]:.1f} at start (median of {repeats})")
         case = f"{count} images"
         # rounds interleave the three so load from other processes hits them alike
         fns = {"single": single_thread, "taxaug PrefetchLoader": taxaug_loader, "torch DataLoader": torch_loader}
         for fn in fns.values():
             fn()  # warm-up: page cache, imports, worker start-up paths
         samples: dict[str, list[float]] = {k: [] for k in fns}
+        cpu: dict[str, list[float]] = {k: [] for k in fns}
         for r in range(repeats):
             order = list(fns)[r % 3:] + list(fns)[: r % 3]
             for key in order:
+                cpu_start = _cpu_seconds()
                 start = time.perf_counter()
                 fns[key]()
                 samples[key].append(time.perf_counter() - start)
+                cpu[key].append(_cpu_seconds() - cpu_start)
         rows = {k: statistics.median(v) for k, v in samples.items()}
+        cpu_rows = {k: statistics.median(v) for k, v in cpu.items()}
         single = rows.pop("single")
         floor = single / workers
         table.add(case, "Pillow decode, 1 thread", single, floor="floor",
@@ -110,6 +123,11 @@ def main() -> None:
             rate = count / seconds
             table.add(case, label, seconds, floor="floor",
                       note=f"{rate:.0f} img/s = {rate / (count / floor):.2f}x floor throughput")
+        cpu_case = "CPU time (all threads + workers)"
+        table.add(cpu_case, "Pillow decode, 1 thread", cpu_rows.pop("single"), floor="Pillow decode, 1 thread",
+                  note="the work itself")
+        for label, seconds in cpu_rows.items():
+            table.add(cpu_case, label, seconds, floor="Pillow decode, 1 thread", note="overhead = ratio - 1")
         ratio = rows["torch DataLoader"] / rows["taxaug PrefetchLoader"]
         table.add(case, "taxaug vs DataLoader", None, note=f"taxaug {ratio:.2f}x the DataLoader's throughput")
         table.emit(args.out, "loader")

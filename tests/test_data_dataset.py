@@ -271,3 +271,12 @@ def test_index_errors_and_pickling(hybrid):
     assert torch.equal(clone.load_image(4), ds.load_image(4))
     with pytest.raises(KeyError, match="not loaded"):
         ds.group_ids("taxa_L30")
+
+
+def test_raw_columns_as_metadata_have_no_nan(hybrid):
+    path, img_dir, _, _, _, lat, _ = hybrid
+    ds = HybridDataset(path, img_dir, image_size=8, metadata=("raw_lat", "raw_elevation"))
+    assert ds.aux_components == [("raw_lat", 1), ("raw_elevation", 1)]
+    aux, mask = ds.aux(np.arange(N))
+    assert torch.isfinite(aux).all()
+    assert mask[:, 0].tolist() == (~np.isnan(lat)).tolist()

@@ -204,8 +204,8 @@ class LabelsDataset:
         for name in metadata:
             block = np.asarray(columns[name], dtype=np.float32).reshape(n_file, -1)[self.file_rows]
             self.aux_components.append((name, int(block.shape[1])))
-            blocks.append(block)
             masks.append((block != 0).any(axis=1) & np.isfinite(block).all(axis=1))
+            blocks.append(np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0))  # raw columns may hold NaN
         self._aux = np.concatenate(blocks, axis=1) if blocks else None
         self._aux_mask = np.stack(masks, axis=1) if masks else None
 
