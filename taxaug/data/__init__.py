@@ -15,16 +15,21 @@ Typical use::
 """
 
 from taxaug.data import encoders
+from taxaug.data.build import BuildResult, build_from_csv, build_from_folder
 from taxaug.data.cache import LRUCache, nbytes
 from taxaug.data.dataset import HybridDataset, LabelsDataset, LoadFailures, MissingImage, PureHDF5Dataset
 from taxaug.data.filters import FilterConfig, apply_filters
 from taxaug.data.images import DecodeSpec, ImageLoadError, ImageLocator, decode_image, shard_name
+from taxaug.data.inspect import format_inspection, inspect_labels
 from taxaug.data.loader import PrefetchLoader, train_val_loaders
 from taxaug.data.sampler import GroupedBatchSampler
 from taxaug.data.schema import SchemaError, ValidationReport, validate, write_labels
+from taxaug.data.shard import ShardReport, shard_directory
 from taxaug.data.split import split_indices
+from taxaug.data.verify import VerificationError, VerifyReport, verify_images
 
 __all__ = [
+    "BuildResult",
     "DecodeSpec",
     "FilterConfig",
     "GroupedBatchSampler",
@@ -38,14 +43,23 @@ __all__ = [
     "PrefetchLoader",
     "PureHDF5Dataset",
     "SchemaError",
+    "ShardReport",
     "ValidationReport",
+    "VerificationError",
+    "VerifyReport",
     "apply_filters",
+    "build_from_csv",
+    "build_from_folder",
     "decode_image",
     "encoders",
+    "format_inspection",
+    "inspect_labels",
     "nbytes",
+    "shard_directory",
     "shard_name",
     "split_indices",
     "train_val_loaders",
     "validate",
+    "verify_images",
     "write_labels",
 ]
