@@ -17,6 +17,7 @@ from taxaug.data import (
     ImageLoadError,
     LRUCache,
     PrefetchLoader,
+    PureHDF5Dataset,
     nbytes,
     train_val_loaders,
     write_labels,
@@ -264,3 +265,20 @@ def test_empty_batch_from_sampler_is_an_error(dataset):
     with pytest.raises(ValueError, match="empty batch"):
         next(it)
     assert _taxaug_threads() == []
+
+
+def test_pure_hdf5_through_loader_with_small_cache(tmp_path):
+    n = 20
+    blobs = [_jpeg(i) for i in range(n)]
+    path = write_labels(tmp_path / "p.h5", [f"s{i}" for i in range(n)], {"taxa_L10": np.arange(n) % 4 + 1},
+                        images=blobs)
+    ds = PureHDF5Dataset(path, image_size=(8, 8))
+    budget = sum(len(b) for b in blobs) // 3
+    loader = PrefetchLoader(ds, GroupedBatchSampler(ds.group_ids("taxa_L10"), 3, mode="strict-group"),
+                            num_io_threads=3, cache_bytes=budget, monitor_interval=None)
+    for _ in range(2):
+        assert sorted(torch.cat([b.indices for b in loader]).tolist()) == list(range(n))
+        assert loader.cache.size_bytes <= budget
+    assert loader.cache.evictions > 0
+    assert torch.equal(next(iter(loader)).images[0], ds.load_image(int(next(iter(loader.batch_sampler))[0])))
+    loader.close()
