@@ -6,12 +6,11 @@
 See docs/algorithms.md for which State fields a loop sets around each event.
 """
 
-import importlib.util as _importlib_util
-
 from taxaug.algorithms.base import Algorithm, derive_seed
 from taxaug.algorithms.engine import Engine, TraceEntry
 from taxaug.algorithms.events import EVAL_EVENTS, REVERSED_EVENTS, Event
 from taxaug.algorithms.image import AugMix, AutoAugment, RandAugment, RandomErasing, TrivialAugment
+from taxaug.algorithms.learned import FixedPolicyAugment, LearnedAugment, UniformAugment
 from taxaug.algorithms.mixing import CutMix, MixUp, SelectiveCutMix, SelectiveMix, SelectiveMixup
 from taxaug.algorithms.registry import (
     ENTRY_POINT_GROUP,
@@ -36,10 +35,6 @@ from taxaug.algorithms.schedules import (
 from taxaug.algorithms.smoothing import LabelSmoothing, TaxonomyLabelSmoothing
 from taxaug.algorithms.state import State
 
-# LearnedAugment ("learned_augment") lives in learned.py, written separately; register it when present.
-if _importlib_util.find_spec("taxaug.algorithms.learned") is not None:
-    from taxaug.algorithms import learned
-
 __all__ = [
     "ENTRY_POINT_GROUP",
     "EVAL_EVENTS",
@@ -52,7 +47,9 @@ __all__ = [
     "CutMix",
     "Engine",
     "Event",
+    "FixedPolicyAugment",
     "LabelSmoothing",
+    "LearnedAugment",
     "Linear",
     "MixUp",
     "RandAugment",
@@ -66,6 +63,7 @@ __all__ = [
     "TaxonomyLabelSmoothing",
     "TraceEntry",
     "TrivialAugment",
+    "UniformAugment",
     "UnknownAlgorithmError",
     "as_schedule",
     "create",
