@@ -83,23 +83,25 @@ def hflip_data(batch: int, width: int, device: torch.device) -> torch.Tensor:
 
 
 def _warp_nearest(x: torch.Tensor, data: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour affine warp as one gather over a copy padded by a ring of `fill`.
+
+    Source coordinates are floored (Pillow) and clamped to the ring, so pixels that sample outside
+    the image read the fill value without a mask or a select.
+    """
     b, c, h, w = x.shape
     dev = x.device
+    padded = torch.empty(b, c, h + 2, w + 2, dtype=x.dtype, device=dev)
+    padded[:] = fill.reshape(1, c, 1, 1)
+    padded[:, :, 1:-1, 1:-1] = x
     xs = torch.arange(w, device=dev, dtype=torch.float64).add_(0.5)
     ys = torch.arange(h, device=dev, dtype=torch.float64).add_(0.5)
     a_, b_, c_, d_, e_, f_ = (data[:, i].reshape(b, 1, 1) for i in range(6))
-    src_x = torch.floor(a_ * xs.reshape(1, 1, w) + (b_ * ys.reshape(1, h, 1) + c_))
-    src_y = torch.floor(d_ * xs.reshape(1, 1, w) + (e_ * ys.reshape(1, h, 1) + f_))
-    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
-    index = (src_y.clamp_(0, h - 1) * w + src_x.clamp_(0, w - 1)).long().reshape(b, h * w)
-    if x.is_contiguous(memory_format=torch.channels_last) and c > 1:
-        pixels = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
-        gathered = pixels.gather(1, index.unsqueeze(2).expand(b, h * w, c)).reshape(b, h, w, c)
-        out = torch.where(inside.unsqueeze(3), gathered, fill.reshape(1, 1, 1, c))
-        return out.permute(0, 3, 1, 2)
-    pixels = x.reshape(b, c, h * w)
-    gathered = pixels.gather(2, index.unsqueeze(1).expand(b, c, h * w)).reshape(b, c, h, w)
-    return torch.where(inside.unsqueeze(1), gathered, fill.reshape(1, c, 1, 1))
+    # +1 shifts into the padded frame; clamping to [0, w + 1] sends every outside pixel to the ring
+    src_x = (a_ * xs.reshape(1, 1, w) + (b_ * ys.reshape(1, h, 1) + c_)).floor_().add_(1).clamp_(0, w + 1)
+    src_y = (d_ * xs.reshape(1, 1, w) + (e_ * ys.reshape(1, h, 1) + f_)).floor_().add_(1).clamp_(0, h + 1)
+    index = src_y.mul_(w + 2).add_(src_x).long().reshape(b, 1, h * w)
+    flat = padded.reshape(b, c, (h + 2) * (w + 2))
+    return flat.gather(2, index.expand(b, c, h * w)).reshape(b, c, h, w)
 
 
 def _warp_bilinear(x: torch.Tensor, data: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
