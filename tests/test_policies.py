@@ -308,6 +308,8 @@ def test_bad_inputs_raise_clear_errors():
         with pytest.raises(ValueError, match="clamp=True"):
             fn(x.float())
         assert fn(x.float() / 100, clamp=True).max() <= 1
+    with pytest.raises(ValueError, match=r"grey \(C=1\) or RGB \(C=3\)"):
+        P.trivial_augment_wide(_images(0, (2, 4, 8, 8)))
     with pytest.raises(ValueError, match="unknown AutoAugment policy"):
         P.auto_augment(x, "mnist")
     with pytest.raises(ValueError, match="unknown augmentation_set"):
@@ -356,3 +358,16 @@ def test_cuda_policies_match_cpu_with_a_cpu_generator():
     g = torch.Generator(device="cuda").manual_seed(0)
     out = P.rand_augment(x.cuda().float() / 255, generator=g)
     assert out.is_cuda and out.dtype == torch.float32
+
+
+def test_grey_images_run_through_every_policy():
+    x = _images(12, (4, 1, 16, 16))
+    for fn in (P.auto_augment, P.rand_augment, P.trivial_augment_wide, P.augmix, P.random_erasing):
+        out = fn(x, generator=_gen(0))
+        assert out.shape == x.shape and out.dtype == x.dtype
+
+
+def test_empty_batch_passes_through():
+    x = _images(13, (0, 3, 16, 16))
+    for fn in (P.auto_augment, P.rand_augment, P.trivial_augment_wide, P.augmix, P.random_erasing):
+        assert fn(x, generator=_gen(0)).shape == x.shape

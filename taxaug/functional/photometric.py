@@ -134,7 +134,9 @@ def _k_posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     mask = (256 - (1 << (8 - bits))).to(torch.uint8)
     if x.dtype == torch.uint8:
         return x & view4(mask)
-    return (quantize_uint8(x) & view4(mask)).to(x.dtype) / 255.0
+    # float: the same on 8-bit levels, in float arithmetic (all steps exact for powers of two)
+    step = view4((1 << (8 - bits)).to(x.dtype))
+    return (x * 255.0).round_().div_(step).floor_().mul_(step).div_(255.0)
 
 
 def _k_solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -179,7 +181,8 @@ def _k_autocontrast(x: torch.Tensor, param: torch.Tensor | None = None) -> torch
     return ((x - low) / span).clamp_(0.0, 1.0)
 
 
-def _equalize_uint8(x: torch.Tensor) -> torch.Tensor:
+def _equalize_lut(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pillow's ImageOps.equalize lut per (sample, channel) of uint8 x: (rows, 256) long lut and (rows, HW) index."""
     b, c, h, w = x.shape
     rows = b * c
     idx = x.reshape(rows, h * w).long()
@@ -195,14 +198,15 @@ def _equalize_uint8(x: torch.Tensor) -> torch.Tensor:
     before = hist.cumsum(dim=1) - hist
     lut = ((safe_step // 2 + before) // safe_step).clamp_(0, 255)
     identity = torch.arange(256, device=x.device).expand(rows, 256)
-    lut = torch.where(use.unsqueeze(1), lut, identity).to(torch.uint8)
-    return lut.gather(1, idx).reshape(b, c, h, w)
+    return torch.where(use.unsqueeze(1), lut, identity), idx
 
 
 def _k_equalize(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:
-    if x.dtype == torch.uint8:
-        return _equalize_uint8(x)
-    return _equalize_uint8(quantize_uint8(x)).to(x.dtype) / 255.0
+    levels = x if x.dtype == torch.uint8 else quantize_uint8(x)
+    lut, idx = _equalize_lut(levels)
+    # float output reads a float lut directly (one gather, no uint8 round trip)
+    table = lut.to(torch.uint8) if x.dtype == torch.uint8 else lut.to(x.dtype).div_(255.0)
+    return table.gather(1, idx).reshape(x.shape)
 
 
 def _k_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

@@ -355,6 +355,9 @@ def _finish(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _prepare(images: object, clamp: bool, fill: Fill, interpolation: str) -> tuple[torch.Tensor, torch.Tensor]:
     x = check_image_batch(images, clamp=clamp)
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"policies need grey (C=1) or RGB (C=3) images, got {x.shape[1]} channels "
+                         f"({describe(x)}); drop alpha or extra bands first")
     if interpolation not in _geometry.INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {_geometry.INTERPOLATIONS}, got {interpolation!r}")
     fill_tensor(fill, x.shape[1], x.dtype, x.device)  # validates fill early
