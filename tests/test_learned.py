@@ -399,3 +399,39 @@ def test_unrolled_inner_steps_match_plain_autograd(gen):
     torch.testing.assert_close(grads["magnitude_logits"], expected[1], rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="inner_steps"):
         meta_gradients(policy, model, lf, (x[:4], y[:4]), (x[4:8], y[4:8]), inner_lr=0.5, inner_steps=5)
+
+
+class _MetadataModel(nn.Module):
+    """Like the trainer's models: forward(images, aux=None, aux_mask=None) -> dict of logits per rank."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.image = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.meta = nn.Linear(2 + 1, 4)
+        self.head = nn.Linear(8, 3)
+        self.seen_aux: list[int] = []
+
+    def forward(self, images, aux=None, aux_mask=None):
+        if aux is None:
+            raise ValueError("metadata expected")
+        self.seen_aux.append(aux.shape[0])
+        feats = torch.cat([self.image(images), self.meta(torch.cat([aux, aux_mask.float()], 1))], 1)
+        return {"taxa_L10": self.head(feats)}
+
+
+def test_batches_with_metadata_reach_the_model_split_consistently(gen):
+    model = _MetadataModel()
+
+    def loss_fn(outputs, targets):
+        return nn.functional.cross_entropy(outputs["taxa_L10"], targets["taxa_L10"], reduction="none"), {}
+
+    algo = create("learned_augment", policy={"num_layers": 1}, meta_every=1, val_fraction=0.25)
+    x, y = batch(gen, 16)
+    aux, mask = F.rand((16, 2), generator=gen), F.rand((16, 1), generator=gen) > 0.5
+    state = State(model=model, loss_fn=loss_fn,
+                  batch=MixBatch(images=x, targets={"taxa_L10": y}, aux=aux, aux_mask=mask))
+    Engine([algo]).run(Event.AFTER_DATALOADER, state)
+    assert model.seen_aux == [12, 4]  # inner step on 12 augmented samples, outer loss on 4 clean ones
+    assert torch.equal(state.batch.aux, aux) and state.batch.images.dtype == x.dtype
+    assert algo.meta_steps == 1 and math.isfinite(algo.history[-1]["val_loss"])

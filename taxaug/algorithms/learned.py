@@ -492,6 +492,14 @@ def _index(value: Any, idx: torch.Tensor) -> Any:
     return value
 
 
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
 def _mean_loss(value: Any) -> torch.Tensor:
     """A loss_fn result (scalar, per-sample (B,), or a tuple whose first item is one of those) as a scalar."""
     if isinstance(value, (tuple, list)):
@@ -797,6 +805,8 @@ class LearnedAugment(_PolicyAlgorithm):
             train, val = batch, self._val.next()
             if hasattr(val, "to"):
                 val = val.to(batch.device)
+            elif isinstance(val, (tuple, list)):
+                val = tuple(_to_device(v, batch.device) for v in val)
         else:
             pair = self._split(batch)
             if pair is None:
