@@ -250,6 +250,19 @@ def test_apply_sampled_ops_keeps_uint8_and_channels_last(gen):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_apply_sampled_ops_keeps_floating_dtypes(gen, dtype):
+    x = quantised(gen, (6, 3, 10, 10))
+    k = len(F.DIFF_OP_NAMES)
+    args = (torch.zeros(k), all_magnitudes())
+    kw = {"ops": F.DIFF_OP_NAMES, "random_sign": SIGNED, "num_layers": 2}
+    noise = F.draw_policy_noise(2, 6, k, generator=gen)
+    out = F.apply_sampled_ops(x.to(dtype), *args, **kw, noise=noise)
+    reference = F.apply_sampled_ops(x.to(dtype).float(), *args, **kw, noise=noise)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), reference.to(dtype).float())
+
+
 def test_same_generator_state_same_output(gen):
     x = quantised(gen, (8, 3, 12, 12))
     k = len(F.DIFF_OP_NAMES)

@@ -478,6 +478,8 @@ def _unpack(batch: Batch, name: str) -> tuple[torch.Tensor, Any, dict[str, Any]]
     images = check_images(images, f"{name} images")
     if images.dtype == torch.uint8:
         images = images.float() / 255.0
+    elif images.dtype in (torch.float16, torch.bfloat16):
+        images = images.float()  # the relaxed ops run in float32 (CPU kernels lack half support)
     return images, targets, kwargs
 
 

@@ -616,7 +616,8 @@ def apply_sampled_ops(
     Ops are fused per family (one warp for all geometric choices, one blend
     for all enhance choices, ...) and combined with ``torch.where``, so a layer
     costs one pass per op family in ``ops`` whatever the per-sample choices,
-    with no host sync. uint8 images are converted to float and back (rounded).
+    with no host sync. uint8 images are converted to float and back (rounded);
+    float16/bfloat16 are computed in float32 and returned in their dtype.
     ``op_logits`` may be log-probabilities; only their softmax matters.
     """
     x = check_images(images)
@@ -624,6 +625,8 @@ def apply_sampled_ops(
     in_dtype = x.dtype
     if in_dtype == torch.uint8:
         x = x.float() / 255.0
+    elif in_dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # computed in float32 (CPU kernels lack half support), returned in the input dtype
     batch, k = x.shape[0], len(ops)
     if noise is None:
         noise = draw_policy_noise(num_layers, batch, k, generator=generator, device=x.device)
@@ -638,6 +641,8 @@ def apply_sampled_ops(
         x = _apply_fused(x, choice, magnitude, ops, noise.dither[layer].to(x.device))
     if in_dtype == torch.uint8:
         x = torch.round(x * 255.0).clamp(0, 255).to(torch.uint8)
+    else:
+        x = x.to(in_dtype)
     if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
         x = x.contiguous(memory_format=torch.channels_last)
     return x
