@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import taxaug.functional as F
@@ -109,6 +111,22 @@ def test_yaml_and_json_configs_load(tmp_path):
 def test_bad_configs_fail_with_clear_errors(config, error, match):
     with pytest.raises(error, match=match):
         PolicyConfig.from_dict(config)
+
+
+@given(
+    low=st.floats(-40, 40), width=st.floats(0.01, 40), init_at=st.floats(0.01, 0.99),
+    theta=st.floats(-1e4, 1e4),
+)
+def test_magnitudes_start_at_init_and_never_leave_their_bounds(low, width, init_at, theta):
+    high = low + width
+    init = low + init_at * width
+    policy = AugmentPolicy({"ops": {"rotate": {"min": low, "max": high, "init": init}}, "num_layers": 1})
+    assert policy.magnitudes()[0].item() == pytest.approx(init, rel=1e-4, abs=1e-4 * width)
+    with torch.no_grad():
+        policy.magnitude_logits.fill_(theta)
+    m = policy.magnitudes()[0].item()
+    assert low - 1e-4 <= m <= high + 1e-4
+    assert FixedPolicy.from_dict(policy.export_policy().to_dict()).magnitudes[0] == pytest.approx(m)
 
 
 def test_missing_config_file_and_bad_algorithm_arguments(tmp_path):

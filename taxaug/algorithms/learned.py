@@ -368,7 +368,8 @@ class AugmentPolicy(nn.Module):
         return FixedPolicy(
             ops=self.config.ops,
             probabilities=tuple(self.probabilities().detach().cpu().tolist()),
-            magnitudes=tuple(self.magnitudes().detach().cpu().tolist()),
+            magnitudes=tuple(min(max(m, o.low), o.high) if o.has_magnitude else m
+                             for o, m in zip(self.config.ops, self.magnitudes().detach().cpu().tolist())),
             num_layers=self.config.num_layers,
         )
 
@@ -395,7 +396,8 @@ class FixedPolicy:
         if any(p < 0 or not math.isfinite(p) for p in self.probabilities) or not sum(self.probabilities) > 0:
             raise ValueError(f"probabilities must be finite, >= 0 and not all 0, got {list(self.probabilities)}")
         for o, m in zip(self.ops, self.magnitudes):
-            if o.has_magnitude and not o.low - 1e-6 <= m <= o.high + 1e-6:
+            slack = 1e-5 * max(1.0, abs(o.low), abs(o.high))  # float32 rounding of learned values
+            if o.has_magnitude and not o.low - slack <= m <= o.high + slack:
                 raise ValueError(f"op {o.name!r}: magnitude {m} is outside its bounds [{o.low}, {o.high}]")
 
     @property
