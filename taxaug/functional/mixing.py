@@ -119,6 +119,15 @@ def _paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: 
     return out
 
 
+def _paste_one_box(x: torch.Tensor, perm: torch.Tensor, box: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """One box for the whole batch on CPU: copy, then gather only the box region from the partners."""
+    y1, x1, y2, x2 = (int(v) for v in box.tolist())
+    out.copy_(x)
+    if y2 > y1 and x2 > x1:
+        out[:, :, y1:y2, x1:x2] = x[:, :, y1:y2, x1:x2].index_select(0, perm)
+    return out
+
+
 def _prepare(
     batch: MixBatch, group_ids: torch.Tensor, perm: torch.Tensor | None, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -223,11 +232,15 @@ def selective_cutmix(
     if per_sample_boxes:
         boxes = sample_boxes(requested, height, width, minmax=minmax, generator=generator)
     else:
-        boxes = sample_boxes(requested[:1], height, width, minmax=minmax, generator=generator).expand(size, 4)
+        batch_box = sample_boxes(requested[:1], height, width, minmax=minmax, generator=generator)
+        boxes = batch_box.expand(size, 4)
     mixed_rows = (perm != torch.arange(size, device=images.device)).unsqueeze(1)
     boxes = boxes * mixed_rows
     lam_eff = (1.0 - box_area(boxes).to(torch.float64) / (height * width)).to(torch.float32)
-    mixed_images = _paste_boxes(images, perm, boxes, _check_out(out, images))
+    if per_sample_boxes or images.device.type != "cpu":
+        mixed_images = _paste_boxes(images, perm, boxes, _check_out(out, images))
+    else:  # unmixed samples paste from themselves, a no-op, so the one box serves every row
+        mixed_images = _paste_one_box(images, perm, batch_box[0], _check_out(out, images))
     mixed = _mixed_batch(batch, mixed_images, perm, lam_eff, aux_chunks, num_classes, generator)
     return MixResult(batch=mixed, perm=perm, lam=lam_eff, boxes=boxes)
 
