@@ -332,7 +332,9 @@ class PrefetchLoader:
     batch_sampler: yields lists of dataset positions per batch (e.g. :class:`GroupedBatchSampler`,
         ``torch.utils.data.BatchSampler``); ``len()`` and ``set_epoch`` are forwarded.
     transform: per-sample ``(3, H, W) uint8 tensor -> tensor``, run in the decode threads (must be
-        thread-safe). Give training augmentation to the training loader only.
+        thread-safe; samples reach it in no fixed order, so a shared seeded generator does not give
+        reproducible draws: use ``batch_transform`` for that). Give training augmentation to the
+        training loader only.
     batch_transform: ``MixBatch -> MixBatch``, run on each assembled batch, in sampler order, on one
         thread (so a seeded generator gives reproducible results).
     num_io_threads / num_decode_threads: threads per stage.
