@@ -1,4 +1,4 @@
-"""``taxaug-data``: build, verify, shard and inspect labels.h5 datasets (and generate a demo one)."""
+"""taxaug-data: build, verify, shard and inspect labels.h5 datasets (and generate a demo one)."""
 
 from __future__ import annotations
 
