@@ -205,7 +205,8 @@ def test_logit_gradient_points_away_from_a_harmful_op(gen):
     layers=st.integers(1, 3),
     ops=st.lists(st.sampled_from(F.DIFF_OP_NAMES), min_size=1, max_size=8, unique=True),
 )
-def test_hard_path_reproduces_relaxed_forward(seed, layers, ops):
+def test_hard_paths_reproduce_relaxed_forward(seed, layers, ops):
+    """Grouped (CPU default) and masked (GPU default) dispatch draw the relaxed path's images."""
     gen = torch.Generator().manual_seed(seed)
     idx = [F.DIFF_OP_NAMES.index(o) for o in ops]
     x = quantised(gen, (6, 3, 11, 13))
@@ -214,7 +215,9 @@ def test_hard_path_reproduces_relaxed_forward(seed, layers, ops):
     noise = F.draw_policy_noise(layers, 6, len(ops), generator=gen)
     relaxed = F.relaxed_augment(x, logits, mags, ops=ops, random_sign=signed, num_layers=layers, noise=noise)
     hard = F.apply_sampled_ops(x, logits, mags, ops=ops, random_sign=signed, num_layers=layers, noise=noise)
-    close = (relaxed - hard).abs() <= 1e-4
+    masked = F.apply_sampled_ops(x, logits, mags, ops=ops, random_sign=signed, num_layers=layers, noise=noise,
+                                 dispatch="masked")
+    close = ((relaxed - hard).abs() <= 1e-4) & ((masked - hard).abs() <= 1e-4)
     if layers == 1:
         assert close.all()
     else:
@@ -294,5 +297,7 @@ def test_bad_inputs_fail_loudly(gen):
     with pytest.raises(ValueError, match="noise was drawn"):
         F.relaxed_augment(x, torch.zeros(2), torch.zeros(2), ops=("identity", "hflip"),
                           noise=F.draw_policy_noise(1, 3, 2, generator=gen))
+    with pytest.raises(ValueError, match="dispatch"):
+        F.apply_sampled_ops(x, torch.zeros(2), torch.zeros(2), ops=("identity", "hflip"), dispatch="fast")
     with pytest.raises(ValueError, match="temperature"):
         F.relaxed_one_hot(torch.zeros(2), torch.zeros(4, 2), temperature=0.0)
