@@ -418,5 +418,5 @@ def _k_color_jitter(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.
                 out = _JITTER_KERNELS[op](out, params[op])
             else:
                 sub = _JITTER_KERNELS[op](out.index_select(0, sel), params[op].index_select(0, sel))
-                out = out.index_copy(0, sel, sub)
+                out = out.index_put((sel,), sub)
     return out if out is not x else x.clone()

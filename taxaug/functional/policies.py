@@ -3,7 +3,7 @@ TrivialAugmentWide, AugMix and RandomErasing.
 
 Every sample draws its own sub-policy / ops / magnitudes / signs. The ops then run by *grouped
 dispatch*: the samples that drew the same op are gathered (index_select), the op runs once over
-them, and the results are scattered back (index_copy). All geometric ops of one round share one
+them, and the results are scattered back (index_put_). All geometric ops of one round share one
 affine warp. One host sync per round reads the group sizes; there is no per-sample Python loop.
 Every random draw goes through `taxaug.functional.random` with the caller's `generator` and is
 made on the batch's device (or the generator's, then moved), so the same generator state gives
@@ -306,6 +306,10 @@ def _dispatch(
         return x
     order = torch.argsort(group, stable=True)
     per_block = sample_blocks(x)[0].stop or 1
+    n_identity = counts[names.index("identity")] if "identity" in names else 0
+    # Output rows of untouched samples must be copied; with few of them, copying just those rows
+    # beats cloning the whole batch and overwriting the rest.
+    clone_first = 2 * n_identity >= x.shape[0]
     out: torch.Tensor | None = None
     start = 0
     fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if any(n in _GEOMETRIC for n in names) else None
@@ -314,23 +318,27 @@ def _dispatch(
             continue
         group_idx = order[start : start + count]
         start += count
-        if gid < n_ops and names[gid] == "identity":
+        is_identity = gid < n_ops and names[gid] == "identity"
+        if is_identity and clone_first:
             continue
         for first in range(0, count, per_block):
             idx = group_idx[first : first + per_block]
             whole = idx.numel() == x.shape[0]
-            sub = x if whole else x.index_select(0, idx)
-            p = params if whole else params.index_select(0, idx)
-            if gid == n_ops:
-                sub_ops = op_indices if whole else op_indices.index_select(0, idx)
-                res = _warp_group(sub, sub_ops, p, names, fill_t, interpolation)
+            if is_identity:
+                res = x.index_select(0, idx)
             else:
-                res = _KERNELS[names[gid]](sub, p)
+                sub = x if whole else x.index_select(0, idx)
+                p = params if whole else params.index_select(0, idx)
+                if gid == n_ops:
+                    sub_ops = op_indices if whole else op_indices.index_select(0, idx)
+                    res = _warp_group(sub, sub_ops, p, names, fill_t, interpolation)
+                else:
+                    res = _KERNELS[names[gid]](sub, p)
             if whole:
                 return res
             if out is None:
-                out = x.clone()
-            out.index_copy_(0, idx, res)
+                out = x.clone() if clone_first else torch.empty_like(x)
+            out.index_put_((idx,), res)  # faster than index_copy_ on CPU
     return x if out is None else out
 
 
@@ -725,7 +733,12 @@ def random_erasing(
     mask = (in_rows.unsqueeze(3) & in_cols.unsqueeze(2)).any(dim=1).unsqueeze(1)  # (B, 1, H, W)
     if mode == "const":
         fill = _erase_value(value, c, x.dtype, dev)
-        out = x * ~mask + fill.reshape(1, c, 1, 1) * mask  # arithmetic select, faster than torch.where on CPU
+        out = x.clone()
+        if c == 1 or bool((fill == fill[0]).all()):
+            out.masked_fill_(mask, fill[0])
+        else:
+            for ch in range(c):  # per-channel value: one masked fill per channel
+                out[:, ch : ch + 1].masked_fill_(mask, fill[ch])
         return out.contiguous(memory_format=fmt)
     full = mask.expand(b, c, h, w)
     n = int(full.sum())
