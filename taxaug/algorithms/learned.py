@@ -615,6 +615,22 @@ def meta_gradients(
     return hypergrads, train_loss.detach(), val_loss.detach(), augmented.detach()
 
 
+def _average_across_ranks(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Mean of the hypergradients over the ranks of the default process group (one all-reduce), so every
+    rank takes the same policy step and the policies stay identical; unchanged when not distributed."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return grads
+    flat = torch.cat([g.reshape(-1) for g in grads.values()])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    out, start = {}, 0
+    for n, g in grads.items():
+        out[n] = flat[start:start + g.numel()].view_as(g)
+        start += g.numel()
+    return out
+
+
 @attrs.frozen
 class MetaStepResult:
     """What one meta step did (all tensors detached; read them with ``.item()`` when logging)."""
@@ -638,7 +654,7 @@ class MetaLearner:
     """
 
     def __init__(self, policy: AugmentPolicy | None = None, *, lr: float = 0.05, inner_lr: float = 0.1,
-                 inner_steps: int = 1, backend: str = "autograd",
+                 inner_steps: int = 1, backend: str = "autograd", sync_distributed: bool = True,
                  optimizer: torch.optim.Optimizer | None = None) -> None:
         self.policy = policy if policy is not None else AugmentPolicy()
         if not lr > 0 or not inner_lr > 0:
@@ -650,6 +666,7 @@ class MetaLearner:
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
         self.backend = backend
+        self.sync_distributed = sync_distributed
         self.optimizer = optimizer or torch.optim.Adam(self.policy.parameters(), lr=lr, betas=(0.5, 0.999))
 
     def meta_step(self, model: nn.Module, loss_fn: Callable[[Any, Any], Any], train_batch: Batch,
@@ -661,6 +678,8 @@ class MetaLearner:
             inner_lr=self.inner_lr if inner_lr is None else inner_lr, inner_steps=self.inner_steps,
             noise=noise, generator=generator, backend=self.backend,
         )
+        if self.sync_distributed:
+            grads = _average_across_ranks(grads)
         for n, p in self.policy.named_parameters():
             p.grad = grads[n]
         norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads.values()]))
