@@ -24,6 +24,7 @@ from taxaug.functional import photometric as _color
 from taxaug.functional import random as _random
 from taxaug.functional._image_common import (
     Fill,
+    as_param,
     check_image_batch,
     compute_dtype,
     fill_tensor,
@@ -396,8 +397,6 @@ def apply_ops_per_sample(
     op_indices = op_indices.to(device=x.device, dtype=torch.long)
     if op_indices.numel() and (int(op_indices.min()) < 0 or int(op_indices.max()) >= len(op_names)):
         raise ValueError(f"op_indices must lie in [0, {len(op_names)}), got values outside")
-    from taxaug.functional._image_common import as_param
-
     params = as_param(magnitudes, x.shape[0], x.device, "magnitudes")
     names = list(op_names)
     if "identity" not in names:
