@@ -118,6 +118,9 @@ def test_magnitude_tables_match_torchvision_ranges():
     assert _param(ta, "posterize", 1.0) == 2 and _param(ta, "shear_x", 1.0) == pytest.approx(0.99)
     assert set(P.OP_TABLES) == {"autoaugment", "randaugment", "trivial_augment_wide", "augmix"}
     assert P.OP_TABLES["augmix"][0].fn is F.autocontrast
+    for table in P.OP_TABLES.values():
+        for spec in table:
+            assert callable(spec.fn) and spec.fn.__name__ == spec.name
 
 
 def test_augmix_sets():
