@@ -73,7 +73,23 @@ class _BatchTransform(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {describe(generator)}")
         self.generator = generator
+        self._worker_key: tuple[int, int] | None = None
         self._dry_run()
+
+    def _call_generator(self) -> torch.Generator | None:
+        """The generator for this call; in a DataLoader worker process it is re-seeded once per worker.
+
+        A generator object is copied as is into every worker process, so without this every worker
+        would draw the same augmentations. The new seed mixes the generator's seed with the worker's
+        seed (which the DataLoader derives from the main process's RNG), so runs stay reproducible.
+        """
+        if self.generator is None:
+            return None
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self._worker_key != (info.id, info.seed):
+            self._worker_key = (info.id, info.seed)
+            self.generator.manual_seed((self.generator.initial_seed() * 1_000_003 + info.seed) % (2**63))
+        return self.generator
 
     def _apply(self, batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         raise NotImplementedError
@@ -85,14 +101,14 @@ class _BatchTransform(nn.Module):
     def forward(self, images: Any) -> Any:
         if _is_pil(images):
             mode = images.mode
-            out = self._apply(_pil_to_tensor(images).unsqueeze(0), self.generator)[0]
+            out = self._apply(_pil_to_tensor(images).unsqueeze(0), self._call_generator())[0]
             return _tensor_to_pil(out, mode)
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"{type(self).__name__} expects a tensor or PIL image, got {describe(images)}")
         if images.ndim == 3:
-            return self._apply(images.unsqueeze(0), self.generator)[0]
+            return self._apply(images.unsqueeze(0), self._call_generator())[0]
         if images.ndim == 4:
-            return self._apply(images, self.generator)
+            return self._apply(images, self._call_generator())
         raise ValueError(f"{type(self).__name__} expects (C, H, W) or (B, C, H, W), got {describe(images)}")
 
     def manual_seed(self, seed: int) -> _BatchTransform:

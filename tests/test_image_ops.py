@@ -199,6 +199,14 @@ def test_color_jitter_neutral_is_identity_and_order_matters():
     assert torch.allclose(a, step, atol=1e-6)
 
 
+def test_color_jitter_rejects_bad_order():
+    x = _images(18)
+    with pytest.raises(ValueError, match="permutation"):
+        F.color_jitter(x, order=torch.zeros(B, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(B, 4\) long"):
+        F.color_jitter(x, order=torch.zeros(B, 3, dtype=torch.long))
+
+
 def test_hue_shift_full_turn_is_identity():
     x = _images(14).float() / 255
     assert torch.allclose(F.adjust_hue(x, 0.0), x, atol=1e-5)

@@ -170,3 +170,18 @@ def test_batch_pipeline_on_cuda():
     assert out.is_cuda and out.dtype == torch.uint8
     with pytest.raises(ValueError, match="use device='batch'"):
         T.AugmentationPipeline([T.RandAugment()], device="cpu")(x[0])
+
+
+def test_dataloader_workers_get_distinct_streams(monkeypatch):
+    from types import SimpleNamespace
+
+    x = _images(10)
+    outs = []
+    for worker_id in (0, 1):
+        info = SimpleNamespace(id=worker_id, seed=1000 + worker_id)
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda info=info: info)
+        outs.append(T.TrivialAugmentWide().manual_seed(7)(x))
+    assert not torch.equal(outs[0], outs[1])  # a copied generator must not repeat across workers
+    info = SimpleNamespace(id=0, seed=1000)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: info)
+    assert torch.equal(T.TrivialAugmentWide().manual_seed(7)(x), outs[0])  # still reproducible

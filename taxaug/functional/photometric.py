@@ -25,6 +25,7 @@ from taxaug.functional._image_common import (
     run_op,
     view4,
 )
+from taxaug.functional._validate import describe
 
 __all__ = [
     "adjust_hue",
@@ -394,8 +395,10 @@ def color_jitter(
     ]
     if order is None:
         order = torch.arange(4, device=x.device).expand(bsz, 4)
-    elif order.shape != (bsz, 4) or order.dtype != torch.long:
-        raise ValueError(f"order must be a (B, 4) long tensor of permutations of 0..3, got {order.shape}")
+    elif not isinstance(order, torch.Tensor) or order.shape != (bsz, 4) or order.dtype != torch.long:
+        raise ValueError(f"order must be a (B, 4) long tensor of permutations of 0..3, got {describe(order)}")
+    elif order.device.type == "cpu" and not torch.equal(order.sort(dim=1).values, torch.arange(4).expand(bsz, 4)):
+        raise ValueError("every row of order must be a permutation of 0, 1, 2, 3")
     order = order.to(x.device)
 
     return run_op(x, _k_color_jitter, (*params, order), validate=False)
