@@ -473,3 +473,31 @@ def test_func_and_autograd_backends_agree(gen, inner_steps):
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="backend"):
         meta_gradients(*args, inner_lr=0.3, backend="higher")
+
+
+def test_a_destructive_magnitude_is_learned_down():
+    """Shifting the orientation images vertically by 3 of 8 rows moves the bright half across the middle:
+    the learned translate_y magnitude must shrink (from 3 px) while the op is kept at a lower rate."""
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ops = {"identity": {}, "translate_y": {"min": -4, "max": 4, "init": 3}, "brightness": {}}
+    algo = create("learned_augment", policy={"ops": ops, "num_layers": 1}, meta_every=1, lr=0.05)
+    engine = Engine([algo], seed=0)
+
+    def loss_fn(out, targets):
+        return nn.functional.cross_entropy(out, targets["y"])
+
+    state = State(model=model, optimizer=optimizer, loss_fn=loss_fn)
+    for step in range(40):
+        x, y = orientation_data(gen, 64)
+        state.step = step
+        state.batch = MixBatch(images=x, targets={"y": y})
+        engine.run(Event.AFTER_DATALOADER, state)
+        loss = loss_fn(model(state.batch.images.float() / 255), state.batch.targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    summary = algo.policy.summary()
+    assert abs(summary["translate_y"]["magnitude"]) < 2.0, summary
+    assert summary["translate_y"]["p"] < 1 / 3, summary
