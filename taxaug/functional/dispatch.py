@@ -1,0 +1,164 @@
+"""Grouped dispatch: run a different op with a different parameter on every sample of a batch.
+
+The samples that drew the same op are gathered (index_select), the op runs once over them and the
+results are scattered back (index_put_); all geometric ops of one call share one affine warp. One
+host sync per call reads the group sizes; there is no Python loop over samples. On CPU each group
+is processed in cache-sized blocks of samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from taxaug.functional import geometry as _geometry
+from taxaug.functional import photometric as _color
+from taxaug.functional._image_common import (
+    Fill,
+    as_param,
+    check_image_batch,
+    compute_dtype,
+    fill_tensor,
+    memory_format,
+    sample_blocks,
+)
+from taxaug.functional._validate import describe
+from taxaug.functional.op_tables import OP_NAMES
+
+__all__ = ["apply_ops_per_sample"]
+
+
+def _hflip_kernel(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1)
+
+
+_KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "brightness": _color._k_brightness,
+    "color": _color._k_color,
+    "contrast": _color._k_contrast,
+    "sharpness": _color._k_sharpness,
+    "posterize": _color._k_posterize,
+    "solarize": _color._k_solarize,
+    "solarize_add": _color._k_solarize_add,
+    "autocontrast": _color._k_autocontrast,
+    "equalize": _color._k_equalize,
+    "invert": _color._k_invert,
+    "hflip": _hflip_kernel,
+}
+_GEOMETRIC = {k: v for k, v in _geometry.GEOMETRIC_DATA.items() if k != "hflip"}
+assert set(OP_NAMES) == {"identity", *_KERNELS, *_GEOMETRIC}, "op_tables.OP_NAMES out of sync with the kernels"
+
+
+def _dispatch(
+    x: torch.Tensor,
+    op_indices: torch.Tensor,
+    params: torch.Tensor,
+    names: Sequence[str],
+    fill: Fill,
+    interpolation: str,
+) -> torch.Tensor:
+    """Run op `names[op_indices[i]]` with `params[i]` on sample i, each op once over its group."""
+    n_ops = len(names)
+    geo = torch.tensor([n in _GEOMETRIC for n in names], device=x.device)
+    group = torch.where(geo[op_indices], n_ops, op_indices)
+    counts = torch.bincount(group, minlength=n_ops + 1).tolist()  # the one host sync of the round
+    if "identity" in names and counts[names.index("identity")] == x.shape[0]:
+        return x
+    order = torch.argsort(group, stable=True)
+    per_block = sample_blocks(x)[0].stop or 1
+    n_identity = counts[names.index("identity")] if "identity" in names else 0
+    # Output rows of untouched samples must be copied; with few of them, copying just those rows
+    # beats cloning the whole batch and overwriting the rest.
+    clone_first = 2 * n_identity >= x.shape[0]
+    out: torch.Tensor | None = None
+    start = 0
+    fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if any(n in _GEOMETRIC for n in names) else None
+    for gid, count in enumerate(counts):
+        if count == 0:
+            continue
+        group_idx = order[start : start + count]
+        start += count
+        is_identity = gid < n_ops and names[gid] == "identity"
+        if is_identity and clone_first:
+            continue
+        for first in range(0, count, per_block):
+            idx = group_idx[first : first + per_block]
+            whole = idx.numel() == x.shape[0]
+            if is_identity:
+                res = x.index_select(0, idx)
+            else:
+                sub = x if whole else x.index_select(0, idx)
+                p = params if whole else params.index_select(0, idx)
+                if gid == n_ops:
+                    sub_ops = op_indices if whole else op_indices.index_select(0, idx)
+                    res = _warp_group(sub, sub_ops, p, names, fill_t, interpolation)
+                else:
+                    res = _KERNELS[names[gid]](sub, p)
+            if whole:
+                return res
+            if out is None:
+                out = x.clone() if clone_first else torch.empty_like(x)
+            out.index_put_((idx,), res)  # faster than index_copy_ on CPU
+    return x if out is None else out
+
+
+def _warp_group(x: torch.Tensor, ops: torch.Tensor, p: torch.Tensor, names: Sequence[str],
+                fill_t: torch.Tensor | None, interpolation: str) -> torch.Tensor:
+    """One affine warp for samples that drew (possibly different) geometric ops."""
+    data = torch.zeros(x.shape[0], 6, dtype=torch.float64, device=x.device)
+    for k, name in enumerate(names):
+        if name in _GEOMETRIC:
+            data = torch.where((ops == k).unsqueeze(1), _GEOMETRIC[name](p, x.shape[2], x.shape[3]), data)
+    assert fill_t is not None
+    if interpolation == "nearest":
+        return _geometry._warp_nearest(x, data, fill_t)
+    return _geometry._warp_bilinear(x, data, fill_t)
+
+
+def _finish(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if out is like:
+        out = out.clone()
+    return out.to(like.dtype).contiguous(memory_format=memory_format(like))
+
+
+def _prepare(images: object, clamp: bool, fill: Fill, interpolation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x = check_image_batch(images, clamp=clamp)
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"policies need grey (C=1) or RGB (C=3) images, got {x.shape[1]} channels "
+                         f"({describe(x)}); drop alpha or extra bands first")
+    if interpolation not in _geometry.INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {_geometry.INTERPOLATIONS}, got {interpolation!r}")
+    fill_tensor(fill, x.shape[1], x.dtype, x.device)  # validates fill early
+    return x, x.to(compute_dtype(x))
+
+
+def apply_ops_per_sample(
+    images: torch.Tensor,
+    op_indices: torch.Tensor,
+    magnitudes: torch.Tensor | float,
+    op_names: Sequence[str],
+    *,
+    fill: Fill = None,
+    interpolation: str = "nearest",
+    clamp: bool = False,
+) -> torch.Tensor:
+    """Apply op ``op_names[op_indices[i]]`` with parameter ``magnitudes[i]`` to sample i, by grouped dispatch.
+
+    `magnitudes` are the ops' own parameters (degrees, shear factor, pixels, enhance factor, bits,
+    threshold levels; ignored by parameter-free ops). Valid names: ``OP_NAMES``.
+    """
+    x, work = _prepare(images, clamp, fill, interpolation)
+    unknown = [n for n in op_names if n not in OP_NAMES]
+    if unknown:
+        raise ValueError(f"unknown op names {unknown}; valid names are {list(OP_NAMES)}")
+    if not isinstance(op_indices, torch.Tensor) or op_indices.shape != (x.shape[0],) or op_indices.is_floating_point():
+        raise ValueError(f"op_indices must be an integer tensor of shape ({x.shape[0]},), got {describe(op_indices)}")
+    op_indices = op_indices.to(device=x.device, dtype=torch.long)
+    if op_indices.numel() and (int(op_indices.min()) < 0 or int(op_indices.max()) >= len(op_names)):
+        raise ValueError(f"op_indices must lie in [0, {len(op_names)}), got values outside")
+    params = as_param(magnitudes, x.shape[0], x.device, "magnitudes")
+    names = list(op_names)
+    if "identity" not in names:
+        names = [*names, "identity"]
+    return _finish(_dispatch(work, op_indices, params, names, fill, interpolation), x)
