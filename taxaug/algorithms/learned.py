@@ -794,9 +794,8 @@ class LearnedAugment(_PolicyAlgorithm):
 
     def __init__(self, *, policy: Mapping[str, Any] | str | None = None, meta_every: int = 5, lr: float = 0.05,
                  inner_lr: float | None = None, inner_steps: int = 1, backend: str = "autograd",
-                 validation: str = "split",
-                 val_fraction: float = 0.5,
-                 log_every: int = 50, history_size: int = 1000) -> None:
+                 validation: str = "split", val_fraction: float = 0.5, log_every: int = 50,
+                 history_size: int = 1000) -> None:
         super().__init__()
         if isinstance(meta_every, bool) or not isinstance(meta_every, int) or meta_every < 1:
             raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}")
