@@ -211,8 +211,8 @@ class RandomErasing(_ImageAugmentation):
     """Random Erasing on the whole batch: each sample erased with probability `p` (a number or a schedule).
 
     `scale` and `ratio` bound the erased area (fraction of the image) and aspect ratio; `mode` fills with a
-    constant `value` (a number or one per channel, "const"), uniform noise ("rand") or normal noise
-    ("pixel"); up to `count` boxes per sample.
+    constant `value` (a number or one per channel, "const"), uniform noise per pixel over the image's range
+    ("rand") or normal noise per pixel ("pixel"); up to `count` boxes per sample.
     """
 
 
