@@ -273,3 +273,30 @@ def test_cuda_matches_cpu_with_cpu_generator():
         assert gpu.batch.images.is_cuda
         assert torch.allclose(gpu.batch.images.cpu(), cpu.batch.images, atol=1e-6)
         assert torch.equal(gpu.perm.cpu(), cpu.perm)
+
+
+@given(st.integers(2, 9), image_dtypes, st.booleans(), st.booleans(), lams, st.integers(0, 10_000))
+def test_cutmix_matches_a_per_sample_reference(size, dtype, channels_last, per_sample, lam, seed):
+    x = images_for(size, dtype, seed, channels_last, hw=(13, 10))
+    groups = torch.tensor([i % 3 for i in range(size)])
+    result = F.selective_cutmix(MixBatch(x, {}), groups, lam, per_sample_boxes=per_sample,
+                                generator=torch.Generator().manual_seed(seed))
+    expected = x.clone()
+    for i, (y1, x1, y2, x2) in enumerate(result.boxes.tolist()):
+        expected[i, :, y1:y2, x1:x2] = x[result.perm[i], :, y1:y2, x1:x2]
+    assert torch.equal(result.batch.images, expected)
+
+
+@given(st.integers(2, 9), image_dtypes, st.booleans(), st.integers(0, 10_000))
+def test_mixup_matches_a_float64_reference(size, dtype, channels_last, seed):
+    x = images_for(size, dtype, seed, channels_last)
+    lam = torch.rand(size, generator=torch.Generator().manual_seed(seed))
+    groups = torch.tensor([i % 2 for i in range(size)])
+    result = F.selective_mixup(MixBatch(x, {}), groups, lam, generator=torch.Generator().manual_seed(seed))
+    w = result.lam.double().view(-1, 1, 1, 1)
+    reference = w * x.double() + (1 - w) * x[result.perm].double()
+    if dtype == torch.uint8:
+        assert (result.batch.images.double() - reference).abs().max() <= 0.5 + 1e-3
+    else:
+        tolerance = {torch.float16: 1e-3, torch.bfloat16: 8e-3}.get(dtype, 1e-6)
+        assert torch.allclose(result.batch.images.double(), reference, atol=tolerance)

@@ -104,18 +104,40 @@ def _blend_images(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, out: t
     return out
 
 
+def _box_rows_cols(boxes: torch.Tensor, height: int, width: int, dtype: torch.dtype):
+    """0/1 row (n, 1, H, 1) and column (n, 1, 1, W) indicators of each box, in `dtype`."""
+    rows = torch.arange(height, device=boxes.device)
+    cols = torch.arange(width, device=boxes.device)
+    in_rows = (rows[None] >= boxes[:, 0:1]) & (rows[None] < boxes[:, 2:3])
+    in_cols = (cols[None] >= boxes[:, 1:2]) & (cols[None] < boxes[:, 3:4])
+    return in_rows.to(dtype)[:, None, :, None], in_cols.to(dtype)[:, None, None, :]
+
+
 def _paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[i] = x[i] with box i filled from x[perm[i]].
+
+    On CPU the select is arithmetic, which is several times faster there than
+    ``torch.where`` with a full boolean mask: floats use ``lerp`` with a 0/1
+    weight (exact at 0 and 1); uint8 adds ``(partner - own) * inside``, whose
+    wrap-around arithmetic is exact as well.
+    """
     height, width = x.shape[-2:]
     if x.device.type != "cpu":
         torch.where(box_masks(boxes, height, width), x.index_select(0, perm), x, out=out)
         return out
     block = _block_size(x, x.dtype)
     buffer = torch.empty_like(x[:block])
+    integer = not x.is_floating_point()
     for start in range(0, x.shape[0], block):
         stop = min(start + block, x.shape[0])
-        partner = buffer[: stop - start]
+        partner, own, dst = buffer[: stop - start], x[start:stop], out[start:stop]
         torch.index_select(x, 0, perm[start:stop], out=partner)
-        torch.where(box_masks(boxes[start:stop], height, width), partner, x[start:stop], out=out[start:stop])
+        rows, cols = _box_rows_cols(boxes[start:stop], height, width, x.dtype)
+        if integer:
+            partner.sub_(own).mul_(rows).mul_(cols)
+            torch.add(own, partner, out=dst)
+        else:
+            torch.lerp(own, partner, rows * cols, out=dst)
     return out
 
 
