@@ -27,6 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
+	test -f demo_data/labels.h5 || $(BIN)/taxaug-data demo --out demo_data
 	$(BIN)/taxaug-train --config configs/demo.yaml
 
 # Comparisons against torchvision and timm need their (CUDA) torch build, so

@@ -62,7 +62,7 @@ def _fraction(_inst, attribute, value):
 class DataConfig:
     """Where the dataset is and how it is split, sampled and decoded."""
 
-    labels: str = "data/demo/labels.h5"
+    labels: str = "demo_data/labels.h5"
     images_dir: str | None = None  # default: the folder holding labels.h5, then its images/ subfolder
     ranks: list[str] = attrs.field(factory=lambda: ["taxa_L10", "taxa_L20", "taxa_L30"])
     image_size: int = attrs.field(default=32, validator=_positive)
@@ -73,7 +73,7 @@ class DataConfig:
     split_seed: int = 0
     stratify_rank: str | None = None
     sampler: Literal["standard", "mixed-pairs", "strict-group"] = "mixed-pairs"
-    group_rank: str | None = None  # rank whose classes define the sampler's groups (default: coarsest)
+    group_rank: str | None = None  # rank whose classes form the sampler's groups (default: the mixing level, else finest)
     metadata: list[str] = attrs.field(factory=list)  # metadata components fed to the model's aux branch
     io_threads: int = attrs.field(default=2, validator=_positive)
     decode_threads: int = attrs.field(default=2, validator=_positive)
@@ -116,6 +116,7 @@ class OptimConfig:
     momentum: float = attrs.field(default=0.9, validator=_fraction)
     schedule: Literal["cosine", "constant", "linear"] = "cosine"
     warmup_steps: int = attrs.field(default=0, validator=_non_negative)
+    grad_clip: float | None = attrs.field(default=None, validator=_positive)  # max global grad norm
 
 
 @attrs.frozen
@@ -126,6 +127,7 @@ class TrainConfig:
     max_steps: int = attrs.field(default=300, validator=_positive)
     batch_size: int | Literal["auto"] = 64
     auto_batch_max: int = attrs.field(default=1024, validator=_positive)
+    auto_batch_memory_mb: int | None = attrs.field(default=None, validator=_positive)  # CPU: budget; CUDA: cap
     eval_every: int = attrs.field(default=100, validator=_non_negative)  # 0: only at the end
     eval_batch_size: int | None = attrs.field(default=None, validator=_positive)
     log_every: int = attrs.field(default=10, validator=_positive)

@@ -94,24 +94,43 @@ class HierarchicalLoss(nn.Module):
             t = (1 - self.label_smoothing) * t + self.label_smoothing * real / real.sum(dim=1, keepdim=True)
         return t, known
 
-    def forward(
+    def rank_terms(
         self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        per_rank: dict[str, torch.Tensor] = {}
-        total = None
-        weight_sum = 0.0
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{rank: (per-sample cross-entropy (B,), per-sample known mass (B,))} for the ranks in `targets`."""
+        terms = {}
         for r in self.ranks:
             if r not in targets:
                 continue
             if r not in logits:
                 raise KeyError(f"the model produced no logits for rank {r!r}; it produced {sorted(logits)}")
             t, known = self._prepare(r, targets[r].to(logits[r].device))
-            ce = soft_cross_entropy(logits[r], t)
-            loss = (ce * known).sum() / known.sum().clamp_min(1e-12)
-            per_rank[r] = loss
-            w = self.rank_weights[r]
-            total = loss * w if total is None else total + loss * w
-            weight_sum += w
-        if total is None:
+            terms[r] = (soft_cross_entropy(logits[r], t), known)
+        if not terms:
             raise ValueError(f"targets name none of the model's ranks {self.ranks}; got {sorted(targets)}")
-        return total / max(weight_sum, 1e-12), per_rank
+        return terms
+
+    def per_sample(self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Per-sample losses (B,) whose mean is the batch loss of `forward` (for ``State.loss_fn``).
+
+        Sample i's share of rank r is ``w_r / W * ce_ri * known_ri * B / sum_j known_rj``, so the
+        mean over the batch is exactly the weighted sum of the per-rank masked means.
+        """
+        return self._combine(self.rank_terms(logits, targets))[0]
+
+    def _combine(self, terms):
+        weight_sum = sum(self.rank_weights[r] for r in terms)
+        per_sample = None
+        per_rank = {}
+        for r, (ce, known) in terms.items():
+            denom = known.sum().clamp_min(1e-12)
+            per_rank[r] = (ce * known).sum() / denom
+            share = ce * known * (ce.shape[0] / denom) * (self.rank_weights[r] / max(weight_sum, 1e-12))
+            per_sample = share if per_sample is None else per_sample + share
+        return per_sample, per_rank
+
+    def forward(
+        self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        per_sample, per_rank = self._combine(self.rank_terms(logits, targets))
+        return per_sample.mean(), per_rank

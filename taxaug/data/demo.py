@@ -13,8 +13,9 @@ lives in its own region (latitude/longitude), each genus peaks in its own
 season (date observed), each species at its own elevation. A few rows have an
 unknown species (``taxa_L10 == 0``), as real data does.
 
-The files are JPEGs plus a ``labels.h5`` written with the same writer the
-``taxaug-data build`` tool uses, so the demo exercises the user's path.
+The files are JPEGs, an ``observations.csv`` and a ``labels.h5`` built from that
+CSV by ``taxaug.data.build_from_csv`` (what ``taxaug-data build --from-csv``
+runs), so the demo exercises the user's own path.
 """
 
 from __future__ import annotations
@@ -211,23 +212,28 @@ def generate_demo(
                               int(rows["species"][i]), rng, image_size)
         img.save(images_dir / ident, quality=90)
 
-    _write_labels(labels_path, identifiers, rows)
-    return labels_path
+    return _build_labels(out, identifiers, rows)
 
 
-def _write_labels(path: Path, identifiers: list[str], rows: dict) -> None:
-    """labels.h5 through the data layer's writer (the one `taxaug-data build` uses)."""
-    from taxaug.data import schema
+def _build_labels(out: Path, identifiers: list[str], rows: dict) -> Path:
+    """labels.h5 through ``taxaug-data build --from-csv`` (the builder users run on their own data)."""
+    import csv
 
-    schema.write_labels(
-        path,
-        identifiers,
-        {"taxa_L10": rows["taxa_L10"], "taxa_L20": rows["taxa_L20"], "taxa_L30": rows["taxa_L30"]},
-        lat=rows["lat"],
-        lon=rows["lon"],
-        dates=rows["dates"],
-        elevation=rows["elevation"],
-    )
+    from taxaug.data.build import build_from_csv
+
+    csv_path = out / "observations.csv"
+    columns = ["identifier", "taxa_L10", "taxa_L20", "taxa_L30", "lat", "lon", "date", "elevation"]
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for i, ident in enumerate(identifiers):
+            species = rows["taxa_L10"][i]
+            writer.writerow([
+                ident, species if species else "", rows["taxa_L20"][i], rows["taxa_L30"][i],
+                f"{rows['lat'][i]:.5f}", f"{rows['lon'][i]:.5f}", rows["dates"][i], f"{rows['elevation'][i]:.1f}",
+            ])
+    result = build_from_csv(csv_path, out, images_dir=out / "images", images="none", overwrite=True, progress=False)
+    return Path(result.labels_path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
