@@ -145,7 +145,7 @@ def _paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: 
         torch.index_select(x, 0, perm[start:stop], out=partner)
         rows, cols = _box_rows_cols(boxes[start:stop], height, width, x.dtype)
         if integer:
-            partner.sub_(own).mul_(rows).mul_(cols)
+            partner.sub_(own).mul_(rows * cols)
             torch.add(own, partner, out=dst)
         else:
             torch.lerp(own, partner, rows * cols, out=dst)
