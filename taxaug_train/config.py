@@ -135,6 +135,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
+    generator_device: Literal["cpu", "cuda"] = "cpu"  # where algorithms draw: cpu = same draws on any device
     deterministic: bool = False
     progress_bar: bool = True
     threads: int | None = attrs.field(default=None, validator=_positive)  # torch intra-op threads

@@ -54,10 +54,12 @@ class RankMetrics:
             hit1 = (top[:, 0] == t) & valid
             hitk = (top == t[:, None]).any(dim=1) & valid
             wrong = valid & ~hit1
-            d = self.distances[r].to(scores.device)[top[:, 0], t]
-            row = torch.stack(
-                [valid.sum(), hit1.sum(), hitk.sum(), wrong.sum(), (d * wrong).sum()]
-            ).to(device="cpu", dtype=torch.float64)
+            if self.distances[r].device != scores.device:
+                self.distances[r] = self.distances[r].to(scores.device)
+            d = self.distances[r][top[:, 0], t]
+            row = torch.stack([valid.sum(), hit1.sum(), hitk.sum(), wrong.sum(), (d * wrong).sum()]).double()
+            if self.sums.device != row.device:  # accumulate where the logits are: no host sync per batch
+                self.sums = self.sums.to(row.device)
             self.sums[i] += row
 
     def reduce_(self) -> None:
@@ -67,13 +69,13 @@ class RankMetrics:
             device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
             buf = self.sums.to(device)
             dist.all_reduce(buf)
-            self.sums.copy_(buf.cpu())
+            self.sums = buf
 
     def compute(self) -> dict[str, dict[str, float]]:
         """{rank: {top1, top5, severity, n}}; rates in [0, 1], NaN where undefined."""
         out = {}
         for i, r in enumerate(self.ranks):
-            n, c1, c5, w, d = self.sums[i].tolist()
+            n, c1, c5, w, d = self.sums[i].cpu().tolist()
             out[r] = {
                 "top1": c1 / n if n else float("nan"),
                 "top5": c5 / n if n else float("nan"),

@@ -192,7 +192,10 @@ class Trainer:
                                      taxonomy_smoothing=cfg.loss.taxonomy_smoothing,
                                      taxonomy_smoothing_beta=cfg.loss.taxonomy_smoothing_beta,
                                      label_smoothing=cfg.loss.label_smoothing).to(self.device)
-        self.engine = Engine(self._build_algorithms(), seed=t.seed + 100_003 * self.dist.rank)
+        if t.generator_device == "cuda" and self.device.type != "cuda":
+            raise ConfigError("train.generator_device: cuda needs the run on a CUDA device; use cpu")
+        self.engine = Engine(self._build_algorithms(), seed=t.seed + 100_003 * self.dist.rank,
+                             generator_device=self.device if t.generator_device == "cuda" else "cpu")
 
         self.batch_size = self._resolve_batch_size()
         self.eval_batch_size = t.eval_batch_size or self.batch_size
@@ -453,7 +456,7 @@ class Trainer:
         state.samples_seen += n
         state.batch_in_epoch += 1
         loss = state.loss.detach()
-        rank_losses = [per_rank[r].detach() if r in per_rank else torch.zeros(()) for r in self.ranks]
+        rank_losses = [per_rank[r].detach() if r in per_rank else loss.new_zeros(()) for r in self.ranks]
         return loss, rank_losses, n
 
     # ------------------------------------------------------------------------------------ evaluation
@@ -466,7 +469,7 @@ class Trainer:
         state.training = False
         engine.run(Event.EVAL_START, state)
         self.metrics.reset()
-        loss_sums = torch.zeros(len(self.ranks), 2, dtype=torch.float64)
+        loss_sums = torch.zeros(len(self.ranks), 2, dtype=torch.float64, device=self.device)
         train_batch = state.batch
         try:
             for batch in self.val_loader:
@@ -478,10 +481,8 @@ class Trainer:
                 state.outputs = outputs
                 self.metrics.update(outputs, batch.targets)
                 terms = self.loss.rank_terms(outputs, batch.targets)
-                for i, r in enumerate(self.ranks):
-                    ce, known = terms[r]
-                    loss_sums[i, 0] += float((ce * known).sum())
-                    loss_sums[i, 1] += float(known.sum())
+                loss_sums += torch.stack([torch.stack([(terms[r][0] * terms[r][1]).sum(), terms[r][1].sum()])
+                                          for r in self.ranks]).double()
                 engine.run(Event.EVAL_BATCH_END, state)
         finally:
             self.val_loader.close()
@@ -513,7 +514,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         return tqdm(total=self.cfg.train.max_steps, initial=self.state.step, desc="train", unit="step",
-                    dynamic_ncols=True, file=sys.stderr)
+                    dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
 
     def _open_outputs(self) -> None:
         if not self.write_files:
@@ -656,13 +657,14 @@ class _Window:
         self.started = time.perf_counter()
 
     def add(self, loss: torch.Tensor, rank_losses: Sequence[torch.Tensor], n: int, _seconds: float) -> None:
-        self.sums.append(torch.stack([loss.float().cpu(), *[r.float().cpu() for r in rank_losses]]))
+        # stays on the training device: no host sync until the next log line
+        self.sums.append(torch.stack([loss.float(), *[r.float() for r in rank_losses]]))
         self.samples += n
         self.steps += 1
 
     def flush(self, step: int, epoch: int, lr: float, ranks: Sequence[str]) -> dict[str, Any]:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        local = torch.stack(self.sums).sum(0) if self.sums else torch.zeros(self.num_ranks + 1)
+        local = torch.stack(self.sums).sum(0).cpu() if self.sums else torch.zeros(self.num_ranks + 1)
         totals = all_reduce_sum(torch.cat([local.double(), torch.tensor([self.steps, self.samples], dtype=torch.float64)]))
         steps = max(float(totals[-2]), 1.0)
         record = {"event": "train", "step": step, "epoch": epoch, "loss": float(totals[0] / steps),

@@ -248,3 +248,44 @@ def test_cuda_auto_batch_size_is_even_and_bounded(tiny_labels, tmp_path):
         "train.device": "cuda", "train.batch_size": "auto", "train.auto_batch_max": 64}))
     size = Trainer(cfg, write_files=False).batch_size
     assert size % 2 == 0 and 2 <= size <= 64
+
+
+# ------------------------------------------------------------------------------------------ example configs
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "demo_learned.yaml", "example_own_data.yaml"])
+def test_example_configs_validate_and_build_their_algorithms(name, monkeypatch):
+    from taxaug.algorithms import from_config
+
+    monkeypatch.chdir(DEMO_CONFIG.parent.parent)  # policy paths are relative to the repository root
+    cfg = load_config(DEMO_CONFIG.parent / name)
+    algorithms = from_config(cfg.algorithms)
+    assert [a.name for a in algorithms] == [entry["name"] for entry in cfg.algorithms]
+
+
+def test_interpolated_loss_and_taxonomy_smoothing_run_through_the_loss_fn(tiny_labels, tmp_path):
+    # grouped by genus, so a partner is usually another species: its labels must enter the loss
+    algorithms = [{"name": "selective_mixup", "group_levels": ["taxa_L20"], "prob": 1.0, "interpolate_loss": True},
+                  {"name": "taxonomy_label_smoothing", "alpha": 0.1}]
+    overrides = tiny_overrides(tiny_labels, tmp_path, **{"train.max_steps": 2, "train.eval_every": 2})
+    overrides.append("algorithms=" + json.dumps(algorithms))
+    trainer = Trainer(load_config(DEMO_CONFIG, overrides), write_files=False)
+    losses = []
+    run = trainer.engine.run
+
+    def spy(event, state):
+        out = run(event, state)
+        if event.name == "AFTER_LOSS":
+            own = trainer.loss.per_sample(state.outputs, state.batch.targets).mean()
+            info = state.scratch["0.selective_mixup"]
+            other_species = bool((state.batch.targets["taxa_L10"].argmax(1)
+                                  != state.batch.targets["taxa_L10"].argmax(1)[info["perm"]]).any())
+            losses.append((float(state.loss.detach()), float(own.detach()), info["mixed"] and other_species))
+        return out
+
+    trainer.engine.run = spy
+    trainer.fit()
+    assert len(losses) == 2
+    for replaced, own_targets_only, mixed in losses:
+        assert mixed
+        assert replaced != pytest.approx(own_targets_only)  # the partner's share entered the loss
