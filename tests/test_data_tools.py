@@ -199,11 +199,15 @@ def test_cli_build_and_shard(tree, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "s" / "ab")) == ["ab0.jpg", "ab1.jpg", "ab2.jpg"]
 
 
-def test_cli_demo_without_generator_fails_clearly(monkeypatch, capsys):
+def test_cli_demo_without_generator_fails_clearly(monkeypatch, capsys, tmp_path):
     import sys
 
-    monkeypatch.setitem(sys.modules, "taxaug.data.demo", None)  # as if demo.py were absent
-    assert main(["demo", "--out", "x"]) == 2
+    import taxaug.data
+
+    # as if demo.py were absent, even when an earlier test already imported it
+    monkeypatch.setitem(sys.modules, "taxaug.data.demo", None)
+    monkeypatch.delattr(taxaug.data, "demo", raising=False)
+    assert main(["demo", "--out", str(tmp_path / "x")]) == 2
     assert "demo generator (taxaug.data.demo) is not available" in capsys.readouterr().err
 
 
