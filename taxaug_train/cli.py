@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(format_algorithms())
         return 0
+    cfg = None
     try:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
@@ -71,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taxaug-train: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("taxaug-train: interrupted; resume from the last checkpoint with --resume "
-              f"{cfg.train.out_dir}", file=sys.stderr)
+        where = f" with --resume {cfg.train.out_dir}" if cfg is not None else ""
+        print(f"taxaug-train: interrupted; continue from the last checkpoint{where}", file=sys.stderr)
         return 130
     return 0
 

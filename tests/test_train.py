@@ -223,3 +223,39 @@ def test_preview_reports_the_mixing_partner_and_lam(tiny_labels, tmp_path):
     assert mixed.any()
     assert torch.equal(labels[perm[mixed]], labels[mixed])  # partners share the species
     assert ((lam[mixed] > 0) & (lam[mixed] < 1)).all() and (lam[~mixed] == 1).all()
+
+
+# ------------------------------------------------------------------------------------------ demo data
+
+
+def test_taxaug_data_demo_writes_a_real_tree_through_the_builder(tmp_path, capsys):
+    import h5py
+
+    from taxaug.data import HybridDataset, validate
+    from taxaug.data.cli import main as data_main
+
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--families", "2", "--genera", "2", "--species", "3", "--per-species", "6",
+            "--image-size", "24"]
+    assert data_main(args) == 0
+    assert "demo dataset written" in capsys.readouterr().out
+    assert validate(out / "labels.h5").ok
+    assert (out / "observations.csv").is_file()  # the CSV the builder read
+    with h5py.File(out / "labels.h5") as f:
+        assert "taxaug-data build" in f["metadata"].attrs["config_json"]
+    ds = HybridDataset(out / "labels.h5", out / "images", metadata=("spatial", "elevation_multiscale"))
+    assert len(ds) == 2 * 2 * 3 * 6
+    assert ds.num_classes == {"taxa_L10": 13, "taxa_L20": 5, "taxa_L30": 3}
+    tax = ds.taxonomy  # every species has one genus, every genus one family
+    assert sorted(np.bincount(tax.parent_array(0)[1:]).tolist()) == [0, 3, 3, 3, 3]
+    assert sorted(np.bincount(tax.parent_array(1)[1:]).tolist()) == [0, 2, 2]
+    assert ds.load_image(0).shape == (3, 24, 24)
+    # location follows the family: the two families' mean positions are far apart
+    aux, _ = ds.aux(np.arange(len(ds)))
+    fam = torch.from_numpy(ds.class_targets("taxa_L30"))
+    means = torch.stack([aux[fam == k, :3].mean(0) for k in (1, 2)])
+    assert (means[0] - means[1]).norm() > 0.5
+    # a second run does not overwrite silently
+    capsys.readouterr()
+    assert data_main(args) != 0
+    assert "exists; pass overwrite=True (--overwrite)" in capsys.readouterr().err
