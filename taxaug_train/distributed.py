@@ -15,8 +15,8 @@ import attrs
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_min", "all_reduce_sum", "barrier", "broadcast_object", "init_distributed",
-           "shutdown_distributed"]
+__all__ = ["DistInfo", "all_reduce_min", "all_reduce_sum", "barrier", "broadcast_buffers", "broadcast_object",
+           "init_distributed", "shutdown_distributed"]
 
 
 @attrs.frozen
@@ -110,3 +110,15 @@ def broadcast_object(obj, src: int = 0):
 def barrier() -> None:
     if _active():
         dist.barrier()
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank `src`'s buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each training forward, and each rank then updates them
+    with its own batch; before evaluating or saving, this makes every rank hold rank 0's model.
+    """
+    if not _active():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=src)

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -37,7 +38,14 @@ from taxaug.data import FilterConfig, GroupedBatchSampler, HybridDataset, Prefet
 from taxaug_train import checkpoint as ckpt
 from taxaug_train.autobatch import find_batch_size, training_step_probe
 from taxaug_train.config import ConfigError, TrainerConfig, config_to_dict, save_config
-from taxaug_train.distributed import DistInfo, all_reduce_min, all_reduce_sum, barrier, init_distributed
+from taxaug_train.distributed import (
+    DistInfo,
+    all_reduce_min,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    init_distributed,
+)
 from taxaug_train.losses import HierarchicalLoss
 from taxaug_train.metrics import RankMetrics
 from taxaug_train.models import build_model
@@ -169,6 +177,7 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         if t.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         elif self.device.type == "cuda":
@@ -371,7 +380,7 @@ class Trainer:
                 state.epoch, state.batch_in_epoch, skip = state.epoch + 1, 0, 0
             state.batch_in_epoch = skip
             engine.run(Event.EPOCH_START, state)
-            rank = self._group_rank()
+            rank = self._group_rank() if skip == 0 else self.group_rank  # a resumed epoch keeps its grouping
             if rank != self.group_rank:  # level switching: regroup the sampler at the new level
                 self.group_rank, self.sampler = rank, self._build_sampler(rank)
                 if self.is_main:
@@ -465,6 +474,7 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Validation pass (no augmentation; EVAL_* events); metrics reduced over processes and logged."""
         state, engine = self.state, self.engine
+        broadcast_buffers(self.model)  # every rank evaluates rank 0's model, the one checkpointed
         self.model.eval()
         state.training = False
         engine.run(Event.EVAL_START, state)

@@ -259,3 +259,19 @@ def test_taxaug_data_demo_writes_a_real_tree_through_the_builder(tmp_path, capsy
     capsys.readouterr()
     assert data_main(args) != 0
     assert "exists; pass overwrite=True (--overwrite)" in capsys.readouterr().err
+
+
+def test_a_separate_validation_file_uses_the_training_class_indices(tiny_labels, tmp_path):
+    val_labels = generate_demo(tmp_path / "val", families=2, genera=2, species=2, per_species=3, image_size=16,
+                               seed=11)
+    cfg = load_config(DEMO_CONFIG, tiny_overrides(tiny_labels, tmp_path / "run", **{
+        "data.val_labels": str(val_labels), "train.max_steps": 1, "train.eval_every": 1}))
+    trainer = Trainer(cfg, write_files=False)
+    assert len(trainer.train_set) == 96 and len(trainer.val_set) == 24  # the whole training file trains
+    for rank in trainer.ranks:  # same taxon -> same class index in both files
+        train_ids = trainer.train_set.taxon_ids(rank, trainer.train_set.class_targets(rank))
+        val_ids = trainer.val_set.taxon_ids(rank, trainer.val_set.class_targets(rank))
+        assert set(val_ids) <= set(train_ids)
+        assert np.array_equal(trainer.val_set.class_to_taxon_id[rank], trainer.train_set.class_to_taxon_id[rank])
+    summary = trainer.fit()
+    assert summary["ranks"]["taxa_L30"]["n"] == 24
