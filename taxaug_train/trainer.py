@@ -206,6 +206,8 @@ class Trainer:
         self.engine = Engine(self._build_algorithms(), seed=t.seed + 100_003 * self.dist.rank,
                              generator_device=self.device if t.generator_device == "cuda" else "cpu")
 
+        # read a checkpoint first: an `auto` batch size is taken from it, not probed again
+        self._resume_payload = ckpt.load_checkpoint(resume, map_location="cpu") if resume is not None else None
         self.batch_size = self._resolve_batch_size()
         self.eval_batch_size = t.eval_batch_size or self.batch_size
         self.optimizer = self._build_optimizer()
@@ -235,7 +237,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.resumed_from: Path | None = None
         if resume is not None:
-            self._load(resume)
+            self._load(resume, self._resume_payload)
+            self._resume_payload = None
 
     # ------------------------------------------------------------------------------------ construction
 
@@ -261,6 +264,11 @@ class Trainer:
             size = int(t.batch_size)
             if even and size % 2:
                 raise ConfigError(f"train.batch_size: the mixed-pairs sampler needs an even batch size, got {size}")
+            return size
+        if self._resume_payload is not None:
+            size = int(self._resume_payload["sampler"]["batch_size"])
+            if self.is_main:
+                log.info("batch_size auto: %d per process, as in the checkpoint being resumed", size)
             return size
         cap = min(t.auto_batch_max, per_rank_samples)
         budget = t.auto_batch_memory_mb << 20 if t.auto_batch_memory_mb else None
@@ -595,8 +603,7 @@ class Trainer:
         barrier()
         return path
 
-    def _load(self, where: str | Path) -> None:
-        payload = ckpt.load_checkpoint(where, map_location="cpu")
+    def _load(self, where: str | Path, payload: dict[str, Any]) -> None:
         if payload.get("world_size") != self.dist.world_size:
             log.warning("resuming a %s-process run with %d processes: samplers shard differently, so the run "
                         "continues but not bit for bit", payload.get("world_size"), self.dist.world_size)

@@ -85,3 +85,11 @@ def test_resume_errors_are_clear(tiny_labels, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ckpt.CheckpointError, match="cannot read checkpoint"):
         ckpt.load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_auto_batch_size_is_taken_from_the_checkpoint_on_resume(tiny_labels, tmp_path, reference):
+    ref_out, _ = reference
+    cfg = _config(tiny_labels, tmp_path, **{"train.batch_size": "auto", "train.auto_batch_memory_mb": 1})
+    assert Trainer(cfg, write_files=False).batch_size == 14  # what a fresh probe picks under this budget
+    trainer = Trainer(cfg, resume=ref_out, write_files=False)
+    assert trainer.batch_size == 8 and trainer.state.step == 11  # the checkpoint's size, not a new probe
