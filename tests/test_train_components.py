@@ -289,3 +289,29 @@ def test_interpolated_loss_and_taxonomy_smoothing_run_through_the_loss_fn(tiny_l
     for replaced, own_targets_only, mixed in losses:
         assert mixed
         assert replaced != pytest.approx(own_targets_only)  # the partner's share entered the loss
+
+
+def pooled_backbone(channels: int = 6) -> torch.nn.Module:
+    """A user backbone for the factory test: images -> (B, channels)."""
+    return torch.nn.Sequential(torch.nn.Conv2d(3, channels, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten())
+
+
+def test_user_backbone_through_the_factory(tiny_labels, tmp_path):
+    cfg = load_config(DEMO_CONFIG, tiny_overrides(tiny_labels, tmp_path, **{
+        "model.backbone": "test_train_components:pooled_backbone", "model.backbone_kwargs": {"channels": 5},
+        "train.max_steps": 1, "train.eval_every": 1}))
+    trainer = Trainer(cfg, write_files=False)
+    assert isinstance(trainer.model.backbone, torch.nn.Sequential)
+    assert trainer.model.head.fc["taxa_L30"].in_features == 5 + cfg.model.metadata_hidden
+    assert torch.isfinite(torch.tensor(trainer.fit()["val_loss"]))
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("resnet", "unknown backbone 'resnet'"),
+    ("no_such_module_xyz:make", "cannot import module 'no_such_module_xyz'"),
+    ("torch.nn:Identity", r"must return \(B, features\) pooled features"),
+])
+def test_bad_backbones_are_config_errors(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        build_model(ModelConfig(backbone=spec), _tree(), image_size=16)
