@@ -32,8 +32,23 @@ TEXT_LINES = 3
 HEADER_HEIGHT = 16
 
 
-def preview_batch(trainer: Any) -> dict[str, Any]:
-    """The trainer's first training batch after AFTER_DATALOADER, with labels and mixing info."""
+def _mixing_info(state: Any, n: int) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+    perm, lam, mixer = torch.arange(n), torch.ones(n), None
+    for key, info in state.scratch.items():
+        if isinstance(info, dict) and info.get("mixed") and "perm" in info:
+            perm = info["perm"].detach().cpu().long()
+            lam = torch.as_tensor(info["lam"], dtype=torch.float32).detach().cpu().expand(n).clone()
+            mixer = f"{key} ({info.get('op', 'mix')}, level {info.get('level', '?')})"
+    return perm, lam, mixer
+
+
+def preview_batch(trainer: Any, *, max_batches: int = 10) -> dict[str, Any]:
+    """A training batch after AFTER_DATALOADER, with labels and mixing info.
+
+    It is the first batch the trainer would train on, unless a mixing algorithm left that one
+    unmixed (its probability is below 1): then the following batches are drawn, up to
+    `max_batches`, and the first mixed one is shown, so the grid shows what mixing does.
+    """
     from taxaug_train.trainer import _EpochBatches
 
     state, engine = trainer.state, trainer.engine
@@ -41,26 +56,28 @@ def preview_batch(trainer: Any) -> dict[str, Any]:
     engine.run(Event.FIT_START, state)
     engine.run(Event.EPOCH_START, state)
     trainer.train_loader.batch_sampler = _EpochBatches(trainer.sampler, state.epoch, state.batch_in_epoch)
-    engine.run(Event.BEFORE_DATALOADER, state)
+    batches = iter(trainer.train_loader)
     try:
-        batch = trainer._to_device(next(iter(trainer.train_loader)))
+        for attempt in range(max(1, max_batches)):
+            engine.run(Event.BEFORE_DATALOADER, state)
+            try:
+                batch = trainer._to_device(next(batches))
+            except StopIteration:
+                break
+            labels = {r: t.clone() for r, t in batch.targets.items()}
+            batch_index = attempt
+            state.batch = batch
+            engine.run(Event.AFTER_DATALOADER, state)
+            perm, lam, mixer = _mixing_info(state, state.batch.batch_size)
+            if mixer is not None:
+                break
+            state.step += 1
+            state.batch_in_epoch += 1
     finally:
         trainer.train_loader.close()
-    labels = {r: t.clone() for r, t in batch.targets.items()}
-    state.batch = batch
-    engine.run(Event.AFTER_DATALOADER, state)
-    out = state.batch
-    n = out.batch_size
-    perm = torch.arange(n)
-    lam = torch.ones(n)
-    mixer = None
-    for key, info in state.scratch.items():
-        if isinstance(info, dict) and info.get("mixed") and "perm" in info:
-            perm = info["perm"].detach().cpu().long()
-            lam = torch.as_tensor(info["lam"], dtype=torch.float32).detach().cpu().expand(n).clone()
-            mixer = f"{key} ({info.get('op', 'mix')}, level {info.get('level', '?')})"
-    return {"batch": out, "labels": {r: t.cpu() for r, t in labels.items()}, "perm": perm, "lam": lam,
-            "mixer": mixer, "ranks": list(trainer.ranks), "algorithms": [a.key for a in engine.algorithms]}
+    return {"batch": state.batch, "labels": {r: t.cpu() for r, t in labels.items()}, "perm": perm, "lam": lam,
+            "mixer": mixer, "ranks": list(trainer.ranks), "algorithms": [a.key for a in engine.algorithms],
+            "batch_index": batch_index}
 
 
 def _to_hwc_uint8(images: torch.Tensor) -> np.ndarray:
@@ -88,7 +105,8 @@ def render_grid(info: dict[str, Any], *, cols: int = 8, cell: int = 96, count: i
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
-    header = f"algorithms: {', '.join(info['algorithms']) or 'none'}; mixed by: {info['mixer'] or 'nothing this batch'}"
+    header = (f"batch {info.get('batch_index', 0)}; algorithms: {', '.join(info['algorithms']) or 'none'}; "
+              f"mixed by: {info['mixer'] or 'nothing this batch'}")
     draw.text((2, 2), header, fill=(0, 0, 0), font=font)
     pixels = _to_hwc_uint8(batch.images[:n])
     ranks, labels, perm, lam = info["ranks"], info["labels"], info["perm"], info["lam"]
@@ -126,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=32, help="samples shown (default 32)")
     p.add_argument("--cols", type=int, default=8)
     p.add_argument("--cell", type=int, default=96, help="pixels per image side")
+    p.add_argument("--max-batches", type=int, default=10,
+                   help="draw up to this many batches to find one that a mixing algorithm mixed (default 10)")
     args = p.parse_args(argv)
     from taxaug_train.config import ConfigError, load_config
     from taxaug_train.trainer import Trainer
@@ -136,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"taxaug-preview: error: {err}", file=sys.stderr)
         return 2
-    image = render_grid(preview_batch(trainer), cols=args.cols, cell=args.cell, count=args.count)
+    image = render_grid(preview_batch(trainer, max_batches=args.max_batches), cols=args.cols, cell=args.cell, count=args.count)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, format="PNG")
