@@ -1,0 +1,68 @@
+"""Target helpers and box helpers: exact examples and bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from taxaug import functional as F
+
+
+def test_to_dense_targets_example():
+    targets = {"s": torch.tensor([2, 0]), "g": torch.tensor([[0.0, 0.25, 0.75], [1.0, 0.0, 0.0]])}
+    dense = F.to_dense_targets(targets, {"s": 3})
+    assert dense["s"].tolist() == [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    assert dense["g"].tolist() == targets["g"].tolist()
+    assert F.to_dense_targets({"y": torch.tensor([1])}, 2)["y"].tolist() == [[0.0, 1.0]]
+
+
+def test_to_dense_targets_bad_inputs():
+    with pytest.raises(ValueError, match=r"targets\['s'\] holds class index 3 outside \[0, 3\)"):
+        F.to_dense_targets({"s": torch.tensor([3])}, {"s": 3})
+    with pytest.raises(ValueError, match=r"num_classes\['s'\] is needed"):
+        F.to_dense_targets({"s": torch.tensor([1])}, {"g": 3})
+    with pytest.raises(ValueError, match="has 3 classes but num_classes says 4"):
+        F.to_dense_targets({"s": torch.zeros(2, 3)}, {"s": 4})
+    with pytest.raises(TypeError, match="num_classes must be a dict"):
+        F.to_dense_targets({"s": torch.tensor([1])}, [3])
+
+
+def test_smooth_targets_example_and_errors():
+    t = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
+    out = F.smooth_targets(t, 0.2)
+    assert torch.allclose(out, torch.tensor([[0.05, 0.85, 0.05, 0.05], [0.45, 0.45, 0.05, 0.05]]))
+    assert torch.allclose(out.sum(1), torch.ones(2))
+    with pytest.raises(ValueError, match="smoothing must be in"):
+        F.smooth_targets(t, 1.5)
+    with pytest.raises(ValueError, match="dense float"):
+        F.smooth_targets(torch.tensor([1, 2]), 0.1)
+
+
+def test_mix_targets_uses_one_weight_for_every_task():
+    targets = {"a": torch.tensor([1, 2]), "b": torch.tensor([0, 1])}
+    mixed = F.mix_targets(targets, torch.tensor([1, 0]), torch.tensor([0.75, 0.25]), {"a": 3, "b": 2})
+    assert mixed["a"].tolist() == [[0.0, 0.75, 0.25], [0.0, 0.75, 0.25]]
+    assert mixed["b"].tolist() == [[0.75, 0.25], [0.75, 0.25]]
+
+
+def test_box_helpers_example():
+    boxes = torch.tensor([[1, 2, 3, 5], [0, 0, 0, 0], [2, 3, 4, 4]])
+    assert F.box_area(boxes).tolist() == [6, 0, 2]
+    masks = F.box_masks(boxes, 4, 5)
+    assert masks.shape == (3, 1, 4, 5) and masks.dtype == torch.bool
+    assert masks[0, 0].nonzero().tolist() == [[1, 2], [1, 3], [1, 4], [2, 2], [2, 3], [2, 4]]
+    assert not masks[1].any()
+    assert masks.flatten(1).sum(1).tolist() == F.box_area(boxes).tolist()
+
+
+def test_sample_boxes_cover_the_requested_area_when_unclipped():
+    lam = torch.full((2000,), 0.64)
+    boxes = F.sample_boxes(lam, 100, 100, generator=torch.Generator().manual_seed(0))
+    heights, widths = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    inside = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < 100) & (boxes[:, 3] < 100)
+    assert bool((heights[inside] == 60).all()) and bool((widths[inside] == 60).all())  # sqrt(1 - 0.64) = 0.6
+    assert bool((heights <= 60).all())
+    bounded = F.sample_boxes(torch.zeros(500), 100, 100, minmax=(0.2, 0.3),
+                             generator=torch.Generator().manual_seed(1))
+    sides = torch.cat([bounded[:, 2] - bounded[:, 0], bounded[:, 3] - bounded[:, 1]])
+    assert int(sides.max()) <= 30
