@@ -50,6 +50,17 @@ _GEOMETRIC = {k: v for k, v in _geometry.GEOMETRIC_DATA.items() if k != "hflip"}
 assert set(OP_NAMES) == {"identity", *_KERNELS, *_GEOMETRIC}, "op_tables.OP_NAMES out of sync with the kernels"
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(B, ...) contiguous -> (B, N) view in the widest integer type that divides a sample's bytes:
+    row copies (`index_select`, `index_copy_`) then move 8 bytes per element instead of 1."""
+    flat = t.reshape(t.shape[0], -1)
+    nbytes = flat.shape[1] * flat.element_size()
+    for wide, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
+        if nbytes % size == 0 and size >= flat.element_size():
+            return flat.view(wide)
+    return flat
+
+
 def _dispatch(
     x: torch.Tensor,
     op_indices: torch.Tensor,
@@ -57,50 +68,48 @@ def _dispatch(
     names: Sequence[str],
     fill: Fill,
     interpolation: str,
+    *,
+    inplace: bool = False,
 ) -> torch.Tensor:
-    """Run op `names[op_indices[i]]` with `params[i]` on sample i, each op once over its group."""
+    """Run op `names[op_indices[i]]` with `params[i]` on sample i, each op once over its group.
+
+    Works on one output buffer: a copy of `x`, or `x` itself with ``inplace=True`` (for buffers the
+    policy owns, e.g. the result of its previous round). Each group is processed in cache-sized
+    blocks of samples: gather the block's rows, run the op, copy the rows back. Fresh full-batch
+    buffers are avoided because on CPU every large allocation is new memory the kernel must fault
+    in (a 64x3x224x224 float32 batch: ~20 ms per allocation, more than most ops).
+    """
     n_ops = len(names)
     geo = torch.tensor([n in _GEOMETRIC for n in names], device=x.device)
     group = torch.where(geo[op_indices], n_ops, op_indices)
     counts = torch.bincount(group, minlength=n_ops + 1).tolist()  # the one host sync of the round
-    if "identity" in names and counts[names.index("identity")] == x.shape[0]:
+    identity = names.index("identity") if "identity" in names else -1
+    if identity >= 0 and counts[identity] == x.shape[0]:
         return x
+    if not inplace:
+        out = x.clone(memory_format=torch.contiguous_format)
+    else:
+        out = x if x.is_contiguous() else x.contiguous()
+    out_rows = _rows(out)
     order = torch.argsort(group, stable=True)
     per_block = sample_blocks(x)[0].stop or 1
-    n_identity = counts[names.index("identity")] if "identity" in names else 0
-    # Output rows of untouched samples must be copied; with few of them, copying just those rows
-    # beats cloning the whole batch and overwriting the rest.
-    clone_first = 2 * n_identity >= x.shape[0]
-    out: torch.Tensor | None = None
+    fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if counts[n_ops] else None
     start = 0
-    fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if any(n in _GEOMETRIC for n in names) else None
     for gid, count in enumerate(counts):
-        if count == 0:
-            continue
         group_idx = order[start : start + count]
         start += count
-        is_identity = gid < n_ops and names[gid] == "identity"
-        if is_identity and clone_first:
+        if count == 0 or gid == identity:
             continue
         for first in range(0, count, per_block):
             idx = group_idx[first : first + per_block]
-            whole = idx.numel() == x.shape[0]
-            if is_identity:
-                res = x.index_select(0, idx)
+            sub = out_rows.index_select(0, idx).view(out.dtype).view(idx.shape[0], *out.shape[1:])
+            p = params.index_select(0, idx)
+            if gid == n_ops:
+                res = _warp_group(sub, op_indices.index_select(0, idx), p, names, fill_t, interpolation)
             else:
-                sub = x if whole else x.index_select(0, idx)
-                p = params if whole else params.index_select(0, idx)
-                if gid == n_ops:
-                    sub_ops = op_indices if whole else op_indices.index_select(0, idx)
-                    res = _warp_group(sub, sub_ops, p, names, fill_t, interpolation)
-                else:
-                    res = _KERNELS[names[gid]](sub, p)
-            if whole:
-                return res
-            if out is None:
-                out = x.clone() if clone_first else torch.empty_like(x)
-            out.index_put_((idx,), res)  # faster than index_copy_ on CPU
-    return x if out is None else out
+                res = _KERNELS[names[gid]](sub, p)
+            out_rows.index_copy_(0, idx, _rows(res.to(out.dtype).contiguous()))
+    return out
 
 
 def _warp_group(x: torch.Tensor, ops: torch.Tensor, p: torch.Tensor, names: Sequence[str],

@@ -61,6 +61,14 @@ def _names(specs: Sequence[OpSpec]) -> list[str]:
     return names if "identity" in names else [*names, "identity"]
 
 
+def _round(work: torch.Tensor, owned: bool, op: torch.Tensor, params: torch.Tensor, names: Sequence[str],
+           fill: Fill, interpolation: str) -> tuple[torch.Tensor, bool]:
+    """One dispatch round; after the first round that changes anything the policy owns its buffer
+    and later rounds work in place (no new full-batch allocation per round)."""
+    out = _dispatch(work, op, params, names, fill, interpolation, inplace=owned)
+    return out, owned or out is not work
+
+
 # ----------------------------------------------------------------------------- AutoAugment
 
 
@@ -92,6 +100,7 @@ def auto_augment(
     names = _names(AUTOAUGMENT_OPS)
     identity = names.index("identity")
     specs = [*AUTOAUGMENT_OPS, OpSpec("identity")]
+    owned = False
     sub = _random.randint(len(AUTOAUGMENT_POLICIES[policy]), (b,), generator=generator, device=dev)
     u = _random.rand((b, 2), generator=generator, device=dev)
     negate = _random.rand((b, 2), generator=generator, device=dev) < 0.5
@@ -99,7 +108,7 @@ def auto_augment(
         op = torch.where(u[:, step] <= probs[sub, step], ops[sub, step], identity)
         fraction = bins[sub, step] / (AUTOAUGMENT_BINS - 1)
         params = op_parameters(specs, op, fraction, negate[:, step], x.shape[2], x.shape[3])
-        work = _dispatch(work, op, params, names, fill, interpolation)
+        work, owned = _round(work, owned, op, params, names, fill, interpolation)
     return _finish(work, x)
 
 
@@ -141,6 +150,7 @@ def rand_augment(
     b, dev = x.shape[0], x.device
     specs = RANDAUGMENT_OPS
     names = _names(specs)
+    owned = False
     for _ in range(num_ops):
         op = _random.randint(len(specs), (b,), generator=generator, device=dev)
         negate = _random.rand((b,), generator=generator, device=dev) < 0.5
@@ -151,7 +161,7 @@ def rand_augment(
             m = m + magnitude_std * _random.randn((b,), generator=generator, device=dev, dtype=torch.float64)
         m = m.clamp(0, bins - 1)
         params = op_parameters(specs, op, m / (bins - 1), negate, x.shape[2], x.shape[3])
-        work = _dispatch(work, op, params, names, fill, interpolation)
+        work, owned = _round(work, owned, op, params, names, fill, interpolation)
     return _finish(work, x)
 
 
@@ -255,7 +265,7 @@ def augmix(
         u_side = _random.rand((n,), generator=generator, device=dev)
         u_val = _random.rand((n,), generator=generator, device=dev, dtype=torch.float64)
         params = _augmix_parameters(names, op, level, negate, u_side, u_val, augmentation_set == "original", h, w)
-        chains = _dispatch(chains, op, params, names, fill, interpolation)
+        chains = _dispatch(chains, op, params, names, fill, interpolation, inplace=True)
     weights = _random.sample_dirichlet([float(alpha)] * width, b, generator=generator, device=dev)
     m = _random.sample_beta(float(alpha), float(alpha), (b,), generator=generator, device=dev)
     mix_dtype = torch.float32 if work.dtype == torch.uint8 else work.dtype
