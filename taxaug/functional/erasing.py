@@ -44,6 +44,25 @@ def _erase_value(value: object, channels: int, dtype: torch.dtype, device: torch
     return v.to(device=device, dtype=dtype)
 
 
+def _erase_boxes_cpu(x: torch.Tensor, active: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+                     bh: torch.Tensor, bw: torch.Tensor, value: object, fmt: torch.memory_format) -> torch.Tensor:
+    """Constant erasing on CPU: one slice fill per box. A full-batch (B, 1, H, W) mask and a masked
+    fill over every pixel cost more than the boxes themselves (64x3x224x224 uint8: ~5x)."""
+    c = x.shape[1]
+    fill = _erase_value(value, c, x.dtype, x.device)
+    out = x.clone()
+    sel = active.nonzero()
+    if sel.shape[0] == 0:
+        return out.contiguous(memory_format=fmt)
+    i, k = sel[:, 0], sel[:, 1]
+    boxes = torch.stack([i.double(), top[i, k], left[i, k], bh[i, k], bw[i, k]], dim=1).long().tolist()
+    same = c == 1 or bool((fill == fill[0]).all())
+    fill_v = fill[0].item() if same else fill.reshape(c, 1, 1)
+    for n, t0, l0, hh, ww in boxes:
+        out[n, :, t0 : t0 + hh, l0 : l0 + ww] = fill_v
+    return out.contiguous(memory_format=fmt)
+
+
 def random_erasing(
     images: torch.Tensor,
     *,
@@ -95,6 +114,8 @@ def random_erasing(
     u_left = _random.rand((b, count), generator=generator, device=dev, dtype=torch.float64)
     top = torch.floor(u_top * (h - bh + 1))
     left = torch.floor(u_left * (w - bw + 1))
+    if mode == "const" and dev.type == "cpu":
+        return _erase_boxes_cpu(x, apply.unsqueeze(1) & found, top, left, bh, bw, value, fmt)
     active = (apply.unsqueeze(1) & found).unsqueeze(2)
     rows = torch.arange(h, device=dev, dtype=torch.float64)
     cols = torch.arange(w, device=dev, dtype=torch.float64)
