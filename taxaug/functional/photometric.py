@@ -70,10 +70,11 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Pillow's Image.blend(degenerate, x, factor): float32 arithmetic, clip, truncate for uint8."""
     if x.dtype == torch.uint8:
-        # same float32 operations in the same order as Pillow; the uint8 cast truncates like C
+        # same float32 operations in the same order as Pillow; the uint8 cast truncates like C.
+        # x is converted once and updated in place: mixed uint8/float arithmetic is several times slower.
         f = view4(factor, torch.float32)
-        d = degenerate.float()
-        out = (x - d).mul_(f).add_(d)
+        d = degenerate if degenerate.dtype == torch.float32 else degenerate.float()
+        out = x.float().sub_(d).mul_(f).add_(d)
         return out.clamp_(0.0, 255.0).to(torch.uint8)
     f = view4(factor, x.dtype)
     return (degenerate + f * (x - degenerate)).clamp_(0.0, 1.0)
@@ -85,7 +86,7 @@ def _k_identity(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Ten
 
 def _k_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.uint8:  # Pillow: 0 + f * (x - 0) == f * x exactly
-        return (x * view4(factor, torch.float32)).clamp_(0.0, 255.0).to(torch.uint8)
+        return x.float().mul_(view4(factor, torch.float32)).clamp_(0.0, 255.0).to(torch.uint8)
     return (x * view4(factor, x.dtype)).clamp_(0.0, 1.0)
 
 
@@ -104,30 +105,36 @@ def _k_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(degenerate, x, factor)
 
 
-def _smooth(x: torch.Tensor) -> torch.Tensor:
+def _smooth(x: torch.Tensor, as_float: bool = False) -> torch.Tensor:
     """Pillow's SMOOTH filter ([[1,1,1],[1,5,1],[1,1,1]] / 13), border pixels unchanged.
 
     Written as 3x3 box sums of shifted views (depthwise conv2d is several times slower on CPU).
     For uint8 the rounding is exact: an integer sum / 13 is never within float error of a .5 tie.
+    ``as_float=True`` returns the uint8 result as float32 levels (for the blend, saving a round trip).
     """
     h, w = x.shape[2], x.shape[3]
-    if h < 3 or w < 3:
-        return x.clone()
     work = x.float() if x.dtype == torch.uint8 else x
-    rows = work[:, :, :, :-2] + work[:, :, :, 1:-1] + work[:, :, :, 2:]
-    box = rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]
-    inner = box.add_(work[:, :, 1:-1, 1:-1], alpha=4.0).div_(13.0)
+    if h < 3 or w < 3:
+        return work.clone() if as_float else x.clone()
+    rows = work[:, :, :, :-2] + work[:, :, :, 1:-1]
+    rows.add_(work[:, :, :, 2:])
+    box = rows[:, :, :-2] + rows[:, :, 1:-1]
+    inner = box.add_(rows[:, :, 2:]).add_(work[:, :, 1:-1, 1:-1], alpha=4.0).div_(13.0)
     if x.dtype == torch.uint8:
-        inner = inner.add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+        inner = inner.add_(0.5).clamp_(0.0, 255.0)
+        if not as_float:
+            inner = inner.to(torch.uint8)
+        else:
+            inner = inner.floor_()  # == float(uint8(v)) for v in [0, 255]
     else:
         inner = inner.clamp_(0.0, 1.0)
-    out = x.clone()
+    out = work.clone() if as_float else x.clone()
     out[:, :, 1:-1, 1:-1] = inner
     return out
 
 
 def _k_sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(_smooth(x), x, factor)
+    return _blend(_smooth(x, as_float=True), x, factor)
 
 
 def _k_posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
@@ -186,9 +193,13 @@ def _equalize_lut(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pillow's ImageOps.equalize lut per (sample, channel) of uint8 x: (rows, 256) long lut and (rows, HW) index."""
     b, c, h, w = x.shape
     rows = b * c
-    idx = x.reshape(rows, h * w).long()
-    offsets = torch.arange(rows, device=x.device).mul_(256).unsqueeze(1)
-    hist = torch.bincount((idx + offsets).flatten(), minlength=rows * 256).reshape(rows, 256)
+    planes = x.reshape(rows, h * w)
+    if x.device.type == "cpu":
+        # one bincount per plane straight on uint8: no int64 copy of the image plus offsets for one big bincount
+        hist = torch.stack([torch.bincount(plane, minlength=256) for plane in planes])
+    else:
+        offsets = torch.arange(rows, device=x.device).mul_(256).unsqueeze(1)
+        hist = torch.bincount((planes.long() + offsets).flatten(), minlength=rows * 256).reshape(rows, 256)
     nonzero = hist > 0
     n_levels = nonzero.sum(dim=1)
     last = 255 - nonzero.flip(1).long().argmax(dim=1)
@@ -199,7 +210,7 @@ def _equalize_lut(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     before = hist.cumsum(dim=1) - hist
     lut = ((safe_step // 2 + before) // safe_step).clamp_(0, 255)
     identity = torch.arange(256, device=x.device).expand(rows, 256)
-    return torch.where(use.unsqueeze(1), lut, identity), idx
+    return torch.where(use.unsqueeze(1), lut, identity), planes.long()
 
 
 def _k_equalize(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:
