@@ -101,6 +101,33 @@ def sample_blocks(x: torch.Tensor) -> list[slice]:
     return [slice(s, min(b, s + per)) for s in range(0, b, per)]
 
 
+def row_view(t: torch.Tensor) -> torch.Tensor:
+    """(B, ...) contiguous -> (B, N) view in the widest integer type that divides a sample's bytes:
+    row copies (`index_select`, `index_copy_`) then move 8 bytes per element instead of 1."""
+    flat = t.reshape(t.shape[0], -1)
+    nbytes = flat.shape[1] * flat.element_size()
+    for wide, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
+        if nbytes % size == 0 and size >= flat.element_size():
+            return flat.view(wide)
+    return flat
+
+
+def update_rows_(out: torch.Tensor, idx: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 rows: torch.Tensor | None = None) -> None:
+    """Replace samples ``out[idx]`` by ``fn(out[idx_block], idx_block)``, in cache-sized blocks of samples.
+
+    `out` must be contiguous (`rows` may pass its `row_view`). Samples are gathered and written
+    back as whole rows (memcpy); ``index_put_`` would scatter element by element on CPU.
+    """
+    rows = row_view(out) if rows is None else rows
+    per_block = sample_blocks(out)[0].stop or 1
+    for first in range(0, idx.shape[0], per_block):
+        i = idx[first : first + per_block]
+        sub = rows.index_select(0, i).view(out.dtype).view(i.shape[0], *out.shape[1:])
+        res = fn(sub, i)
+        rows.index_copy_(0, i, row_view(res.to(out.dtype).contiguous()))
+
+
 def run_op(
     images: torch.Tensor,
     kernel: Callable[..., torch.Tensor],

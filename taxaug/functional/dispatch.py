@@ -21,7 +21,8 @@ from taxaug.functional._image_common import (
     compute_dtype,
     fill_tensor,
     memory_format,
-    sample_blocks,
+    row_view,
+    update_rows_,
 )
 from taxaug.functional._validate import describe
 from taxaug.functional.op_tables import OP_NAMES
@@ -48,17 +49,6 @@ _KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 _GEOMETRIC = {k: v for k, v in _geometry.GEOMETRIC_DATA.items() if k != "hflip"}
 assert set(OP_NAMES) == {"identity", *_KERNELS, *_GEOMETRIC}, "op_tables.OP_NAMES out of sync with the kernels"
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """(B, ...) contiguous -> (B, N) view in the widest integer type that divides a sample's bytes:
-    row copies (`index_select`, `index_copy_`) then move 8 bytes per element instead of 1."""
-    flat = t.reshape(t.shape[0], -1)
-    nbytes = flat.shape[1] * flat.element_size()
-    for wide, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
-        if nbytes % size == 0 and size >= flat.element_size():
-            return flat.view(wide)
-    return flat
 
 
 def _dispatch(
@@ -90,9 +80,8 @@ def _dispatch(
         out = x.clone(memory_format=torch.contiguous_format)
     else:
         out = x if x.is_contiguous() else x.contiguous()
-    out_rows = _rows(out)
+    out_rows = row_view(out)
     order = torch.argsort(group, stable=True)
-    per_block = sample_blocks(x)[0].stop or 1
     fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if counts[n_ops] else None
     start = 0
     for gid, count in enumerate(counts):
@@ -100,15 +89,14 @@ def _dispatch(
         start += count
         if count == 0 or gid == identity:
             continue
-        for first in range(0, count, per_block):
-            idx = group_idx[first : first + per_block]
-            sub = out_rows.index_select(0, idx).view(out.dtype).view(idx.shape[0], *out.shape[1:])
-            p = params.index_select(0, idx)
-            if gid == n_ops:
-                res = _warp_group(sub, op_indices.index_select(0, idx), p, names, fill_t, interpolation)
-            else:
-                res = _KERNELS[names[gid]](sub, p)
-            out_rows.index_copy_(0, idx, _rows(res.to(out.dtype).contiguous()))
+        if gid == n_ops:
+            def run(sub: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+                p, ops = params.index_select(0, idx), op_indices.index_select(0, idx)
+                return _warp_group(sub, ops, p, names, fill_t, interpolation)
+        else:
+            def run(sub: torch.Tensor, idx: torch.Tensor, kernel=_KERNELS[names[gid]]) -> torch.Tensor:
+                return kernel(sub, params.index_select(0, idx))
+        update_rows_(out, group_idx, run, out_rows)
     return out
 
 

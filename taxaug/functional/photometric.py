@@ -21,8 +21,12 @@ from taxaug.functional._image_common import (
     apply_lut,
     as_param,
     check_image_batch,
+    compute_dtype,
+    memory_format,
     quantize_uint8,
+    row_view,
     run_op,
+    update_rows_,
     view4,
 )
 from taxaug.functional._validate import describe
@@ -222,12 +226,17 @@ def _k_equalize(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Ten
 
 
 def _k_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Hue rotation in HSV, written with masks and the closed-form HSV -> RGB (no gathers/wheres)."""
+    """Hue rotation in HSV, written with masks and the closed-form HSV -> RGB (no gathers/wheres).
+
+    Exactly one of the three hue sectors applies per pixel, so the sector's numerator and offset
+    are picked by masks first and divided once; hue values stay in [0, 12), where ``v mod 6`` is
+    ``v - 6 [v >= 6]`` exactly (the same float result as torch.remainder, in fewer passes).
+    """
     if x.shape[1] == 1:
         return x.clone()
     if x.shape[1] != 3:
         raise ValueError(f"adjust_hue needs 1 or 3 channels, got {x.shape[1]}")
-    work = x.float() / 255.0 if x.dtype == torch.uint8 else x
+    work = x.float().div_(255.0) if x.dtype == torch.uint8 else x
     r, g, b = work[:, 0], work[:, 1], work[:, 2]
     maxc = torch.maximum(torch.maximum(r, g), b)
     minc = torch.minimum(torch.minimum(r, g), b)
@@ -236,15 +245,19 @@ def _k_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     is_r = maxc == r
     is_g = (maxc == g) & ~is_r
     is_b = ~(is_r | is_g)
-    hue6 = (g - b) / safe_delta * is_r + (2.0 + (b - r) / safe_delta) * is_g + (4.0 + (r - g) / safe_delta) * is_b
-    sat = delta / (maxc + (maxc == 0))
-    hue6 = torch.remainder(hue6 + 6.0 * shift.to(work.dtype).reshape(-1, 1, 1), 6.0)
-    chroma = maxc * sat
-    channels = []
-    for n in (5.0, 3.0, 1.0):
-        k = torch.remainder(hue6 + n, 6.0)
-        channels.append(maxc - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
-    out = torch.stack(channels, dim=1).clamp_(0.0, 1.0)
+    num = (g - b) * is_r + (b - r) * is_g + (r - g) * is_b
+    offset = is_g * 2.0 + is_b * 4.0
+    hue6 = num.div_(safe_delta).add_(offset)
+    sat = delta.div_(maxc + (maxc == 0))
+    hue6 = torch.remainder(hue6.add_(6.0 * shift.to(work.dtype).reshape(-1, 1, 1)), 6.0)
+    chroma = sat.mul_(maxc)
+    out = torch.empty_like(work)
+    for i, n in enumerate((5.0, 3.0, 1.0)):
+        k = hue6 + n
+        k.sub_((k >= 6.0) * 6.0)
+        side = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+        torch.sub(maxc, side.mul_(chroma), out=out[:, i])
+    out.clamp_(0.0, 1.0)
     if x.dtype == torch.uint8:
         return out.mul_(255.0).round_().to(torch.uint8)
     return out
@@ -411,26 +424,21 @@ def color_jitter(
     elif order.device.type == "cpu" and not torch.equal(order.sort(dim=1).values, torch.arange(4).expand(bsz, 4)):
         raise ValueError("every row of order must be a permutation of 0, 1, 2, 3")
     order = order.to(x.device)
-
-    return run_op(x, _k_color_jitter, (*params, order), validate=False)
-
-
-_JITTER_NEUTRAL = (1.0, 1.0, 1.0, 0.0)
-
-
-def _k_color_jitter(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor, h: torch.Tensor,
-                    order: torch.Tensor) -> torch.Tensor:
-    params = (b, c, s, h)
-    out = x
+    fmt = memory_format(x)
+    # one working copy, updated in place step by step: each (step, op) group of samples is gathered,
+    # transformed and written back in cache-sized blocks (every op is per sample, so the order of
+    # groups within a step does not matter)
+    out = x.to(compute_dtype(x)).clone(memory_format=torch.contiguous_format)
+    rows = row_view(out)
     for step in range(4):
         chosen = order[:, step]
         for op in range(4):
             sel = torch.nonzero((chosen == op) & (params[op] != _JITTER_NEUTRAL[op])).flatten()
             if sel.numel() == 0:
                 continue
-            if sel.numel() == x.shape[0]:
-                out = _JITTER_KERNELS[op](out, params[op])
-            else:
-                sub = _JITTER_KERNELS[op](out.index_select(0, sel), params[op].index_select(0, sel))
-                out = out.index_put((sel,), sub)
-    return out if out is not x else x.clone()
+            update_rows_(out, sel, lambda sub, idx, op=op: _JITTER_KERNELS[op](sub, params[op].index_select(0, idx)),
+                         rows)
+    return out.to(x.dtype).contiguous(memory_format=fmt)
+
+
+_JITTER_NEUTRAL = (1.0, 1.0, 1.0, 0.0)
