@@ -70,8 +70,13 @@ def _dispatch(
     in (a 64x3x224x224 float32 batch: ~20 ms per allocation, more than most ops).
     """
     n_ops = len(names)
-    geo = torch.tensor([n in _GEOMETRIC for n in names], device=x.device)
-    group = torch.where(geo[op_indices], n_ops, op_indices)
+    if x.device.type == "cpu":
+        # one warp per geometric op: groups are processed block by block anyway, and a group of
+        # translations (or shears) gets the cheaper separable index of _warp_nearest
+        group = op_indices
+    else:  # all geometric samples share one warp (fewer kernel launches)
+        geo = torch.tensor([n in _GEOMETRIC for n in names], device=x.device)
+        group = torch.where(geo[op_indices], n_ops, op_indices)
     counts = torch.bincount(group, minlength=n_ops + 1).tolist()  # the one host sync of the round
     identity = names.index("identity") if "identity" in names else -1
     if identity >= 0 and counts[identity] == x.shape[0]:
@@ -82,17 +87,20 @@ def _dispatch(
         out = x if x.is_contiguous() else x.contiguous()
     out_rows = row_view(out)
     order = torch.argsort(group, stable=True)
-    fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if counts[n_ops] else None
+    warps = counts[n_ops] or any(counts[k] for k, n in enumerate(names) if n in _GEOMETRIC)
+    fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if warps else None
     start = 0
     for gid, count in enumerate(counts):
         group_idx = order[start : start + count]
         start += count
         if count == 0 or gid == identity:
             continue
-        if gid == n_ops:
-            def run(sub: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-                p, ops = params.index_select(0, idx), op_indices.index_select(0, idx)
-                return _warp_group(sub, ops, p, names, fill_t, interpolation)
+        if gid == n_ops or names[gid] in _GEOMETRIC:
+            data = _warp_data(op_indices, params, names, x.shape[2], x.shape[3])
+
+            def run(sub: torch.Tensor, idx: torch.Tensor, data: torch.Tensor = data) -> torch.Tensor:
+                warp = _geometry._warp_nearest if interpolation == "nearest" else _geometry._warp_bilinear
+                return warp(sub, data.index_select(0, idx), fill_t)
         else:
             def run(sub: torch.Tensor, idx: torch.Tensor, kernel=_KERNELS[names[gid]]) -> torch.Tensor:
                 return kernel(sub, params.index_select(0, idx))
@@ -100,17 +108,14 @@ def _dispatch(
     return out
 
 
-def _warp_group(x: torch.Tensor, ops: torch.Tensor, p: torch.Tensor, names: Sequence[str],
-                fill_t: torch.Tensor | None, interpolation: str) -> torch.Tensor:
-    """One affine warp for samples that drew (possibly different) geometric ops."""
-    data = torch.zeros(x.shape[0], 6, dtype=torch.float64, device=x.device)
+def _warp_data(ops: torch.Tensor, p: torch.Tensor, names: Sequence[str], height: int, width: int) -> torch.Tensor:
+    """(B, 6) Pillow affine data of each sample's geometric op (identity rows for the others), so that
+    the samples that drew different geometric ops share one warp."""
+    data = torch.zeros(ops.shape[0], 6, dtype=torch.float64, device=ops.device)
     for k, name in enumerate(names):
         if name in _GEOMETRIC:
-            data = torch.where((ops == k).unsqueeze(1), _GEOMETRIC[name](p, x.shape[2], x.shape[3]), data)
-    assert fill_t is not None
-    if interpolation == "nearest":
-        return _geometry._warp_nearest(x, data, fill_t)
-    return _geometry._warp_bilinear(x, data, fill_t)
+            data = torch.where((ops == k).unsqueeze(1), _GEOMETRIC[name](p, height, width), data)
+    return data
 
 
 def _finish(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

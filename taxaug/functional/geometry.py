@@ -91,15 +91,36 @@ def _warp_nearest(x: torch.Tensor, data: torch.Tensor, fill: torch.Tensor) -> to
     b, c, h, w = x.shape
     dev = x.device
     padded = torch.empty(b, c, h + 2, w + 2, dtype=x.dtype, device=dev)
-    padded[:] = fill.reshape(1, c, 1, 1)
+    ring = fill.reshape(1, c, 1)
+    padded[:, :, 0] = ring
+    padded[:, :, -1] = ring
+    padded[:, :, 1:-1, 0] = ring
+    padded[:, :, 1:-1, -1] = ring
     padded[:, :, 1:-1, 1:-1] = x
     xs = torch.arange(w, device=dev, dtype=torch.float64).add_(0.5)
     ys = torch.arange(h, device=dev, dtype=torch.float64).add_(0.5)
     a_, b_, c_, d_, e_, f_ = (data[:, i].reshape(b, 1, 1) for i in range(6))
-    # +1 shifts into the padded frame; clamping to [0, w + 1] sends every outside pixel to the ring
-    src_x = (a_ * xs.reshape(1, 1, w) + (b_ * ys.reshape(1, h, 1) + c_)).floor_().add_(1).clamp_(0, w + 1)
-    src_y = (d_ * xs.reshape(1, 1, w) + (e_ * ys.reshape(1, h, 1) + f_)).floor_().add_(1).clamp_(0, h + 1)
-    index = src_y.mul_(w + 2).add_(src_x).long().reshape(b, 1, h * w)
+    # clamping to [-1, w] sends every outside pixel to the ring; the +1 shift into the padded frame
+    # is folded into the flat index: (y + 1) * (w + 2) + (x + 1) = y * (w + 2) + x + (w + 3)
+    # When b == 0 (d == 0) the source x (y) depends on x (y) only: b*y + c == c exactly, so the same
+    # arithmetic on a (B, 1, W) row ((B, H, 1) column) gives the same values, and the index is one
+    # broadcast add (translations: both; shears: one of the two; checked on CPU only, a host read).
+    sep_x, sep_y = (data[:, 1::2][:, :2] == 0).all(dim=0).tolist() if dev.type == "cpu" else (False, False)
+    if sep_x:
+        src_x = (a_ * xs.reshape(1, 1, w) + c_).floor_().clamp_(-1, w)
+    else:
+        src_x = (a_ * xs.reshape(1, 1, w) + (b_ * ys.reshape(1, h, 1) + c_)).floor_().clamp_(-1, w)
+    if sep_y:
+        src_y = (e_ * ys.reshape(1, h, 1) + f_).floor_().clamp_(-1, h)
+    else:
+        src_y = (d_ * xs.reshape(1, 1, w) + (e_ * ys.reshape(1, h, 1) + f_)).floor_().clamp_(-1, h)
+    if src_y.shape[2] == w:  # flat index y * (w + 2) + x (exact in float64), in place where possible
+        flat_index = src_y.mul_(w + 2).add_(src_x)
+    elif src_x.shape[1] == h:
+        flat_index = src_x.add_(src_y.mul_(w + 2))
+    else:
+        flat_index = src_y.mul_(w + 2) + src_x
+    index = flat_index.long().add_(w + 3).reshape(b, 1, h * w)
     flat = padded.reshape(b, c, (h + 2) * (w + 2))
     return flat.gather(2, index.expand(b, c, h * w)).reshape(b, c, h, w)
 
