@@ -252,11 +252,11 @@ def augmix(
     set_names = AUGMIX_SETS[augmentation_set]
     names = ["identity", *set_names]
     n = width * b
-    chains = work.repeat(width, 1, 1, 1)  # chain-major: row c * b + i is chain c of sample i
     if depth > 0:
         depths = torch.full((n,), depth, device=dev)
     else:
         depths = _random.randint(3, (n,), generator=generator, device=dev) + 1
+    steps = []  # (op, params) per step for all width * b chains, chain-major: row c * b + i
     for step in range(depth if depth > 0 else 3):
         op = _random.randint(len(set_names), (n,), generator=generator, device=dev) + 1
         op = torch.where(depths > step, op, 0)
@@ -265,24 +265,47 @@ def augmix(
         u_side = _random.rand((n,), generator=generator, device=dev)
         u_val = _random.rand((n,), generator=generator, device=dev, dtype=torch.float64)
         params = _augmix_parameters(names, op, level, negate, u_side, u_val, augmentation_set == "original", h, w)
-        chains = _dispatch(chains, op, params, names, fill, interpolation, inplace=True)
+        steps.append((op, params))
     weights = _random.sample_dirichlet([float(alpha)] * width, b, generator=generator, device=dev)
     m = _random.sample_beta(float(alpha), float(alpha), (b,), generator=generator, device=dev)
     mix_dtype = torch.float32 if work.dtype == torch.uint8 else work.dtype
-    stacked = chains.reshape(width, b, *chains.shape[1:])
     weights = weights.to(mix_dtype)
     m = m.to(mix_dtype)
+    if work.dtype != torch.uint8:
+        return _finish(_augmix_float_chains(work, steps, weights, m, names, fill, interpolation), x)
+    chains = work.repeat(width, 1, 1, 1)
+    for op, params in steps:
+        chains = _dispatch(chains, op, params, names, fill, interpolation, inplace=True)
+    stacked = chains.reshape(width, b, *chains.shape[1:])
     out = torch.empty_like(work)
     for blk in sample_blocks(work):  # mix block by block so the float temporaries stay in cache
         mb = m[blk].reshape(-1, 1, 1, 1)
         acc = work[blk].to(mix_dtype) * (1.0 - mb)  # not in place: work may be the caller's tensor
         for k in range(width):
             acc.add_(stacked[k, blk].to(mix_dtype).mul_(weights[blk, k].reshape(-1, 1, 1, 1) * mb))
-        if x.dtype == torch.uint8:
-            out[blk] = acc.round_().clamp_(0, 255)
-        else:
-            out[blk] = acc.clamp_(0.0, 1.0)
+        out[blk] = acc.round_().clamp_(0, 255)
     return _finish(out, x)
+
+
+def _augmix_float_chains(work: torch.Tensor, steps: list[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor,
+                         m: torch.Tensor, names: Sequence[str], fill: Fill, interpolation: str) -> torch.Tensor:
+    """Float AugMix: the chains run one after another in one reused buffer and are accumulated into
+    the output as they finish (same operations in the same order as mixing all chains at the end).
+    A (width * B)-sample float buffer would be fresh memory the OS must fault in on every call."""
+    b = work.shape[0]
+    out = torch.empty_like(work, memory_format=torch.contiguous_format)
+    chain = torch.empty_like(out)
+    for k in range(weights.shape[1]):
+        chain.copy_(work)
+        rows = slice(k * b, (k + 1) * b)
+        for op, params in steps:
+            chain = _dispatch(chain, op[rows], params[rows], names, fill, interpolation, inplace=True)
+        for blk in sample_blocks(work):
+            mb = m[blk].reshape(-1, 1, 1, 1)
+            if k == 0:
+                torch.mul(work[blk], 1.0 - mb, out=out[blk])
+            out[blk].add_(chain[blk].mul_(weights[blk, k].reshape(-1, 1, 1, 1) * mb))
+    return out.clamp_(0.0, 1.0)
 
 
 def augmix_image(image, *, severity: int = 3, width: int = 3, depth: int = -1, alpha: float = 1.0,
