@@ -162,6 +162,16 @@ def test_per_sample_parameters_equal_single_sample_calls():
         assert torch.equal(batched[i : i + 1], F.rotate(x[i : i + 1], float(angles[i])))
 
 
+def test_float_contrast_of_a_sample_does_not_depend_on_its_batch():
+    # grouped dispatch runs contrast over whichever samples drew it; a float32 mean reduced over a
+    # different number of samples rounds differently, so the grey mean must not depend on that
+    x = torch.rand(5, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    params = torch.tensor([0.3, 0.8, 1.2, 1.5, 1.9])
+    batched = F.contrast(x, params)
+    for i in range(5):
+        assert torch.equal(batched[i : i + 1], F.contrast(x[i : i + 1], float(params[i])))
+
+
 def test_uint8_and_float_agree_within_rounding():
     x = _images(12)
     xf = x.float() / 255

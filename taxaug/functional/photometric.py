@@ -105,7 +105,10 @@ def _k_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         mean = torch.floor(total / max(gray[0].numel(), 1) + 0.5)
         degenerate = view4(mean, torch.uint8)
     else:
-        degenerate = gray.mean(dim=(1, 2, 3), keepdim=True)
+        # float64 sum: a float32 mean's rounding depends on how many samples are reduced together,
+        # which would make a sample's result depend on which other samples drew contrast
+        total = gray.sum(dim=(1, 2, 3), keepdim=True, dtype=torch.float64)
+        degenerate = (total / max(gray[0].numel(), 1)).to(x.dtype)
     return _blend(degenerate, x, factor)
 
 
