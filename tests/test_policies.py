@@ -374,3 +374,6 @@ def test_empty_batch_passes_through():
     x = _images(13, (0, 3, 16, 16))
     for fn in (P.auto_augment, P.rand_augment, P.trivial_augment_wide, P.augmix, P.random_erasing):
         assert fn(x, generator=_gen(0)).shape == x.shape
+    for xe in (x, x.float() / 255):  # the ops themselves, incl. the per-plane histogram and row views
+        assert F.equalize(xe).shape == x.shape
+        assert F.color_jitter(xe, 1.2, 0.8, 1.1, 0.1).shape == x.shape

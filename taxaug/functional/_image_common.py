@@ -9,6 +9,7 @@ Conventions (see docs/augmentations.md):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from numbers import Real
 
@@ -104,7 +105,7 @@ def sample_blocks(x: torch.Tensor) -> list[slice]:
 def row_view(t: torch.Tensor) -> torch.Tensor:
     """(B, ...) contiguous -> (B, N) view in the widest integer type that divides a sample's bytes:
     row copies (`index_select`, `index_copy_`) then move 8 bytes per element instead of 1."""
-    flat = t.reshape(t.shape[0], -1)
+    flat = t.reshape(t.shape[0], math.prod(t.shape[1:]))
     nbytes = flat.shape[1] * flat.element_size()
     for wide, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
         if nbytes % size == 0 and size >= flat.element_size():

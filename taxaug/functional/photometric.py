@@ -201,7 +201,7 @@ def _equalize_lut(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = x.shape
     rows = b * c
     planes = x.reshape(rows, h * w)
-    if x.device.type == "cpu":
+    if x.device.type == "cpu" and rows:
         # one bincount per plane straight on uint8: no int64 copy of the image plus offsets for one big bincount
         hist = torch.stack([torch.bincount(plane, minlength=256) for plane in planes])
     else:
