@@ -164,6 +164,13 @@ class _Mixing(Algorithm):
 class _Selective(_Mixing):
     """Group-aware mixing: partners come from the same group at the current `group_levels` entry."""
 
+    def _setup_selective(self, *, prob: ProbSpec, interpolate_loss: bool, num_classes: Any,
+                         aux_components: Any, **group_settings: Any) -> None:
+        """Mixing settings (probability, loss interpolation, classes, metadata) plus grouping settings."""
+        self._setup_mixing(prob=prob, interpolate_loss=interpolate_loss, num_classes=num_classes,
+                           aux_components=aux_components)
+        self._setup_groups(**group_settings)
+
     def _setup_groups(self, *, group_levels: Any, level_switch_steps: Any, level_switch_epochs: Any,
                       min_group_size: Any, exclude_null: Any, null_task_keys: Any, null_index: Any,
                       per_sample_lam: Any) -> None:
@@ -271,12 +278,11 @@ class SelectiveMixup(_Selective):
                  interpolate_loss: bool = False, num_classes: dict[str, int] | None = None) -> None:
         super().__init__()
         self.alpha = check_real(alpha, "alpha", low=0.0, low_open=True)
-        self._setup_mixing(prob=prob, interpolate_loss=interpolate_loss, num_classes=num_classes,
-                           aux_components=aux_components)
-        self._setup_groups(group_levels=group_levels, level_switch_steps=level_switch_steps,
-                           level_switch_epochs=level_switch_epochs, min_group_size=min_group_size,
-                           exclude_null=exclude_null, null_task_keys=null_task_keys, null_index=null_index,
-                           per_sample_lam=per_sample_lam)
+        self._setup_selective(prob=prob, interpolate_loss=interpolate_loss, num_classes=num_classes,
+                              aux_components=aux_components, group_levels=group_levels,
+                              level_switch_steps=level_switch_steps, level_switch_epochs=level_switch_epochs,
+                              min_group_size=min_group_size, exclude_null=exclude_null,
+                              null_task_keys=null_task_keys, null_index=null_index, per_sample_lam=per_sample_lam)
 
     def _mix(self, batch, state, num_classes):
         return self._selective_mixup(batch, state, num_classes, self.alpha)
@@ -300,12 +306,11 @@ class SelectiveCutMix(_Selective):
         self.alpha = check_real(alpha, "alpha", low=0.0, low_open=True)
         self.minmax = None if minmax is None else check_pair(minmax, "minmax", low=0.0, high=1.0)
         self.per_sample_boxes = check_bool(per_sample_boxes, "per_sample_boxes")
-        self._setup_mixing(prob=prob, interpolate_loss=interpolate_loss, num_classes=num_classes,
-                           aux_components=aux_components)
-        self._setup_groups(group_levels=group_levels, level_switch_steps=level_switch_steps,
-                           level_switch_epochs=level_switch_epochs, min_group_size=min_group_size,
-                           exclude_null=exclude_null, null_task_keys=null_task_keys, null_index=null_index,
-                           per_sample_lam=per_sample_lam)
+        self._setup_selective(prob=prob, interpolate_loss=interpolate_loss, num_classes=num_classes,
+                              aux_components=aux_components, group_levels=group_levels,
+                              level_switch_steps=level_switch_steps, level_switch_epochs=level_switch_epochs,
+                              min_group_size=min_group_size, exclude_null=exclude_null,
+                              null_task_keys=null_task_keys, null_index=null_index, per_sample_lam=per_sample_lam)
 
     def _mix(self, batch, state, num_classes):
         return self._selective_cutmix(batch, state, num_classes, self.alpha, self.minmax, self.per_sample_boxes)
@@ -329,12 +334,11 @@ class SelectiveMix(_Selective):
         self.cutmix_minmax = None if cutmix_minmax is None else check_pair(cutmix_minmax, "cutmix_minmax",
                                                                            low=0.0, high=1.0)
         self.per_sample_boxes = check_bool(per_sample_boxes, "per_sample_boxes")
-        self._setup_mixing(prob=prob, interpolate_loss=interpolate_loss, num_classes=num_classes,
-                           aux_components=aux_components)
-        self._setup_groups(group_levels=group_levels, level_switch_steps=level_switch_steps,
-                           level_switch_epochs=level_switch_epochs, min_group_size=min_group_size,
-                           exclude_null=exclude_null, null_task_keys=null_task_keys, null_index=null_index,
-                           per_sample_lam=per_sample_lam)
+        self._setup_selective(prob=prob, interpolate_loss=interpolate_loss, num_classes=num_classes,
+                              aux_components=aux_components, group_levels=group_levels,
+                              level_switch_steps=level_switch_steps, level_switch_epochs=level_switch_epochs,
+                              min_group_size=min_group_size, exclude_null=exclude_null,
+                              null_task_keys=null_task_keys, null_index=null_index, per_sample_lam=per_sample_lam)
 
     def _mix(self, batch, state, num_classes):
         if self.switch_prob >= 1.0:
