@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Table, optional_import, parse_args, time_call
 
-from taxaug import MixBatch
+from taxaug import MixBatch, _native
 from taxaug import functional as F
 
 NUM_CLASSES = 1000
@@ -101,7 +101,18 @@ def image_rows(table: Table, device: str, dtype: torch.dtype, size: int, side: i
               time_call(lambda: cutmix(True, out=out), repeats=repeats, device=device), floor="out.copy_(x)")
     table.add(case, "selective_cutmix batch box", time_call(lambda: cutmix(False), repeats=repeats, device=device),
               floor="x.clone()")
+    if device == "cpu" and _native.available():
+        _torch_fallback_rows(table, case, mixup, cutmix, repeats)
     _peers(table, case, x, labels, repeats, device)
+
+
+def _torch_fallback_rows(table: Table, case: str, mixup, cutmix, repeats: int) -> None:
+    """The same calls on an install without the C kernels (TAXAUG_NATIVE=0)."""
+    with _native.disabled():
+        table.add(case, "selective_mixup, torch path", time_call(mixup, repeats=repeats), floor="x.clone()",
+                  note="without the C kernels")
+        table.add(case, "selective_cutmix per-sample, torch path", time_call(lambda: cutmix(True), repeats=repeats),
+                  floor="x.clone()", note="without the C kernels")
 
 
 def small_rows(table: Table, device: str, repeats: int) -> None:
@@ -127,7 +138,7 @@ def small_rows(table: Table, device: str, repeats: int) -> None:
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     size, side = (32, 112) if args.quick else (256, 224)
-    table = Table("Mixing (medians)")
+    table = Table(f"Mixing (medians; C kernels: {_native.kernel_isa() if _native.available() else 'off'})")
     for device in args.device:
         for dtype in (torch.float32, torch.uint8):
             image_rows(table, device, dtype, size, side, args.repeats)

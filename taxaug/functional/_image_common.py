@@ -15,6 +15,7 @@ from numbers import Real
 
 import torch
 
+from taxaug import _memory
 from taxaug.functional._validate import check_images, describe
 
 Param = float | int | torch.Tensor
@@ -147,7 +148,7 @@ def run_op(
     if len(blocks) == 1:
         out = kernel(work, *per_sample, *extra)
     else:
-        out = torch.empty_like(work, memory_format=fmt)
+        out = _memory.empty_like(work, memory_format=fmt)
         for blk in blocks:
             out[blk] = kernel(work[blk], *(p[blk] for p in per_sample), *extra)
     if out.dtype != x.dtype:

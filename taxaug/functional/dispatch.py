@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from taxaug import _memory
 from taxaug.functional import geometry as _geometry
 from taxaug.functional import photometric as _color
 from taxaug.functional._image_common import (
@@ -82,7 +83,7 @@ def _dispatch(
     if identity >= 0 and counts[identity] == x.shape[0]:
         return x
     if not inplace:
-        out = x.clone(memory_format=torch.contiguous_format)
+        out = _memory.clone(x, memory_format=torch.contiguous_format)
     else:
         out = x if x.is_contiguous() else x.contiguous()
     out_rows = row_view(out)
@@ -120,7 +121,7 @@ def _warp_data(ops: torch.Tensor, p: torch.Tensor, names: Sequence[str], height:
 
 def _finish(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if out is like:
-        out = out.clone()
+        out = _memory.clone(out)
     return out.to(like.dtype).contiguous(memory_format=memory_format(like))
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from taxaug import _memory
 from taxaug.functional import random as _random
 from taxaug.functional._image_common import memory_format
 from taxaug.functional._validate import check_images, check_probability
@@ -50,7 +51,7 @@ def _erase_boxes_cpu(x: torch.Tensor, active: torch.Tensor, top: torch.Tensor, l
     fill over every pixel cost more than the boxes themselves (64x3x224x224 uint8: ~5x)."""
     c = x.shape[1]
     fill = _erase_value(value, c, x.dtype, x.device)
-    out = x.clone()
+    out = _memory.clone(x)
     sel = active.nonzero()
     if sel.shape[0] == 0:
         return out.contiguous(memory_format=fmt)
@@ -124,7 +125,7 @@ def random_erasing(
     mask = (in_rows.unsqueeze(3) & in_cols.unsqueeze(2)).any(dim=1).unsqueeze(1)  # (B, 1, H, W)
     if mode == "const":
         fill = _erase_value(value, c, x.dtype, dev)
-        out = x.clone()
+        out = _memory.clone(x)
         if c == 1 or bool((fill == fill[0]).all()):
             out.masked_fill_(mask, fill[0])
         else:
@@ -139,6 +140,6 @@ def random_erasing(
     else:
         noise = _random.randn((n,), generator=generator, device=dev)
         noise = (128 + 64 * noise).round_().clamp_(0, 255) if x.dtype == torch.uint8 else noise
-    out = x.clone(memory_format=torch.contiguous_format)
+    out = _memory.clone(x, memory_format=torch.contiguous_format)
     out.masked_scatter_(full, noise.to(x.dtype))
     return out.contiguous(memory_format=fmt)

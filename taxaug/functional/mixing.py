@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from taxaug import _memory, _native
 from taxaug.functional._validate import (
     check_group_ids,
     check_images,
@@ -54,7 +55,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _check_out(out: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     if out is None:
-        return torch.empty_like(x)
+        return _memory.empty_like(x)
     check_tensor(out, "out")
     if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
         raise ValueError(f"out must match images ({describe(x)}), got {describe(out)}")
@@ -86,6 +87,8 @@ def _blend_images(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, out: t
         mixed = torch.lerp(x.index_select(0, perm).to(compute), x.to(compute), weight)
         out.copy_(mixed if x.is_floating_point() else mixed.round_())
         return out
+    if x.dtype == torch.uint8 and _native.available() and _native.sample_blocks_match(x, out):
+        return _native.mix_u8(x, perm, weight.view(-1), out)
     block = _block_size(x, compute)
     partner_buffer = torch.empty_like(x[:block])
     if x.dtype == compute:
@@ -136,6 +139,8 @@ def _paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: 
     if x.device.type != "cpu":
         torch.where(box_masks(boxes, height, width), x.index_select(0, perm), x, out=out)
         return out
+    if _native.available() and _native.sample_blocks_match(x, out):
+        return _native.paste_boxes(x, perm, boxes, out)
     block = _block_size(x, x.dtype)
     buffer = torch.empty_like(x[:block])
     integer = not x.is_floating_point()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
+from taxaug import _memory
 from taxaug.functional._image_common import (
     Param,
     apply_lut,
@@ -85,7 +86,7 @@ def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> t
 
 
 def _k_identity(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:
-    return x.clone()
+    return _memory.clone(x)
 
 
 def _k_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,7 @@ def _smooth(x: torch.Tensor, as_float: bool = False) -> torch.Tensor:
     h, w = x.shape[2], x.shape[3]
     work = x.float() if x.dtype == torch.uint8 else x
     if h < 3 or w < 3:
-        return work.clone() if as_float else x.clone()
+        return _memory.clone(work) if as_float else _memory.clone(x)
     rows = work[:, :, :, :-2] + work[:, :, :, 1:-1]
     rows.add_(work[:, :, :, 2:])
     box = rows[:, :, :-2] + rows[:, :, 1:-1]
@@ -135,7 +136,7 @@ def _smooth(x: torch.Tensor, as_float: bool = False) -> torch.Tensor:
             inner = inner.floor_()  # == float(uint8(v)) for v in [0, 255]
     else:
         inner = inner.clamp_(0.0, 1.0)
-    out = work.clone() if as_float else x.clone()
+    out = _memory.clone(work) if as_float else _memory.clone(x)
     out[:, :, 1:-1, 1:-1] = inner
     return out
 
@@ -236,7 +237,7 @@ def _k_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     ``v - 6 [v >= 6]`` exactly (the same float result as torch.remainder, in fewer passes).
     """
     if x.shape[1] == 1:
-        return x.clone()
+        return _memory.clone(x)
     if x.shape[1] != 3:
         raise ValueError(f"adjust_hue needs 1 or 3 channels, got {x.shape[1]}")
     work = x.float().div_(255.0) if x.dtype == torch.uint8 else x
@@ -254,7 +255,7 @@ def _k_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     sat = delta.div_(maxc + (maxc == 0))
     hue6 = torch.remainder(hue6.add_(6.0 * shift.to(work.dtype).reshape(-1, 1, 1)), 6.0)
     chroma = sat.mul_(maxc)
-    out = torch.empty_like(work)
+    out = _memory.empty_like(work)
     for i, n in enumerate((5.0, 3.0, 1.0)):
         k = hue6 + n
         k.sub_((k >= 6.0) * 6.0)
@@ -431,7 +432,7 @@ def color_jitter(
     # one working copy, updated in place step by step: each (step, op) group of samples is gathered,
     # transformed and written back in cache-sized blocks (every op is per sample, so the order of
     # groups within a step does not matter)
-    out = x.to(compute_dtype(x)).clone(memory_format=torch.contiguous_format)
+    out = _memory.clone(x.to(compute_dtype(x)), memory_format=torch.contiguous_format)
     rows = row_view(out)
     for step in range(4):
         chosen = order[:, step]

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from taxaug import _memory
 from taxaug.functional import random as _random
 from taxaug.functional._image_common import Fill, sample_blocks
 from taxaug.functional._validate import describe
@@ -277,7 +278,7 @@ def augmix(
     for op, params in steps:
         chains = _dispatch(chains, op, params, names, fill, interpolation, inplace=True)
     stacked = chains.reshape(width, b, *chains.shape[1:])
-    out = torch.empty_like(work)
+    out = _memory.empty_like(work)
     for blk in sample_blocks(work):  # mix block by block so the float temporaries stay in cache
         mb = m[blk].reshape(-1, 1, 1, 1)
         acc = work[blk].to(mix_dtype) * (1.0 - mb)  # not in place: work may be the caller's tensor
@@ -293,8 +294,8 @@ def _augmix_float_chains(work: torch.Tensor, steps: list[tuple[torch.Tensor, tor
     the output as they finish (same operations in the same order as mixing all chains at the end).
     A (width * B)-sample float buffer would be fresh memory the OS must fault in on every call."""
     b = work.shape[0]
-    out = torch.empty_like(work, memory_format=torch.contiguous_format)
-    chain = torch.empty_like(out)
+    out = _memory.empty_like(work, memory_format=torch.contiguous_format)
+    chain = _memory.empty_like(out)
     for k in range(weights.shape[1]):
         chain.copy_(work)
         rows = slice(k * b, (k + 1) * b)

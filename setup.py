@@ -1,0 +1,25 @@
+"""Builds the optional C kernels (taxaug/_native/kernels.c); everything else is in pyproject.toml.
+
+The library is plain C loaded through ctypes, so it needs no Python or torch
+headers. ``optional=True``: without a C compiler the install still succeeds
+and taxaug uses its torch code instead.
+"""
+
+import sys
+
+from setuptools import Extension, setup
+
+if sys.platform == "win32":
+    native = []
+else:
+    native = [
+        Extension(
+            "taxaug._native.kernels",
+            sources=["taxaug/_native/kernels.c"],
+            extra_compile_args=["-O3", "-std=gnu99", "-fvisibility=hidden"],
+            libraries=["m", "pthread"],
+            optional=True,
+        )
+    ]
+
+setup(ext_modules=native)
