@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from taxaug import functional as F
 
@@ -66,3 +68,17 @@ def test_sample_boxes_cover_the_requested_area_when_unclipped():
                              generator=torch.Generator().manual_seed(1))
     sides = torch.cat([bounded[:, 2] - bounded[:, 0], bounded[:, 3] - bounded[:, 1]])
     assert int(sides.max()) <= 30
+
+
+@given(st.integers(1, 20), st.integers(1, 9), st.integers(0, 10_000))
+def test_mix_targets_from_indices_matches_the_lerp_of_one_hot_rows_bit_for_bit(size, classes, seed):
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, classes, (size,), generator=gen)
+    perm = torch.randperm(size, generator=gen)
+    lam = torch.rand(size, generator=gen)
+    lam[: min(size, 2)] = torch.tensor([0.5, 1.0])[: min(size, 2)]
+    from_indices = F.mix_targets({"y": index}, perm, lam, classes)["y"]
+    one_hot = F.to_dense_targets({"y": index}, classes)["y"]
+    expected = torch.lerp(one_hot[perm], one_hot, lam.unsqueeze(1))
+    assert torch.equal(from_indices, expected)
+    assert torch.equal(F.mix_targets({"y": one_hot}, perm, lam)["y"], expected)

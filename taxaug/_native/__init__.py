@@ -71,13 +71,20 @@ def sample_blocks_match(x: torch.Tensor, out: torch.Tensor) -> bool:
     return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
 
 
+_BYTES_PER_THREAD = 2**18  # below this a thread costs more than it saves
+
+
+def _threads(nbytes: int) -> int:
+    return max(1, min(torch.get_num_threads(), nbytes // _BYTES_PER_THREAD))
+
+
 def mix_u8(x: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out[i] = round(lerp(x[perm[i]], x[i], weights[i])) for uint8 x; same bytes as the torch path."""
     perm = perm.contiguous()
     weights = weights.to(torch.float32).contiguous()
     sample_bytes = x[0].numel() if x.shape[0] else 0
     _library.taxaug_mix_u8(out.data_ptr(), x.data_ptr(), perm.data_ptr(), weights.data_ptr(), x.shape[0],
-                           sample_bytes, torch.get_num_threads())
+                           sample_bytes, _threads(x.numel()))
     return out
 
 
@@ -88,5 +95,6 @@ def paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: t
     batch, channels, height, width = x.shape
     channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     _library.taxaug_paste_boxes(out.data_ptr(), x.data_ptr(), perm.data_ptr(), boxes.data_ptr(), batch, channels,
-                                height, width, x.element_size(), int(channels_last), torch.get_num_threads())
+                                height, width, x.element_size(), int(channels_last),
+                                _threads(x.numel() * x.element_size()))
     return out

@@ -115,17 +115,19 @@ def row_view(t: torch.Tensor) -> torch.Tensor:
 
 
 def update_rows_(out: torch.Tensor, idx: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 rows: torch.Tensor | None = None) -> None:
-    """Replace samples ``out[idx]`` by ``fn(out[idx_block], idx_block)``, in cache-sized blocks of samples.
+                 rows: torch.Tensor | None = None, source_rows: torch.Tensor | None = None) -> None:
+    """Set samples ``out[idx]`` to ``fn(source[idx_block], idx_block)``, in cache-sized blocks of samples.
 
-    `out` must be contiguous (`rows` may pass its `row_view`). Samples are gathered and written
-    back as whole rows (memcpy); ``index_put_`` would scatter element by element on CPU.
+    `out` must be contiguous (`rows` may pass its `row_view`); `source_rows` is the `row_view` of an
+    input laid out like `out` (default: `out` itself, for an update in place). Samples are gathered
+    and written back as whole rows (memcpy); ``index_put_`` would scatter element by element on CPU.
     """
     rows = row_view(out) if rows is None else rows
+    source_rows = rows if source_rows is None else source_rows
     per_block = sample_blocks(out)[0].stop or 1
     for first in range(0, idx.shape[0], per_block):
         i = idx[first : first + per_block]
-        sub = rows.index_select(0, i).view(out.dtype).view(i.shape[0], *out.shape[1:])
+        sub = source_rows.index_select(0, i).view(out.dtype).view(i.shape[0], *out.shape[1:])
         res = fn(sub, i)
         rows.index_copy_(0, i, row_view(res.to(out.dtype).contiguous()))
 

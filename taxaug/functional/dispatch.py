@@ -64,11 +64,10 @@ def _dispatch(
 ) -> torch.Tensor:
     """Run op `names[op_indices[i]]` with `params[i]` on sample i, each op once over its group.
 
-    Works on one output buffer: a copy of `x`, or `x` itself with ``inplace=True`` (for buffers the
-    policy owns, e.g. the result of its previous round). Each group is processed in cache-sized
-    blocks of samples: gather the block's rows, run the op, copy the rows back. Fresh full-batch
-    buffers are avoided because on CPU every large allocation is new memory the kernel must fault
-    in (a 64x3x224x224 float32 batch: ~20 ms per allocation, more than most ops).
+    Writes into one output buffer: a fresh one (huge pages, see ``taxaug._memory``), or `x` itself
+    with ``inplace=True`` (for buffers the policy owns, e.g. the result of its previous round).
+    Each group is processed in cache-sized blocks of samples: gather the block's rows from `x`, run
+    the op, copy the rows into the output, so every row crosses memory once each way.
     """
     n_ops = len(names)
     if x.device.type == "cpu":
@@ -82,30 +81,37 @@ def _dispatch(
     identity = names.index("identity") if "identity" in names else -1
     if identity >= 0 and counts[identity] == x.shape[0]:
         return x
-    if not inplace:
-        out = _memory.clone(x, memory_format=torch.contiguous_format)
-    else:
+    if inplace:
         out = x if x.is_contiguous() else x.contiguous()
-    out_rows = row_view(out)
+        source_rows = out_rows = row_view(out)
+    else:  # every row is written once from the source: no full copy of the batch first
+        out = _memory.empty_like(x, memory_format=torch.contiguous_format)
+        out_rows = row_view(out)
+        source_rows = row_view(x if x.is_contiguous() else x.contiguous())
     order = torch.argsort(group, stable=True)
     warps = counts[n_ops] or any(counts[k] for k, n in enumerate(names) if n in _GEOMETRIC)
     fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if warps else None
+    padded = _geometry.warp_workspace(x, fill_t) if warps and interpolation == "nearest" else None
     start = 0
     for gid, count in enumerate(counts):
         group_idx = order[start : start + count]
         start += count
-        if count == 0 or gid == identity:
+        if count == 0 or (gid == identity and inplace):
             continue
-        if gid == n_ops or names[gid] in _GEOMETRIC:
+        if gid == identity:
+            def run(sub: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+                return sub
+        elif gid == n_ops or names[gid] in _GEOMETRIC:
             data = _warp_data(op_indices, params, names, x.shape[2], x.shape[3])
 
             def run(sub: torch.Tensor, idx: torch.Tensor, data: torch.Tensor = data) -> torch.Tensor:
-                warp = _geometry._warp_nearest if interpolation == "nearest" else _geometry._warp_bilinear
-                return warp(sub, data.index_select(0, idx), fill_t)
+                if interpolation == "nearest":
+                    return _geometry._warp_nearest(sub, data.index_select(0, idx), fill_t, padded=padded)
+                return _geometry._warp_bilinear(sub, data.index_select(0, idx), fill_t)
         else:
             def run(sub: torch.Tensor, idx: torch.Tensor, kernel=_KERNELS[names[gid]]) -> torch.Tensor:
                 return kernel(sub, params.index_select(0, idx))
-        update_rows_(out, group_idx, run, out_rows)
+        update_rows_(out, group_idx, run, out_rows, source_rows)
     return out
 
 

@@ -17,7 +17,15 @@ from __future__ import annotations
 
 import torch
 
-from taxaug.functional._image_common import Fill, Param, as_param, check_image_batch, fill_tensor, run_op
+from taxaug.functional._image_common import (
+    Fill,
+    Param,
+    as_param,
+    check_image_batch,
+    fill_tensor,
+    run_op,
+    sample_blocks,
+)
 
 __all__ = [
     "affine",
@@ -82,20 +90,33 @@ def hflip_data(batch: int, width: int, device: torch.device) -> torch.Tensor:
     return data
 
 
-def _warp_nearest(x: torch.Tensor, data: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour affine warp as one gather over a copy padded by a ring of `fill`.
-
-    Source coordinates are floored (Pillow) and clamped to the ring, so pixels that sample outside
-    the image read the fill value without a mask or a select.
-    """
+def warp_workspace(x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """A (block, C, H + 2, W + 2) buffer for `_warp_nearest` with its ring set to `fill`, to reuse
+    over the sample blocks of one call: a fresh buffer per block would fault its pages in each time."""
     b, c, h, w = x.shape
-    dev = x.device
-    padded = torch.empty(b, c, h + 2, w + 2, dtype=x.dtype, device=dev)
+    block = max(1, min(b, sample_blocks(x)[0].stop or 1))
+    padded = torch.empty(block, c, h + 2, w + 2, dtype=x.dtype, device=x.device)
     ring = fill.reshape(1, c, 1)
     padded[:, :, 0] = ring
     padded[:, :, -1] = ring
     padded[:, :, 1:-1, 0] = ring
     padded[:, :, 1:-1, -1] = ring
+    return padded
+
+
+def _warp_nearest(x: torch.Tensor, data: torch.Tensor, fill: torch.Tensor,
+                  padded: torch.Tensor | None = None) -> torch.Tensor:
+    """Nearest-neighbour affine warp as one gather over a copy padded by a ring of `fill`.
+
+    Source coordinates are floored (Pillow) and clamped to the ring, so pixels that sample outside
+    the image read the fill value without a mask or a select. `padded` is an optional
+    :func:`warp_workspace` of at least B samples, built with the same fill.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    if padded is None or padded.shape[0] < b:
+        padded = warp_workspace(x, fill)
+    padded = padded[:b]
     padded[:, :, 1:-1, 1:-1] = x
     xs = torch.arange(w, device=dev, dtype=torch.float64).add_(0.5)
     ys = torch.arange(h, device=dev, dtype=torch.float64).add_(0.5)

@@ -72,10 +72,26 @@ def mix_targets(
     num_classes: Mapping[str, int] | int | None = None,
 ) -> dict[str, torch.Tensor]:
     """``lam * t + (1 - lam) * t[perm]`` for every task, with the same per-sample lam on each."""
-    dense = to_dense_targets(targets, num_classes)
-    weight = lam.to(torch.float32).unsqueeze(1)
+    if not targets:
+        return {}
+    dense = to_dense_targets(targets, num_classes)  # validates, and is reused for dense inputs
+    weight = lam.to(torch.float32)
     out = {}
     for key, t in dense.items():
-        w = weight.to(device=t.device, dtype=t.dtype)
-        out[key] = torch.lerp(t.index_select(0, perm.to(t.device)), t, w)
+        perm_t, w = perm.to(t.device), weight.to(device=t.device, dtype=t.dtype)
+        source = targets[key]
+        if source.ndim == 1:  # indices: write the two entries of each row, no gather of dense rows
+            out[key] = _mix_indices(t, source.to(t.device).long(), perm_t, w)
+        else:
+            out[key] = torch.lerp(t.index_select(0, perm_t), t, w.unsqueeze(1))
     return out
+
+
+def _mix_indices(dense: torch.Tensor, index: torch.Tensor, perm: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The lerp of one-hot rows, written entry by entry: lam on i's class, 1 - lam on its partner's,
+    exactly 1 where both share the class (bit for bit what ``torch.lerp`` gives)."""
+    own, partner = index.unsqueeze(1), index.index_select(0, perm).unsqueeze(1)
+    own_value = torch.where(own == partner, torch.ones_like(w).unsqueeze(1), w.unsqueeze(1))
+    dense.zero_()
+    dense.scatter_(1, partner, (1.0 - w).unsqueeze(1))
+    return dense.scatter_(1, own, own_value)

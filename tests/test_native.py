@@ -1,0 +1,129 @@
+"""The C kernels (taxaug/_native) and huge-page buffers (taxaug/_memory): same bytes as the torch paths."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from taxaug import MixBatch, _memory, _native
+from taxaug import functional as F
+
+image_shapes = st.tuples(st.integers(1, 12), st.integers(1, 4), st.integers(1, 40), st.integers(1, 40))
+
+
+def _images(shape, dtype, seed, channels_last):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
+    x = x if dtype == torch.uint8 else (x.to(dtype) / 255)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _lam(size, seed):
+    lam = torch.rand(size, generator=torch.Generator().manual_seed(seed))
+    lam[: min(size, 3)] = torch.tensor([0.5, 0.0, 1.0])[: min(size, 3)]  # ties and both ends
+    return lam
+
+
+def _both_paths(fn):
+    fast = fn()
+    with _native.disabled():
+        assert not _native.available()
+        reference = fn()
+    return fast, reference
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64")),
+                    reason="the kernels are built and checked on linux x86-64 installs")
+def test_kernels_are_built_by_the_install():
+    assert _native.available(), "taxaug/_native/kernels.c was not built: pip install -e . needs a C compiler"
+    assert _native.kernel_isa() in ("avx2", "scalar")
+
+
+@given(image_shapes, st.booleans(), st.integers(0, 10_000))
+def test_uint8_mixup_kernel_gives_the_torch_bytes(shape, channels_last, seed):
+    x = _images(shape, torch.uint8, seed, channels_last)
+    groups = torch.randint(0, 3, (shape[0],), generator=torch.Generator().manual_seed(seed))
+    lam = _lam(shape[0], seed)
+    fast, reference = _both_paths(lambda: F.selective_mixup(
+        MixBatch(x, {}), groups, lam, generator=torch.Generator().manual_seed(seed)))
+    assert torch.equal(fast.perm, reference.perm)
+    assert torch.equal(fast.batch.images, reference.batch.images)
+    assert fast.batch.images.stride() == reference.batch.images.stride() == x.stride()
+
+
+def test_uint8_mixup_kernel_on_a_full_size_batch_rounds_ties_to_even():
+    x = _images((16, 3, 224, 224), torch.uint8, 0, False)
+    lam = torch.full((16,), 0.5)
+    fast, reference = _both_paths(lambda: F.selective_mixup(MixBatch(x, {}), torch.zeros(16, dtype=torch.long), lam,
+                                                            generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(fast.batch.images, reference.batch.images)
+    tie = F.selective_mixup(MixBatch(torch.tensor([2, 3], dtype=torch.uint8).view(2, 1, 1, 1), {}),
+                            torch.zeros(2, dtype=torch.long), 0.5)
+    assert tie.batch.images.flatten().tolist() == [2, 2]  # 2.5 -> 2 both ways
+
+
+@given(image_shapes, st.sampled_from([torch.uint8, torch.float32, torch.float16, torch.float64]), st.booleans(),
+       st.booleans(), st.integers(0, 10_000))
+def test_cutmix_paste_kernel_gives_the_torch_bytes(shape, dtype, channels_last, per_sample, seed):
+    x = _images(shape, dtype, seed, channels_last)
+    groups = torch.randint(0, 2, (shape[0],), generator=torch.Generator().manual_seed(seed))
+    lam = _lam(shape[0], seed) if per_sample else 0.4
+    fast, reference = _both_paths(lambda: F.selective_cutmix(
+        MixBatch(x, {}), groups, lam, per_sample_boxes=per_sample, generator=torch.Generator().manual_seed(seed)))
+    assert torch.equal(fast.boxes, reference.boxes) and torch.equal(fast.lam, reference.lam)
+    assert torch.equal(fast.batch.images, reference.batch.images)
+
+
+def test_kernels_write_into_out_and_leave_the_input_alone():
+    x = _images((6, 3, 9, 11), torch.uint8, 3, False)
+    snapshot = x.clone()
+    out = torch.full_like(x, 7)
+    groups = torch.zeros(6, dtype=torch.long)
+    mixed = F.selective_mixup(MixBatch(x, {}), groups, 0.3, out=out, generator=torch.Generator().manual_seed(0))
+    assert mixed.batch.images.data_ptr() == out.data_ptr()
+    cut = F.selective_cutmix(MixBatch(x, {}), groups, 0.3, out=torch.empty_like(x),
+                             generator=torch.Generator().manual_seed(0))
+    with _native.disabled():
+        expected = F.selective_cutmix(MixBatch(x, {}), groups, 0.3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cut.batch.images, expected.batch.images)
+    assert torch.equal(x, snapshot)
+
+
+def test_strided_images_take_the_torch_path_and_stay_correct():
+    base = _images((5, 3, 12, 20), torch.uint8, 4, False)
+    x = base[:, :, :, ::2]  # no sample is one dense block
+    assert not _native.sample_blocks_match(x, torch.empty_like(x))
+    groups = torch.zeros(5, dtype=torch.long)
+    result = F.selective_mixup(MixBatch(x, {}), groups, 0.25, generator=torch.Generator().manual_seed(0))
+    expected = F.selective_mixup(MixBatch(x.contiguous(), {}), groups, 0.25, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(result.batch.images, expected.batch.images)
+
+
+@pytest.mark.parametrize(("variable", "probe"), [
+    ("TAXAUG_NATIVE", "from taxaug import _native; print(_native.available())"),
+    ("TAXAUG_HUGEPAGES", "from taxaug import _memory; print(_memory._madvise is not None)"),
+])
+def test_environment_switches_turn_the_fast_paths_off(variable, probe):
+    env = {**os.environ, variable: "0"}
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("nbytes", [1000, 40 * 2**20])
+def test_huge_page_buffers_behave_like_torch_buffers(nbytes):
+    x = torch.arange(nbytes // 4, dtype=torch.float32).view(1, 1, 1, -1).contiguous(
+        memory_format=torch.channels_last)
+    copy = _memory.clone(x)
+    assert torch.equal(copy, x) and copy.data_ptr() != x.data_ptr()
+    assert copy.stride() == x.stride()
+    fresh = _memory.empty_like(x, dtype=torch.float64, memory_format=torch.contiguous_format)
+    assert fresh.dtype == torch.float64 and fresh.shape == x.shape and fresh.is_contiguous()
+    if sys.platform == "linux":
+        assert _memory._madvise is not None
