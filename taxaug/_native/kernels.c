@@ -76,7 +76,8 @@ static mix_row_fn pick_mix_row(void) {
     return mix_row_scalar;
 }
 
-/* One job: a range of samples for one of the two kernels. */
+/* One call of a kernel: the threads take chunks of samples from a shared counter, so a thread
+ * that the OS holds back does not leave the others waiting on a fixed half of the batch. */
 typedef struct {
     int kind; /* 0 = mix, 1 = paste */
     uint8_t *out;
@@ -84,15 +85,16 @@ typedef struct {
     const int64_t *perm;
     const float *weights;
     const int64_t *boxes;
-    int64_t first, last;
+    int64_t batch, chunk;
+    int64_t *next;
     int64_t sample_bytes;
     int64_t channels, height, width, elem_size;
     int channels_last;
     mix_row_fn mix_row;
 } job_t;
 
-static void run_mix(const job_t *job) {
-    for (int64_t i = job->first; i < job->last; i++) {
+static void run_mix(const job_t *job, int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; i++) {
         uint8_t *dst = job->out + i * job->sample_bytes;
         const uint8_t *own = job->images + i * job->sample_bytes;
         const uint8_t *partner = job->images + job->perm[i] * job->sample_bytes;
@@ -104,9 +106,9 @@ static void run_mix(const job_t *job) {
 }
 
 /* out[i] = images[i] with box (y1, x1, y2, x2) taken from images[perm[i]]. */
-static void run_paste(const job_t *job) {
+static void run_paste(const job_t *job, int64_t first, int64_t last) {
     const int64_t es = job->elem_size, c = job->channels, h = job->height, w = job->width;
-    for (int64_t i = job->first; i < job->last; i++) {
+    for (int64_t i = first; i < last; i++) {
         uint8_t *dst = job->out + i * job->sample_bytes;
         const uint8_t *own = job->images + i * job->sample_bytes;
         const uint8_t *partner = job->images + job->perm[i] * job->sample_bytes;
@@ -132,10 +134,15 @@ static void run_paste(const job_t *job) {
 }
 
 static void run_job(const job_t *job) {
-    if (job->kind == 0)
-        run_mix(job);
-    else
-        run_paste(job);
+    for (;;) {
+        const int64_t first = __atomic_fetch_add(job->next, job->chunk, __ATOMIC_RELAXED);
+        if (first >= job->batch) return;
+        const int64_t last = first + job->chunk < job->batch ? first + job->chunk : job->batch;
+        if (job->kind == 0)
+            run_mix(job, first, last);
+        else
+            run_paste(job, first, last);
+    }
 }
 
 #ifndef _WIN32
@@ -145,31 +152,29 @@ static void *thread_main(void *arg) {
 }
 #endif
 
-/* Splits samples [0, batch) into `threads` ranges; the calling thread takes the last. */
-static int run_parallel(job_t base, int64_t batch, int threads) {
+/* Runs the job on `threads` threads, the calling thread among them. */
+static int run_parallel(job_t job, int64_t batch, int threads) {
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > batch) threads = (int)(batch > 0 ? batch : 1);
 #ifdef _WIN32
     threads = 1;
 #endif
-    job_t jobs[MAX_THREADS];
-    for (int t = 0; t < threads; t++) {
-        jobs[t] = base;
-        jobs[t].first = batch * t / threads;
-        jobs[t].last = batch * (t + 1) / threads;
-    }
+    int64_t next = 0;
+    job.batch = batch;
+    job.next = &next;
+    job.chunk = batch / (4 * threads) > 1 ? batch / (4 * threads) : 1; /* about four chunks a thread */
 #ifndef _WIN32
     pthread_t handles[MAX_THREADS];
     int started = 0;
     for (int t = 0; t < threads - 1; t++) {
-        if (pthread_create(&handles[t], NULL, thread_main, &jobs[t]) != 0) break;
+        if (pthread_create(&handles[t], NULL, thread_main, &job) != 0) break; /* the rest runs here */
         started++;
     }
-    for (int t = started; t < threads; t++) run_job(&jobs[t]); /* whatever could not start runs here */
+    run_job(&job);
     for (int t = 0; t < started; t++) pthread_join(handles[t], NULL);
 #else
-    run_job(&jobs[0]);
+    run_job(&job);
 #endif
     return 0;
 }

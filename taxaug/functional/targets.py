@@ -11,7 +11,9 @@ from taxaug.functional._validate import check_targets, describe
 __all__ = ["mix_targets", "smooth_targets", "to_dense_targets"]
 
 
-def _dense_one(target: torch.Tensor, num_classes: int | None, key: str, dtype: torch.dtype) -> torch.Tensor:
+def _dense_one(target: torch.Tensor, num_classes: int | None, key: str, dtype: torch.dtype,
+               one_hot: bool = True) -> torch.Tensor:
+    """Dense (B, K) rows of one task; for index targets, zeros instead of one-hot rows if not `one_hot`."""
     if target.ndim == 2:
         if num_classes is not None and target.shape[1] != num_classes:
             raise ValueError(f"targets[{key!r}] has {target.shape[1]} classes but num_classes says {num_classes}")
@@ -28,7 +30,7 @@ def _dense_one(target: torch.Tensor, num_classes: int | None, key: str, dtype: t
                 f"[0, {num_classes}); num_classes[{key!r}] = {num_classes}"
             )
     dense = torch.zeros(target.shape[0], num_classes, dtype=dtype, device=target.device)
-    return dense.scatter_(1, target.long().unsqueeze(1), 1.0)
+    return dense if not one_hot else dense.scatter_(1, target.long().unsqueeze(1), 1.0)
 
 
 def to_dense_targets(
@@ -46,13 +48,13 @@ def to_dense_targets(
         return {}
     size = next(iter(targets.values())).shape[0]
     check_targets(targets, size)
+    return {key: _dense_one(target, _classes_of(num_classes, key), key, dtype) for key, target in targets.items()}
+
+
+def _classes_of(num_classes: Mapping[str, int] | int | None, key: str) -> int | None:
     if num_classes is not None and not isinstance(num_classes, (int, Mapping)):
         raise TypeError(f"num_classes must be a dict task -> int or an int, got {describe(num_classes)}")
-    out = {}
-    for key, target in targets.items():
-        k = num_classes if isinstance(num_classes, int) or num_classes is None else num_classes.get(key)
-        out[key] = _dense_one(target, k, key, dtype)
-    return out
+    return num_classes if isinstance(num_classes, int) or num_classes is None else num_classes.get(key)
 
 
 def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -74,24 +76,25 @@ def mix_targets(
     """``lam * t + (1 - lam) * t[perm]`` for every task, with the same per-sample lam on each."""
     if not targets:
         return {}
-    dense = to_dense_targets(targets, num_classes)  # validates, and is reused for dense inputs
+    size = next(iter(targets.values())).shape[0]
+    check_targets(targets, size)
     weight = lam.to(torch.float32)
     out = {}
-    for key, t in dense.items():
+    for key, source in targets.items():
+        # index targets: zeros, then the two entries of each row; no one-hot rows to gather and blend
+        t = _dense_one(source, _classes_of(num_classes, key), key, torch.float32, one_hot=False)
         perm_t, w = perm.to(t.device), weight.to(device=t.device, dtype=t.dtype)
-        source = targets[key]
-        if source.ndim == 1:  # indices: write the two entries of each row, no gather of dense rows
+        if source.ndim == 1:
             out[key] = _mix_indices(t, source.to(t.device).long(), perm_t, w)
         else:
             out[key] = torch.lerp(t.index_select(0, perm_t), t, w.unsqueeze(1))
     return out
 
 
-def _mix_indices(dense: torch.Tensor, index: torch.Tensor, perm: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _mix_indices(zeros: torch.Tensor, index: torch.Tensor, perm: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """The lerp of one-hot rows, written entry by entry: lam on i's class, 1 - lam on its partner's,
     exactly 1 where both share the class (bit for bit what ``torch.lerp`` gives)."""
     own, partner = index.unsqueeze(1), index.index_select(0, perm).unsqueeze(1)
     own_value = torch.where(own == partner, torch.ones_like(w).unsqueeze(1), w.unsqueeze(1))
-    dense.zero_()
-    dense.scatter_(1, partner, (1.0 - w).unsqueeze(1))
-    return dense.scatter_(1, own, own_value)
+    zeros.scatter_(1, partner, (1.0 - w).unsqueeze(1))
+    return zeros.scatter_(1, own, own_value)
