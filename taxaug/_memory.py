@@ -1,63 +1,87 @@
-"""Fresh CPU buffers backed by transparent huge pages.
+"""Batch-sized CPU buffers that are reused once the tensors made from them are gone.
 
-A new batch-sized tensor on CPU is fresh memory that the OS faults in page by
-page on first write: for a 38 MB batch that costs 3-4x a copy of it, more than
-most image ops. Asking Linux for huge pages (``madvise(MADV_HUGEPAGE)``, the
-same thing torch does for every allocation under ``THP_MEM_ALLOC_ENABLE=1``)
-takes 512 times fewer faults. Only buffers of at least 32 MiB get the advice:
-glibc maps those on their own and unmaps them on free, so the advice never
-outlives the tensor. ``TAXAUG_HUGEPAGES=0`` turns it off; elsewhere than
-Linux it does nothing.
+A new batch-sized tensor on CPU is fresh memory: glibc maps every block over
+32 MiB on its own and unmaps it on free, so each call pays a page fault per
+4 KiB on first write. For a 38 MB batch that is 3-4x the cost of copying it,
+more than most image ops (torchvision's per-image loops never see this: their
+small tensors are recycled by malloc). Here large outputs come from a small
+cache instead, a CPU cousin of torch's CUDA caching allocator: a buffer goes
+back to the cache when the last tensor viewing its storage is freed, and the
+next request of the same size takes it without a fault.
+
+The cache holds at most ``TAXAUG_BUFFER_CACHE_MB`` (default 1024) of free
+buffers; ``TAXAUG_BUFFER_CACHE_MB=0`` turns it off. :func:`release_cached`
+frees what it holds. Tensors from here are ordinary CPU tensors, except that
+their storage cannot be resized (as with ``torch.from_numpy``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
+import threading
+import weakref
 
+import numpy as np
 import torch
 
-__all__ = ["clone", "empty_like"]
+__all__ = ["cached_bytes", "clone", "empty_like", "release_cached"]
 
-_HUGE_PAGE = 2 * 2**20
-_MIN_BYTES = 32 * 2**20
-_MADV_HUGEPAGE = 14
+_MIN_BYTES = 4 * 2**20  # smaller blocks are recycled by malloc already
+_ALIGN = 64
+_MAX_CACHED = int(float(os.environ.get("TAXAUG_BUFFER_CACHE_MB", "1024")) * 2**20)
 
-
-def _load_madvise():
-    if sys.platform != "linux" or os.environ.get("TAXAUG_HUGEPAGES", "1") == "0":
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    madvise.restype = ctypes.c_int
-    return madvise
+_lock = threading.RLock()
+_free: dict[int, list[np.ndarray]] = {}
+_cached = 0
 
 
-_madvise = _load_madvise()
+def _take(nbytes: int) -> np.ndarray:
+    global _cached
+    with _lock:
+        bucket = _free.get(nbytes)
+        if bucket:
+            _cached -= nbytes
+            return bucket.pop()
+    return np.empty(nbytes + _ALIGN, dtype=np.uint8)
 
 
-def _advise_huge_pages(t: torch.Tensor) -> None:
-    storage = t.untyped_storage()
-    start, nbytes = storage.data_ptr(), storage.nbytes()
-    first = -(-start // _HUGE_PAGE) * _HUGE_PAGE
-    last = (start + nbytes) // _HUGE_PAGE * _HUGE_PAGE
-    if last > first:
-        _madvise(first, last - first, _MADV_HUGEPAGE)  # advisory: a refusal just leaves small pages
+def _give_back(nbytes: int, base: np.ndarray) -> None:
+    """Called when the last tensor on `base` is gone."""
+    global _cached
+    with _lock:
+        if _cached + nbytes <= _MAX_CACHED:
+            _free.setdefault(nbytes, []).append(base)
+            _cached += nbytes
+
+
+def release_cached() -> int:
+    """Free every cached buffer now; returns the bytes released."""
+    global _cached
+    with _lock:
+        released, _cached = _cached, 0
+        _free.clear()
+    return released
+
+
+def cached_bytes() -> int:
+    """Bytes held in free buffers, waiting for reuse."""
+    return _cached
 
 
 def empty_like(
     x: torch.Tensor, *, dtype: torch.dtype | None = None, memory_format: torch.memory_format = torch.preserve_format
 ) -> torch.Tensor:
-    """``torch.empty_like``, with huge pages advised for large CPU buffers."""
-    t = torch.empty_like(x, dtype=dtype, memory_format=memory_format)
-    if _madvise is not None and t.device.type == "cpu" and t.untyped_storage().nbytes() >= _MIN_BYTES:
-        _advise_huge_pages(t)
-    return t
+    """``torch.empty_like``, from the buffer cache for large CPU tensors."""
+    layout = torch.empty_like(x, dtype=dtype, memory_format=memory_format, device="meta")
+    nbytes = layout.numel() * layout.element_size()
+    if x.device.type != "cpu" or _MAX_CACHED <= 0 or nbytes < _MIN_BYTES or x.layout != torch.strided:
+        return torch.empty_like(x, dtype=dtype, memory_format=memory_format)
+    base = _take(nbytes)
+    offset = -base.ctypes.data % _ALIGN
+    window = base[offset : offset + nbytes]  # the storage keeps this view alive, and only this
+    weakref.finalize(window, _give_back, nbytes, base)
+    flat = torch.from_numpy(window).view(layout.dtype)
+    return flat.as_strided(layout.shape, layout.stride())
 
 
 def clone(x: torch.Tensor, *, memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:

@@ -106,24 +106,51 @@ def test_strided_images_take_the_torch_path_and_stay_correct():
     assert torch.equal(result.batch.images, expected.batch.images)
 
 
-@pytest.mark.parametrize(("variable", "probe"), [
-    ("TAXAUG_NATIVE", "from taxaug import _native; print(_native.available())"),
-    ("TAXAUG_HUGEPAGES", "from taxaug import _memory; print(_memory._madvise is not None)"),
-])
-def test_environment_switches_turn_the_fast_paths_off(variable, probe):
-    env = {**os.environ, variable: "0"}
-    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+def test_native_switch_in_the_environment_turns_the_kernels_off():
+    probe = "from taxaug import _native; print(_native.available())"
+    result = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "TAXAUG_NATIVE": "0"},
+                            capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("nbytes", [1000, 40 * 2**20])
-def test_huge_page_buffers_behave_like_torch_buffers(nbytes):
-    x = torch.arange(nbytes // 4, dtype=torch.float32).view(1, 1, 1, -1).contiguous(
-        memory_format=torch.channels_last)
+BIG = 5 * 2**20 // 4  # float32 elements: over the cache's 4 MiB threshold
+
+
+@pytest.mark.parametrize("numel", [1000, BIG])
+def test_cached_buffers_behave_like_torch_buffers(numel):
+    x = torch.arange(numel, dtype=torch.float32).view(1, 1, 1, -1).contiguous(memory_format=torch.channels_last)
     copy = _memory.clone(x)
     assert torch.equal(copy, x) and copy.data_ptr() != x.data_ptr()
     assert copy.stride() == x.stride()
-    fresh = _memory.empty_like(x, dtype=torch.float64, memory_format=torch.contiguous_format)
-    assert fresh.dtype == torch.float64 and fresh.shape == x.shape and fresh.is_contiguous()
-    if sys.platform == "linux":
-        assert _memory._madvise is not None
+    fresh = _memory.empty_like(x.expand(2, 1, 1, numel), dtype=torch.float64, memory_format=torch.contiguous_format)
+    assert fresh.dtype == torch.float64 and fresh.shape == (2, 1, 1, numel) and fresh.is_contiguous()
+    fresh.fill_(3.0)
+    assert float(fresh.sum()) == 3.0 * 2 * numel
+
+
+def test_a_buffer_is_reused_only_after_its_last_view_is_gone():
+    _memory.release_cached()
+    like = torch.empty(4, BIG // 4)
+    first = _memory.empty_like(like)
+    address = first.data_ptr()
+    row = first[1]  # a view keeps the storage, so the buffer must stay taken
+    row.fill_(7.0)
+    del first
+    assert _memory.cached_bytes() == 0
+    second = _memory.empty_like(like)
+    second.fill_(1.0)
+    assert second.data_ptr() != address and bool((row == 7.0).all())
+    del row
+    assert _memory.cached_bytes() == BIG * 4
+    third = _memory.empty_like(like)
+    assert third.data_ptr() == address and _memory.cached_bytes() == 0
+    del second, third
+    assert _memory.release_cached() == 2 * BIG * 4 and _memory.cached_bytes() == 0
+
+
+def test_buffer_cache_size_zero_gives_plain_torch_tensors():
+    probe = ("import torch; from taxaug import _memory; t = _memory.empty_like(torch.empty(2**22)); "
+             "t.resize_(2**23); print(t.shape[0])")  # resizable: not from the cache
+    result = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "TAXAUG_BUFFER_CACHE_MB": "0"},
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == str(2**23)
