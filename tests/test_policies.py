@@ -164,6 +164,27 @@ def test_apply_ops_per_sample_equals_one_op_per_sample():
         assert torch.equal(out[i : i + 1], fn(x[i : i + 1], float(mags[i]), **kw))
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_dispatch_gives_each_op_the_bits_of_its_own_function_and_leaves_the_input(dtype):
+    magnitudes = {"rotate": 20.0, "shear_x": -0.2, "shear_y": 0.25, "translate_x": 5.0, "translate_y": -3.0,
+                  "brightness": 1.4, "color": 0.3, "contrast": 1.7, "sharpness": 0.2, "posterize": 3.0,
+                  "solarize": 90.0, "solarize_add": 40.0, "autocontrast": 0.0, "equalize": 0.0, "invert": 0.0,
+                  "hflip": 0.0, "identity": 0.0}
+    names = list(magnitudes)
+    size = 3 * len(names)  # three samples per op: groups of several rows, as in a real batch
+    x = _images(5, (size, 3, 18, 22))
+    x = x if dtype == torch.uint8 else x.float() / 255
+    snapshot = x.clone()
+    ops = torch.arange(size) % len(names)
+    mags = torch.tensor([magnitudes[names[k]] for k in ops.tolist()])
+    out = P.apply_ops_per_sample(x, ops, mags, names)
+    assert torch.equal(x, snapshot)
+    for k, name in enumerate(names):
+        rows = ops == k
+        fn = getattr(F, name)
+        assert torch.equal(out[rows], fn(x[rows], float(mags[rows][0]))), name  # the float32 value given
+
+
 def test_per_sample_independence():
     x = _images(3, (1, 3, 24, 24)).expand(32, 3, 24, 24).contiguous()
     for fn in (

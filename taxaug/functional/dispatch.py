@@ -48,6 +48,9 @@ _KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "invert": _color._k_invert,
     "hflip": _hflip_kernel,
 }
+# the dispatcher's gathered blocks are its own copies, so float kernels may overwrite them
+_KERNELS.update({name: _color._float_in_place(_KERNELS[name], kernel_)
+                 for name, kernel_ in _color.IN_PLACE_KERNELS.items()})
 _GEOMETRIC = {k: v for k, v in _geometry.GEOMETRIC_DATA.items() if k != "hflip"}
 assert set(OP_NAMES) == {"identity", *_KERNELS, *_GEOMETRIC}, "op_tables.OP_NAMES out of sync with the kernels"
 

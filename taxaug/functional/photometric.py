@@ -13,6 +13,8 @@ within one level. Intensity parameters are in 8-bit levels for every dtype.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as nnf
 
@@ -85,6 +87,11 @@ def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> t
     return (degenerate + f * (x - degenerate)).clamp_(0.0, 1.0)
 
 
+def _blend_(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """:func:`_blend` for float x, overwriting x: the same operations, so the same bits."""
+    return x.sub_(degenerate).mul_(view4(factor, x.dtype)).add_(degenerate).clamp_(0.0, 1.0)
+
+
 def _k_identity(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:
     return _memory.clone(x)
 
@@ -99,7 +106,8 @@ def _k_color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(_gray(x), x, factor)
 
 
-def _k_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _contrast_degenerate(x: torch.Tensor) -> torch.Tensor:
+    """Pillow's contrast base: the mean luma, rounded for uint8, per sample."""
     gray = _gray(x)
     if x.dtype == torch.uint8:
         total = gray.reshape(gray.shape[0], -1).sum(dim=1, dtype=torch.int64).double()
@@ -110,7 +118,11 @@ def _k_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         # which would make a sample's result depend on which other samples drew contrast
         total = gray.sum(dim=(1, 2, 3), keepdim=True, dtype=torch.float64)
         degenerate = (total / max(gray[0].numel(), 1)).to(x.dtype)
-    return _blend(degenerate, x, factor)
+    return degenerate
+
+
+def _k_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(_contrast_degenerate(x), x, factor)
 
 
 def _smooth(x: torch.Tensor, as_float: bool = False) -> torch.Tensor:
@@ -177,6 +189,44 @@ def _k_solarize_add(x: torch.Tensor, addition: torch.Tensor, threshold: float = 
 
 def _k_invert(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:
     return 255 - x if x.dtype == torch.uint8 else 1.0 - x
+
+
+def _float_in_place(
+    kernel: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    float_kernel_: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A kernel that may overwrite its float input (uint8 goes to `kernel`, which widens anyway): for
+    the dispatcher, whose gathered blocks are its own copies. Saves a temporary and a pass per op."""
+
+    def run(x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        return kernel(x, param) if x.dtype == torch.uint8 else float_kernel_(x, param)
+
+    return run
+
+
+def _posterize_float_(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    step = view4((1 << (8 - bits.round().clamp(0, 8).long())).to(x.dtype))
+    return x.mul_(255.0).round_().div_(step).floor_().mul_(step).div_(255.0)
+
+
+def _autocontrast_float_(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    flat = hi <= lo
+    span = torch.where(flat, torch.ones_like(hi), hi - lo)
+    low = torch.where(flat, torch.zeros_like(lo), lo)
+    return x.sub_(low).div_(span).clamp_(0.0, 1.0)
+
+
+IN_PLACE_KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "brightness": lambda x, f: x.mul_(view4(f, x.dtype)).clamp_(0.0, 1.0),
+    "color": lambda x, f: _blend_(_gray(x), x, f),
+    "contrast": lambda x, f: _blend_(_contrast_degenerate(x), x, f),
+    "posterize": _posterize_float_,
+    "solarize": lambda x, t: x.sub_((x >= view4(t, x.dtype) / 255.0).to(x.dtype)).abs_(),  # |v - hit| == |hit - v|
+    "autocontrast": _autocontrast_float_,
+}
+"""Float kernels that overwrite their input, for the dispatcher (see `_float_in_place`)."""
 
 
 def _k_autocontrast(x: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:
