@@ -221,8 +221,9 @@ def test_hard_paths_reproduce_relaxed_forward(seed, layers, ops):
     if layers == 1:
         assert close.all()
     else:
-        # float noise of order 1e-7 from one layer can tip a later posterize/solarize rounding boundary
-        assert close.float().mean() > 0.995
+        # float noise of order 1e-7 from one layer can tip a later rounding boundary: posterize and
+        # solarize move that pixel, equalize shifts its histogram and with it a few lut entries
+        assert close.float().mean() > 0.99
 
 
 def test_gumbel_max_draws_follow_the_softmax(gen):
