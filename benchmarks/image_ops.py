@@ -19,17 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Table, optional_import, parse_args, time_call
+from _harness import Table, optional_import, parse_args, time_call, time_interleaved
 
 from taxaug.functional import image_ops as F
 from taxaug.functional import policies as P
 from taxaug.transforms import ColorJitter
-
-
-def _peer_repeats(repeats: int) -> int:
-    # kornia draws one op per batch, so its time swings with the op drawn: give it as many
-    # repeats as ours; the torchvision per-sample loop is slow and steadier
-    return max(1, repeats)
 
 
 def _kornia_policies(kornia) -> dict[str, Callable[[], object]]:
@@ -108,8 +102,7 @@ def _primitive_rows(table: Table, device: str, x8: torch.Tensor, xf: torch.Tenso
             ("kornia enhance.posterize, float32", lambda: kornia.enhance.posterize(xf, 4)),
         ]
     for name, fn in rows:
-        reps = repeats if name.startswith("taxaug") else _peer_repeats(repeats)
-        table.add(case, name, time_call(fn, repeats=reps, device=device), floor="copy (floor)")
+        table.add(case, name, time_call(fn, repeats=repeats, device=device), floor="copy (floor)")
 
 
 def main() -> None:
@@ -127,31 +120,30 @@ def main() -> None:
             case = f"{device} {str(x.dtype).replace('torch.', '')}"
             table.add(case, "copy (floor)", time_call(lambda x=x: x.clone(), repeats=args.repeats, device=device))
             for name, fn in ours.items():
-                t_ours = time_call(lambda fn=fn, x=x: fn(x), repeats=args.repeats, device=device)
-                peers: dict[str, float | None] = {}
+                contenders: dict[str, Callable[[], object]] = {"ours": lambda fn=fn, x=x: fn(x)}
+                if v2 is not None:
+                    tv = _torchvision_policies(v2)[name]()
+                    contenders["torchvision loop"] = lambda tv=tv, x=x: torch.stack([tv(img) for img in x])
+                kornia_make = _kornia_policies(kornia).get(name) if kornia is not None else None
+                if kornia_make is not None:
+                    contenders["kornia"] = _kornia_call(kornia_make().to(device), x)
+                times = time_interleaved(contenders, repeats=args.repeats, device=device)
+                t_ours = times.pop("ours")
                 peer_rows = []
                 if v2 is None:
                     peer_rows.append((f"torchvision v2 {name} (per-sample loop)", None, "not importable"))
                 else:
-                    tv = _torchvision_policies(v2)[name]()
-                    t_tv = time_call(lambda tv=tv, x=x: torch.stack([tv(img) for img in x]),
-                                     repeats=_peer_repeats(args.repeats), device=device)
-                    peers["torchvision loop"] = t_tv
-                    peer_rows.append((f"torchvision v2 {name} (per-sample loop)", t_tv, ""))
-                kornia_make = _kornia_policies(kornia).get(name) if kornia is not None else None
+                    peer_rows.append((f"torchvision v2 {name} (per-sample loop)", times["torchvision loop"], ""))
                 if kornia is None:
                     peer_rows.append((f"kornia {name}", None, "not importable"))
                 elif kornia_make is None:
                     peer_rows.append((f"kornia {name}", None, "no kornia equivalent"))
                 else:
-                    module = kornia_make().to(device)
-                    t_k = time_call(_kornia_call(module, x), repeats=_peer_repeats(args.repeats), device=device)
-                    peers["kornia"] = t_k
                     note = "one op choice per batch" if "augment" in name else ""
                     if x.dtype == torch.uint8:
                         note = (note + "; " if note else "") + "incl. uint8<->float"
-                    peer_rows.append((f"kornia {name}", t_k, note))
-                table.add(case, f"taxaug {name}", t_ours, floor="copy (floor)", note=_ratio_note(t_ours, peers))
+                    peer_rows.append((f"kornia {name}", times["kornia"], note))
+                table.add(case, f"taxaug {name}", t_ours, floor="copy (floor)", note=_ratio_note(t_ours, times))
                 for op_name, t, note in peer_rows:
                     table.add(case, op_name, t, floor="copy (floor)", note=note)
         _primitive_rows(table, device, x8, xf, kornia, args.repeats)

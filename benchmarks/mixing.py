@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Table, optional_import, parse_args, time_call
 
-from taxaug import MixBatch, _native
+from taxaug import MixBatch, _memory, _native
 from taxaug import functional as F
 
 NUM_CLASSES = 1000
@@ -82,6 +82,9 @@ def image_rows(table: Table, device: str, dtype: torch.dtype, size: int, side: i
 
     table.add(case, "x.clone()", time_call(lambda: x.clone(), repeats=repeats, device=device), note="floor")
     table.add(case, "out.copy_(x)", time_call(lambda: out.copy_(x), repeats=repeats, device=device), note="floor")
+    if device == "cpu":
+        table.add(case, "huge-page clone", time_call(lambda: _memory.clone(x), repeats=repeats), floor="x.clone()",
+                  note="floor for a new tensor in the huge-page buffers taxaug returns (taxaug._memory)")
 
     def mixup(**kw):
         return F.selective_mixup(batch, groups, 0.7, num_classes=classes, generator=gen, **kw)

@@ -121,13 +121,19 @@ def update_rows_(out: torch.Tensor, idx: torch.Tensor, fn: Callable[[torch.Tenso
     `out` must be contiguous (`rows` may pass its `row_view`); `source_rows` is the `row_view` of an
     input laid out like `out` (default: `out` itself, for an update in place). Samples are gathered
     and written back as whole rows (memcpy); ``index_put_`` would scatter element by element on CPU.
+    `fn` gets the block in a buffer reused for the next block: it may overwrite it, and must not
+    return a view of it that outlives the call.
     """
     rows = row_view(out) if rows is None else rows
     source_rows = rows if source_rows is None else source_rows
     per_block = sample_blocks(out)[0].stop or 1
+    # one gather buffer for all blocks: a fresh block-sized tensor each time would be memory that
+    # malloc has just handed back to the OS, faulted in again page by page
+    buffer = torch.empty((min(per_block, idx.shape[0]), rows.shape[1]), dtype=rows.dtype, device=rows.device)
     for first in range(0, idx.shape[0], per_block):
         i = idx[first : first + per_block]
-        sub = source_rows.index_select(0, i).view(out.dtype).view(i.shape[0], *out.shape[1:])
+        gathered = torch.index_select(source_rows, 0, i, out=buffer[: i.shape[0]])
+        sub = gathered.view(out.dtype).view(i.shape[0], *out.shape[1:])
         res = fn(sub, i)
         rows.index_copy_(0, i, row_view(res.to(out.dtype).contiguous()))
 
