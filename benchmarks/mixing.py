@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Table, optional_import, parse_args, time_call
+from _harness import Table, optional_import, parse_args, time_call, time_interleaved
 
 from taxaug import MixBatch, _memory, _native
 from taxaug import functional as F
@@ -80,12 +80,6 @@ def image_rows(table: Table, device: str, dtype: torch.dtype, size: int, side: i
     out = torch.empty_like(x)
     case = f"{device} {str(dtype).replace('torch.', '')} {size}x3x{side}x{side}"
 
-    table.add(case, "x.clone()", time_call(lambda: x.clone(), repeats=repeats, device=device), note="floor")
-    table.add(case, "out.copy_(x)", time_call(lambda: out.copy_(x), repeats=repeats, device=device), note="floor")
-    if device == "cpu":
-        table.add(case, "huge-page clone", time_call(lambda: _memory.clone(x), repeats=repeats), floor="x.clone()",
-                  note="floor for a new tensor in the huge-page buffers taxaug returns (taxaug._memory)")
-
     def mixup(**kw):
         return F.selective_mixup(batch, groups, 0.7, num_classes=classes, generator=gen, **kw)
 
@@ -93,17 +87,23 @@ def image_rows(table: Table, device: str, dtype: torch.dtype, size: int, side: i
         return F.selective_cutmix(batch, groups, 0.7, per_sample_boxes=per_sample, num_classes=classes,
                                   generator=gen, **kw)
 
-    table.add(case, "selective_mixup", time_call(mixup, repeats=repeats, device=device), floor="x.clone()",
-              note="target <= 1.5x clone")
-    table.add(case, "selective_mixup out=", time_call(lambda: mixup(out=out), repeats=repeats, device=device),
-              floor="out.copy_(x)", note="target <= 2.5x copy")
-    table.add(case, "selective_cutmix per-sample boxes", time_call(lambda: cutmix(True), repeats=repeats,
-                                                                   device=device),
-              floor="x.clone()", note="target <= 2x clone")
-    table.add(case, "selective_cutmix per-sample boxes out=",
-              time_call(lambda: cutmix(True, out=out), repeats=repeats, device=device), floor="out.copy_(x)")
-    table.add(case, "selective_cutmix batch box", time_call(lambda: cutmix(False), repeats=repeats, device=device),
-              floor="x.clone()")
+    # (operation, call, floor, note), timed in turns so that load drift hits floors and functions alike
+    rows = [
+        ("x.clone()", lambda: x.clone(), None, "floor"),
+        ("out.copy_(x)", lambda: out.copy_(x), None, "floor"),
+        ("cached-buffer clone", lambda: _memory.clone(x), "x.clone()",
+         "floor for a new tensor from taxaug's buffer cache (taxaug._memory), which its functions return"),
+        ("selective_mixup", mixup, "x.clone()", "target <= 1.5x clone"),
+        ("selective_mixup out=", lambda: mixup(out=out), "out.copy_(x)", "target <= 2.5x copy"),
+        ("selective_cutmix per-sample boxes", lambda: cutmix(True), "x.clone()", "target <= 2x clone"),
+        ("selective_cutmix per-sample boxes out=", lambda: cutmix(True, out=out), "out.copy_(x)", ""),
+        ("selective_cutmix batch box", lambda: cutmix(False), "x.clone()", ""),
+    ]
+    if device != "cpu":
+        rows = [row for row in rows if row[0] != "cached-buffer clone"]
+    times = time_interleaved({name: fn for name, fn, _, _ in rows}, repeats=repeats, device=device)
+    for name, _, floor, note in rows:
+        table.add(case, name, times[name], floor=floor, note=note)
     if device == "cpu" and _native.available():
         _torch_fallback_rows(table, case, mixup, cutmix, repeats)
     _peers(table, case, x, labels, repeats, device)

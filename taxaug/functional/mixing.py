@@ -275,10 +275,13 @@ def selective_cutmix(
     mixed_rows = (perm != torch.arange(size, device=images.device)).unsqueeze(1)
     boxes = boxes * mixed_rows
     lam_eff = (1.0 - box_area(boxes).to(torch.float64) / (height * width)).to(torch.float32)
-    if per_sample_boxes or images.device.type != "cpu":
-        mixed_images = _paste_boxes(images, perm, boxes, _check_out(out, images))
-    else:  # unmixed samples paste from themselves, a no-op, so the one box serves every row
-        mixed_images = _paste_one_box(images, perm, batch_box[0], _check_out(out, images))
+    target = _check_out(out, images)
+    torch_one_box = not per_sample_boxes and images.device.type == "cpu" and not (
+        _native.available() and _native.sample_blocks_match(images, target))
+    if torch_one_box:  # unmixed samples paste from themselves, a no-op, so the one box serves every row
+        mixed_images = _paste_one_box(images, perm, batch_box[0], target)
+    else:
+        mixed_images = _paste_boxes(images, perm, boxes, target)
     mixed = _mixed_batch(batch, mixed_images, perm, lam_eff, aux_chunks, num_classes, generator)
     return MixResult(batch=mixed, perm=perm, lam=lam_eff, boxes=boxes)
 
