@@ -209,6 +209,26 @@ def test_color_jitter_neutral_is_identity_and_order_matters():
     assert torch.allclose(a, step, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_color_jitter_gives_each_sample_the_bits_of_its_own_op_sequence(dtype):
+    x = _images(21)
+    x = x if dtype == torch.uint8 else x.float() / 255
+    snapshot = x.clone()
+    gen = torch.Generator().manual_seed(3)
+    factors = [torch.rand(B, generator=gen) + 0.5 for _ in range(3)]
+    shift = torch.rand(B, generator=gen) * 0.2 - 0.1
+    order = torch.stack([torch.randperm(4, generator=gen) for _ in range(B)])
+    out = F.color_jitter(x, *factors, shift, order=order)
+    assert torch.equal(x, snapshot)
+    steps = (F.brightness, F.contrast, F.color, F.adjust_hue)
+    for i in range(B):
+        expected = x[i : i + 1]
+        for op in order[i].tolist():
+            value = float(shift[i]) if op == 3 else float(factors[op][i])
+            expected = steps[op](expected, value)
+        assert torch.equal(out[i : i + 1], expected), i
+
+
 def test_color_jitter_rejects_bad_order():
     x = _images(18)
     with pytest.raises(ValueError, match="permutation"):

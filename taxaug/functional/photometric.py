@@ -444,7 +444,13 @@ def gaussian_blur(
     return run_op(x, _k_gaussian_blur, (s,), (int(kernel_size),), validate=False)
 
 
-_JITTER_KERNELS = (_k_brightness, _k_contrast, _k_color, _k_hue)
+# update_rows_ hands each kernel its own gathered copy, so the float ones may overwrite it
+_JITTER_KERNELS = (
+    _float_in_place(_k_brightness, IN_PLACE_KERNELS["brightness"]),
+    _float_in_place(_k_contrast, IN_PLACE_KERNELS["contrast"]),
+    _float_in_place(_k_color, IN_PLACE_KERNELS["color"]),
+    _k_hue,
+)
 
 
 def color_jitter(
