@@ -186,32 +186,17 @@ static int run_parallel(job_t job, int64_t batch, int threads) {
 
 TAXAUG_EXPORT int taxaug_mix_u8(uint8_t *out, const uint8_t *images, const int64_t *perm, const float *weights,
                                 int64_t batch, int64_t sample_bytes, int threads) {
-    job_t job = {0};
-    job.kind = 0;
-    job.out = out;
-    job.images = images;
-    job.perm = perm;
-    job.weights = weights;
-    job.sample_bytes = sample_bytes;
-    job.mix_row = pick_mix_row();
+    const job_t job = {.kind = 0, .out = out, .images = images, .perm = perm, .weights = weights,
+                       .sample_bytes = sample_bytes, .mix_row = pick_mix_row()};
     return run_parallel(job, batch, threads);
 }
 
 TAXAUG_EXPORT int taxaug_paste_boxes(uint8_t *out, const uint8_t *images, const int64_t *perm, const int64_t *boxes,
                                      int64_t batch, int64_t channels, int64_t height, int64_t width,
                                      int64_t elem_size, int channels_last, int threads) {
-    job_t job = {0};
-    job.kind = 1;
-    job.out = out;
-    job.images = images;
-    job.perm = perm;
-    job.boxes = boxes;
-    job.channels = channels;
-    job.height = height;
-    job.width = width;
-    job.elem_size = elem_size;
-    job.channels_last = channels_last;
-    job.sample_bytes = channels * height * width * elem_size;
+    const job_t job = {.kind = 1, .out = out, .images = images, .perm = perm, .boxes = boxes,
+                       .channels = channels, .height = height, .width = width, .elem_size = elem_size,
+                       .channels_last = channels_last, .sample_bytes = channels * height * width * elem_size};
     return run_parallel(job, batch, threads);
 }
 
