@@ -41,9 +41,8 @@ def _never(event, state):
     return False
 
 
-def overhead_table(repeats: int) -> Table:
-    table = Table(f"engine: per-event overhead ({EVENTS_PER_CALL} events per timed call; ms == us/event)")
-    case = "10 algorithms"
+def _overhead_rows(table: Table, repeats: int) -> None:
+    case = f"10 algorithms, {EVENTS_PER_CALL} events per call (ms == us/event)"
     state = State()
     event = Event.BATCH_END
     n = EVENTS_PER_CALL
@@ -88,7 +87,8 @@ def overhead_table(repeats: int) -> Table:
     table.add(case, "Engine.run, 1 no-op applies (trace off)",
               time_call(engine_run(Engine([NoOp()] + [Idle() for _ in range(9)], trace_size=0)), repeats=repeats),
               floor="floor: 10 bare function calls")
-    table.add("0 algorithms", "Engine.run, empty engine", time_call(engine_run(Engine([])), repeats=repeats))
+    table.add(f"0 algorithms, {EVENTS_PER_CALL} events per call (ms == us/event)", "Engine.run, empty engine",
+              time_call(engine_run(Engine([])), repeats=repeats))
     builtins = [create(name) for name in ("selective_mixup", "selective_cutmix", "selective_mix", "mixup", "cutmix",
                                           "rand_augment", "trivial_augment", "random_erasing", "label_smoothing",
                                           "taxonomy_label_smoothing")]
@@ -98,7 +98,6 @@ def overhead_table(repeats: int) -> Table:
     composer = optional_import("composer")
     table.add(case, "composer Engine", None, note="composer not importable" if composer is None else
               "importable but not timed: its Engine needs a full composer State")
-    return table
 
 
 def _batch_rows(table: Table, device: str, size: int, repeats: int) -> None:
@@ -130,18 +129,14 @@ def _batch_rows(table: Table, device: str, size: int, repeats: int) -> None:
               time_call(through_engine, repeats=repeats, device=device), floor="F.selective_mixup (+ ids, perm, lam)")
 
 
-def batch_table(repeats: int, devices: list[str], quick: bool) -> Table:
-    table = Table("engine: one selective Mixup of a training batch, algorithm vs functional call")
-    for device in devices:
-        _batch_rows(table, device, 64 if quick else 128, repeats)
-    return table
-
-
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     torch.manual_seed(0)
-    overhead_table(args.repeats).emit(args.out, "engine_overhead")
-    batch_table(args.repeats, args.device, args.quick).emit(args.out, "engine_batch")
+    table = Table("engine: per-event overhead, and one selective Mixup as an algorithm vs a functional call")
+    _overhead_rows(table, args.repeats)
+    for device in args.device:
+        _batch_rows(table, device, 64 if args.quick else 128, args.repeats)
+    table.emit(args.out, "engine")
 
 
 if __name__ == "__main__":
