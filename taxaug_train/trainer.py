@@ -46,6 +46,7 @@ from taxaug_train.distributed import (
     broadcast_buffers,
     init_distributed,
 )
+from taxaug_train.interrupt import GracefulInterrupt
 from taxaug_train.losses import HierarchicalLoss
 from taxaug_train.metrics import RankMetrics
 from taxaug_train.models import build_model
@@ -370,7 +371,7 @@ class Trainer:
         `stop_after` ends the loop early after that many optimizer steps, as an interruption would
         (no final evaluation or checkpoint beyond the periodic ones); tests use it.
         """
-        t, c = self.cfg.train, self.cfg.checkpoint
+        t = self.cfg.train
         state, engine = self.state, self.engine
         self._open_outputs()
         start_wall = time.perf_counter()
@@ -380,56 +381,20 @@ class Trainer:
         window = _Window(len(self.ranks))
         last_eval_step = -1
         skip = state.batch_in_epoch
-        stopped = False
+        stopped = interrupted = False
         self.train_model.train()
-        while state.step < t.max_steps and not stopped:
-            if skip and skip >= len(self.sampler):  # resumed right after the last batch of an epoch
-                engine.run(Event.EPOCH_END, state)
-                state.epoch, state.batch_in_epoch, skip = state.epoch + 1, 0, 0
-            state.batch_in_epoch = skip
-            engine.run(Event.EPOCH_START, state)
-            rank = self._group_rank() if skip == 0 else self.group_rank  # a resumed epoch keeps its grouping
-            if rank != self.group_rank:  # level switching: regroup the sampler at the new level
-                self.group_rank, self.sampler = rank, self._build_sampler(rank)
-                if self.is_main:
-                    log.info("epoch %d: sampler groups by %s", state.epoch, rank)
-            batches = _EpochBatches(self.sampler, state.epoch, skip)
-            skip = 0
-            if len(batches) == 0:
-                raise RuntimeError("the training split yields no batch; lower train.batch_size")
-            self.train_loader.batch_sampler = batches
-            iterator = iter(self.train_loader)
-            try:
-                for _ in range(len(batches)):
-                    engine.run(Event.BEFORE_DATALOADER, state)
-                    tic = time.perf_counter()
-                    batch = self._to_device(next(iterator))
-                    loss, rank_losses, n = self._train_step(batch)
-                    window.add(loss, rank_losses, n, time.perf_counter() - tic)
-                    if bar is not None:
-                        bar.update(1)
-                    step = state.step
-                    if step % t.log_every == 0 or step == t.max_steps:
-                        record = window.flush(step, state.epoch, self.optimizer.param_groups[0]["lr"], self.ranks)
-                        self._write_record(record)
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['img_per_s']:.0f}")
-                    if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
-                        self.evaluate()
-                        last_eval_step = step
-                    if (c.every and step % c.every == 0) or step == t.max_steps:
-                        self.save()
-                    if step >= t.max_steps or (stop_after is not None and step >= stop_after):
-                        stopped = True
-                        break
-            finally:
-                self.train_loader.close()
-            if state.batch_in_epoch >= len(self.sampler):
-                engine.run(Event.EPOCH_END, state)
-                state.epoch += 1
-                state.batch_in_epoch = 0
+        with GracefulInterrupt() as interrupt:
+            while state.step < t.max_steps and not stopped:
+                skip, stopped, interrupted, last_eval_step = self._run_epoch(
+                    skip, window, bar, interrupt, stop_after, last_eval_step)
         if bar is not None:
             bar.close()
+        if interrupted:
+            path = self.save()
+            if self.is_main:
+                log.warning("interrupted at step %d; checkpoint %s; continue with --resume %s", state.step, path,
+                            self.out_dir)
+            raise KeyboardInterrupt
         if stop_after is not None and state.step < t.max_steps:
             return {"step": state.step, "stopped": True}
         if last_eval_step != state.step:
@@ -442,6 +407,63 @@ class Trainer:
             print(format_summary(summary), flush=True)
         barrier()
         return summary
+
+    def _run_epoch(self, skip: int, window: _Window, bar: Any, interrupt: GracefulInterrupt,
+                   stop_after: int | None, last_eval_step: int) -> tuple[int, bool, bool, int]:
+        """One epoch, or its rest after a resume; returns (skip, stopped, interrupted, last_eval_step)."""
+        t, c = self.cfg.train, self.cfg.checkpoint
+        state, engine = self.state, self.engine
+        stopped = interrupted = False
+        if skip and skip >= len(self.sampler):  # resumed right after the last batch of an epoch
+            engine.run(Event.EPOCH_END, state)
+            state.epoch, state.batch_in_epoch, skip = state.epoch + 1, 0, 0
+        state.batch_in_epoch = skip
+        if skip == 0:  # a checkpoint taken mid-epoch was taken after this epoch's EPOCH_START had run
+            engine.run(Event.EPOCH_START, state)
+        rank = self._group_rank() if skip == 0 else self.group_rank  # a resumed epoch keeps its grouping
+        if rank != self.group_rank:  # level switching: regroup the sampler at the new level
+            self.group_rank, self.sampler = rank, self._build_sampler(rank)
+            if self.is_main:
+                log.info("epoch %d: sampler groups by %s", state.epoch, rank)
+        batches = _EpochBatches(self.sampler, state.epoch, skip)
+        skip = 0
+        if len(batches) == 0:
+            raise RuntimeError("the training split yields no batch; lower train.batch_size")
+        self.train_loader.batch_sampler = batches
+        iterator = iter(self.train_loader)
+        try:
+            for _ in range(len(batches)):
+                engine.run(Event.BEFORE_DATALOADER, state)
+                tic = time.perf_counter()
+                batch = self._to_device(next(iterator))
+                loss, rank_losses, n = self._train_step(batch)
+                window.add(loss, rank_losses, n, time.perf_counter() - tic)
+                if bar is not None:
+                    bar.update(1)
+                step = state.step
+                if step % t.log_every == 0 or step == t.max_steps:
+                    record = window.flush(step, state.epoch, self.optimizer.param_groups[0]["lr"], self.ranks)
+                    self._write_record(record)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['img_per_s']:.0f}")
+                if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
+                    self.evaluate()
+                    last_eval_step = step
+                if (c.every and step % c.every == 0) or step == t.max_steps:
+                    self.save()
+                if step >= t.max_steps or (stop_after is not None and step >= stop_after):
+                    stopped = True
+                    break
+                if interrupt.any_requested():
+                    stopped = interrupted = True
+                    break
+        finally:
+            self.train_loader.close()
+        if state.batch_in_epoch >= len(self.sampler) and not interrupted:
+            engine.run(Event.EPOCH_END, state)
+            state.epoch += 1
+            state.batch_in_epoch = 0
+        return skip, stopped, interrupted, last_eval_step
 
     def _train_step(self, batch: Any) -> tuple[float, list[float], int]:
         state, engine = self.state, self.engine

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -53,9 +55,39 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_labels, tmp_path, ref
 
     resumed = Trainer(_config(tiny_labels, out, **{"checkpoint.every": every}), resume=out)
     assert resumed.state.step == resume_step
+    events = []
+    run_event = resumed.engine.run
+    resumed.engine.run = lambda event, state: (events.append((event.name, state.epoch)), run_event(event, state))[1]
     summary = resumed.fit()
+    # epoch 0 started before the checkpoint, so only epoch 1 starts here; epoch 0 ends here in both cases
+    assert [e for e in events if e[0] in ("EPOCH_START", "EPOCH_END")] == [
+        ("EPOCH_END", 0), ("EPOCH_START", 1)]
     assert summary["step"] == 11
     assert _comparable(out) == _comparable(ref_out)  # every train loss and eval metric, exactly
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, ref_weights[name]), name
+
+
+def test_ctrl_c_finishes_the_step_saves_and_the_resume_is_exact(tiny_labels, tmp_path, reference):
+    ref_out, ref_weights = reference
+    out = tmp_path / "run"
+    first = Trainer(_config(tiny_labels, out, **{"checkpoint.every": 0}))  # no periodic checkpoints
+    train_step = first._train_step
+
+    def step_then_interrupt(batch):
+        result = train_step(batch)
+        if first.state.step == 6:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the run, like a Ctrl-C
+        return result
+
+    first._train_step = step_then_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back
+    assert ckpt.load_checkpoint(out / "checkpoints" / "last.pt")["loop"]["step"] == 6
+    resumed = Trainer(_config(tiny_labels, out, **{"checkpoint.every": 0}), resume=out)
+    assert resumed.fit()["step"] == 11
+    assert _comparable(out) == _comparable(ref_out)
     for name, value in resumed.model.state_dict().items():
         assert torch.equal(value, ref_weights[name]), name
 
