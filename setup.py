@@ -16,7 +16,7 @@ else:
         Extension(
             "taxaug._native.kernels",
             sources=["taxaug/_native/kernels.c"],
-            extra_compile_args=["-O3", "-std=gnu99", "-fvisibility=hidden"],
+            extra_compile_args=["-O3", "-std=gnu99", "-fvisibility=hidden", "-ffp-contract=off"],
             libraries=["m", "pthread"],
             optional=True,
         )

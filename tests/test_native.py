@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from taxaug import MixBatch, _memory, _native
 from taxaug import functional as F
+from taxaug.functional import policies as P
 
 image_shapes = st.tuples(st.integers(1, 12), st.integers(1, 4), st.integers(1, 40), st.integers(1, 40))
 
@@ -154,3 +155,22 @@ def test_buffer_cache_size_zero_gives_plain_torch_tensors():
     result = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "TAXAUG_BUFFER_CACHE_MB": "0"},
                             capture_output=True, text=True, check=True)
     assert result.stdout.strip() == str(2**23)
+
+
+_POINTWISE_VALUES = {
+    "brightness": st.floats(0.0, 3.0), "color": st.floats(0.0, 3.0), "contrast": st.floats(0.0, 3.0),
+    "posterize": st.sampled_from([0.0, 1.0, 2.0, 3.5, 4.0, 7.0, 8.0]),
+    "solarize": st.sampled_from([0.0, 1.0, 77.0, 128.0, 254.6, 255.0, 256.0]), "invert": st.just(0.0),
+}
+
+
+@given(st.sampled_from(sorted(_POINTWISE_VALUES)), st.sampled_from([torch.uint8, torch.float32]),
+       st.sampled_from([1, 3]), st.integers(1, 9), st.data())
+def test_pointwise_kernels_give_the_torch_bytes(name, dtype, channels, size, data):
+    x = _images((size, channels, data.draw(st.integers(1, 17)), data.draw(st.integers(1, 17))), dtype,
+                data.draw(st.integers(0, 10_000)), False)
+    ops = torch.tensor(data.draw(st.lists(st.integers(0, 1), min_size=size, max_size=size)))  # op or identity
+    values = torch.tensor(data.draw(st.lists(_POINTWISE_VALUES[name], min_size=size, max_size=size)),
+                          dtype=torch.float64)
+    fast, reference = _both_paths(lambda: P.apply_ops_per_sample(x, ops, values, [name, "identity"]))
+    assert torch.equal(fast, reference)

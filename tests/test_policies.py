@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+from taxaug import _native
 from taxaug.functional import image_ops as F
 from taxaug.functional import policies as P
 
@@ -398,3 +399,14 @@ def test_empty_batch_passes_through():
     for xe in (x, x.float() / 255):  # the ops themselves, incl. the per-plane histogram and row views
         assert F.equalize(xe).shape == x.shape
         assert F.color_jitter(xe, 1.2, 0.8, 1.1, 0.1).shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_saturation_leaves_grey_images_alone_in_every_path(dtype):
+    x = _images(8, (6, 1, 9, 7))
+    x = x if dtype == torch.uint8 else x.float() / 255
+    factors = torch.tensor([0.0, 0.5, 1.5, 2.0, 0.1, 3.0], dtype=torch.float64)
+    assert torch.equal(P.apply_ops_per_sample(x, torch.zeros(6, dtype=torch.long), factors, ["color"]), x)
+    with _native.disabled():
+        assert torch.equal(P.apply_ops_per_sample(x, torch.zeros(6, dtype=torch.long), factors, ["color"]), x)
+        assert torch.equal(F.color_jitter(x, saturation=factors), x)

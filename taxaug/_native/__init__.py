@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "disabled", "kernel_isa", "mix_u8", "paste_boxes"]
+__all__ = ["POINTWISE_OPS", "available", "disabled", "kernel_isa", "mix_u8", "paste_boxes", "pointwise"]
 
 _HERE = Path(__file__).resolve().parent
 _enabled = os.environ.get("TAXAUG_NATIVE", "1") != "0"
@@ -35,6 +35,8 @@ def _load() -> ctypes.CDLL | None:
             library.taxaug_mix_u8.argtypes = [pointer, pointer, pointer, pointer, i64, i64, i32]
             library.taxaug_paste_boxes.argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64, i64,
                                                    i32, i32]
+            library.taxaug_pointwise.argtypes = [i32, i32, pointer, pointer, pointer, pointer, pointer, i64, i64, i64,
+                                                 i32]
             library.taxaug_kernel_isa.restype = ctypes.c_char_p
             return library
     return None
@@ -98,3 +100,45 @@ def paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: t
                                 height, width, x.element_size(), int(channels_last),
                                 _threads(x.numel() * x.element_size()))
     return out
+
+
+POINTWISE_OPS = {"brightness": 0, "posterize": 1, "solarize": 2, "invert": 3, "color": 4, "contrast": 5}
+"""The policy ops `pointwise` runs; contrast on uint8 only (the float mean is a float64 torch reduction)."""
+
+
+def pointwise_applies(name: str, x: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether `pointwise` can run op `name` from batch x into out (contiguous, same layout, CPU)."""
+    return (available() and name in POINTWISE_OPS and x.device.type == "cpu" and x.ndim == 4
+            and (x.dtype == torch.uint8 or (x.dtype == torch.float32 and name != "contrast"))
+            and x.is_contiguous() and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
+            and (name not in ("color", "contrast") or x.shape[1] in (1, 3)))
+
+
+def _pointwise_params(name: str, dtype: torch.dtype, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The per-sample float32 parameters the C op takes, derived as the torch kernel derives them."""
+    if name == "posterize":
+        bits = value.round().clamp(0, 8).long()
+        if dtype == torch.uint8:
+            return (256 - (1 << (8 - bits))).float(), None  # the bit mask
+        return (1 << (8 - bits)).to(torch.float32), None  # the step
+    if name == "solarize":
+        if dtype == torch.uint8:
+            thr = value.clamp(0, 256)
+            return thr.clamp(max=255).to(torch.uint8).float(), ((thr < 256) * 255).float()
+        return value.to(torch.float32) / 255.0, None
+    return value.to(torch.float32), None
+
+
+def pointwise(name: str, x: torch.Tensor, rows: torch.Tensor, value: torch.Tensor, out: torch.Tensor) -> None:
+    """out[rows[k]] = op(x[rows[k]], value[k]) for a policy op of POINTWISE_OPS, as its torch kernel computes it."""
+    rows = rows.contiguous()
+    param, param2 = _pointwise_params(name, x.dtype, value)
+    param = param.contiguous()
+    param2 = param2.contiguous() if param2 is not None else None
+    _, channels, height, width = x.shape
+    status = _library.taxaug_pointwise(POINTWISE_OPS[name], int(x.dtype == torch.float32), out.data_ptr(),
+                                       x.data_ptr(), rows.data_ptr(), param.data_ptr(),
+                                       param2.data_ptr() if param2 is not None else None, rows.shape[0], channels,
+                                       height * width, _threads(rows.shape[0] * x[0].numel() * x.element_size()))
+    if status != 0:
+        raise ValueError(f"the C kernels do not run {name} on {x.dtype}")

@@ -84,7 +84,7 @@ static mix_row_fn pick_mix_row(void) {
 /* One call of a kernel: the threads take chunks of samples from a shared counter, so a thread
  * that the OS holds back does not leave the others waiting on a fixed half of the batch. */
 typedef struct {
-    int kind; /* 0 = mix, 1 = paste */
+    int kind; /* 0 = mix, 1 = paste, 2 = pointwise */
     uint8_t *out;
     const uint8_t *images;
     const int64_t *perm;
@@ -96,6 +96,10 @@ typedef struct {
     int64_t channels, height, width, elem_size;
     int channels_last;
     mix_row_fn mix_row;
+    int op, is_float;               /* pointwise: which op, on uint8 or float32 samples */
+    const int64_t *rows;            /* pointwise: the samples to transform (index into the batch) */
+    const float *param, *param2;    /* pointwise: per listed sample */
+    int64_t plane;                  /* pointwise: H * W */
 } job_t;
 
 static void run_mix(const job_t *job, int64_t first, int64_t last) {
@@ -138,6 +142,100 @@ static void run_paste(const job_t *job, int64_t first, int64_t last) {
     }
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * Pointwise policy ops on the listed samples, from `images` into `out` (the same layout; they may
+ * be the same buffer). Each reproduces the float32 arithmetic of the torch kernel in
+ * taxaug/functional/photometric.py operation by operation (compiled with -ffp-contract=off), so
+ * the bytes are the same; the dispatcher then needs no gather and scatter for these ops.
+ */
+enum { OP_BRIGHTNESS = 0, OP_POSTERIZE = 1, OP_SOLARIZE = 2, OP_INVERT = 3, OP_COLOR = 4, OP_CONTRAST = 5 };
+
+static const float GRAY_R = 19595.0f / 65536.0f, GRAY_G = 38470.0f / 65536.0f, GRAY_B = 7471.0f / 65536.0f;
+
+static inline float clamp01(float v) { return v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v); }
+static inline uint8_t to_u8(float v) { return (uint8_t)(v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v)); }
+static inline int32_t gray_u8(const uint8_t *x, int64_t i, int64_t plane, int64_t c) {
+    if (c == 1) return x[i];
+    return (x[i] * 19595 + x[plane + i] * 38470 + x[2 * plane + i] * 7471 + 0x8000) >> 16;
+}
+static inline float gray_f32(const float *x, int64_t i, int64_t plane, int64_t c) {
+    if (c == 1) return x[i];
+    const float r = x[i] * GRAY_R, g = x[plane + i] * GRAY_G;
+    return (r + g) + x[2 * plane + i] * GRAY_B;
+}
+
+static void pointwise_u8(const job_t *job, uint8_t *dst, const uint8_t *src, float p, float q) {
+    const int64_t plane = job->plane, c = job->channels, n = plane * c;
+    switch (job->op) {
+    case OP_BRIGHTNESS:
+        for (int64_t i = 0; i < n; i++) dst[i] = to_u8((float)src[i] * p);
+        break;
+    case OP_POSTERIZE: { /* p: the bit mask */
+        const uint8_t mask = (uint8_t)p;
+        for (int64_t i = 0; i < n; i++) dst[i] = src[i] & mask;
+        break;
+    }
+    case OP_SOLARIZE: { /* p: threshold level, q: 255 or 0 (threshold 256 inverts nothing) */
+        const uint8_t level = (uint8_t)p, flip = (uint8_t)q;
+        for (int64_t i = 0; i < n; i++) dst[i] = src[i] >= level ? (uint8_t)(src[i] ^ flip) : src[i];
+        break;
+    }
+    case OP_INVERT:
+        for (int64_t i = 0; i < n; i++) dst[i] = (uint8_t)(255 - src[i]);
+        break;
+    case OP_COLOR: /* blend with the luma of the same pixel */
+        for (int64_t i = 0; i < plane; i++) {
+            const float d = (float)gray_u8(src, i, plane, c);
+            for (int64_t ch = 0; ch < c; ch++) dst[ch * plane + i] = to_u8(((float)src[ch * plane + i] - d) * p + d);
+        }
+        break;
+    case OP_CONTRAST: { /* blend with the rounded mean luma of the sample */
+        int64_t total = 0;
+        for (int64_t i = 0; i < plane; i++) total += gray_u8(src, i, plane, c);
+        const double mean = floor((double)total / (double)(plane > 0 ? plane : 1) + 0.5);
+        const float d = (float)(uint8_t)mean;
+        for (int64_t i = 0; i < n; i++) dst[i] = to_u8(((float)src[i] - d) * p + d);
+        break;
+    }
+    }
+}
+
+static void pointwise_f32(const job_t *job, float *dst, const float *src, float p, float q) {
+    const int64_t plane = job->plane, c = job->channels, n = plane * c;
+    switch (job->op) {
+    case OP_BRIGHTNESS:
+        for (int64_t i = 0; i < n; i++) dst[i] = clamp01(src[i] * p);
+        break;
+    case OP_POSTERIZE: /* p: the step 2 ** (8 - bits) */
+        for (int64_t i = 0; i < n; i++) dst[i] = floorf(nearbyintf(src[i] * 255.0f) / p) * p / 255.0f;
+        break;
+    case OP_SOLARIZE: /* p: threshold / 255 */
+        for (int64_t i = 0; i < n; i++) dst[i] = fabsf((src[i] >= p ? 1.0f : 0.0f) - src[i]);
+        break;
+    case OP_INVERT:
+        for (int64_t i = 0; i < n; i++) dst[i] = 1.0f - src[i];
+        break;
+    case OP_COLOR:
+        for (int64_t i = 0; i < plane; i++) {
+            const float d = gray_f32(src, i, plane, c);
+            for (int64_t ch = 0; ch < c; ch++) dst[ch * plane + i] = clamp01((src[ch * plane + i] - d) * p + d);
+        }
+        break;
+    }
+    (void)q;
+}
+
+static void run_pointwise(const job_t *job, int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; r++) {
+        const int64_t offset = job->rows[r] * job->sample_bytes;
+        const float p = job->param[r], q = job->param2 ? job->param2[r] : 0.0f;
+        if (job->is_float)
+            pointwise_f32(job, (float *)(job->out + offset), (const float *)(job->images + offset), p, q);
+        else
+            pointwise_u8(job, job->out + offset, job->images + offset, p, q);
+    }
+}
+
 static void run_job(const job_t *job) {
     for (;;) {
         const int64_t first = __atomic_fetch_add(job->next, job->chunk, __ATOMIC_RELAXED);
@@ -145,8 +243,10 @@ static void run_job(const job_t *job) {
         const int64_t last = first + job->chunk < job->batch ? first + job->chunk : job->batch;
         if (job->kind == 0)
             run_mix(job, first, last);
-        else
+        else if (job->kind == 1)
             run_paste(job, first, last);
+        else
+            run_pointwise(job, first, last);
     }
 }
 
@@ -198,6 +298,18 @@ TAXAUG_EXPORT int taxaug_paste_boxes(uint8_t *out, const uint8_t *images, const 
                        .channels = channels, .height = height, .width = width, .elem_size = elem_size,
                        .channels_last = channels_last, .sample_bytes = channels * height * width * elem_size};
     return run_parallel(job, batch, threads);
+}
+
+/* Pointwise op `op` (OP_* above) on samples rows[0..n_rows) of a (B, C, H, W) uint8 or float32 batch,
+ * from `images` into `out`; param (and param2) hold one value per listed sample. */
+TAXAUG_EXPORT int taxaug_pointwise(int op, int is_float, uint8_t *out, const uint8_t *images, const int64_t *rows,
+                                   const float *param, const float *param2, int64_t n_rows, int64_t channels,
+                                   int64_t plane, int threads) {
+    if (op < OP_BRIGHTNESS || op > OP_CONTRAST || (is_float && op == OP_CONTRAST)) return -1;
+    const job_t job = {.kind = 2, .op = op, .is_float = is_float, .out = out, .images = images, .rows = rows,
+                       .param = param, .param2 = param2, .channels = channels, .plane = plane,
+                       .sample_bytes = channels * plane * (is_float ? 4 : 1)};
+    return run_parallel(job, n_rows, threads);
 }
 
 /* Reports which row kernel this CPU gets, for benchmarks and bug reports. */

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from taxaug import _memory
+from taxaug import _memory, _native
 from taxaug.functional import geometry as _geometry
 from taxaug.functional import photometric as _color
 from taxaug.functional._image_common import (
@@ -91,6 +91,7 @@ def _dispatch(
         out = _memory.empty_like(x, memory_format=torch.contiguous_format)
         out_rows = row_view(out)
         source_rows = row_view(x if x.is_contiguous() else x.contiguous())
+    source = source_rows.view(out.dtype).view(out.shape)
     order = torch.argsort(group, stable=True)
     warps = counts[n_ops] or any(counts[k] for k, n in enumerate(names) if n in _GEOMETRIC)
     fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if warps else None
@@ -100,6 +101,9 @@ def _dispatch(
         group_idx = order[start : start + count]
         start += count
         if count == 0 or (gid == identity and inplace):
+            continue
+        if gid < n_ops and _native.pointwise_applies(names[gid], source, out):
+            _native.pointwise(names[gid], source, group_idx, params.index_select(0, group_idx), out)
             continue
         if gid == identity:
             def run(sub: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

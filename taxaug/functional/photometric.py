@@ -220,7 +220,7 @@ def _autocontrast_float_(x: torch.Tensor, param: torch.Tensor | None = None) -> 
 
 IN_PLACE_KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "brightness": lambda x, f: x.mul_(view4(f, x.dtype)).clamp_(0.0, 1.0),
-    "color": lambda x, f: _blend_(_gray(x), x, f),
+    "color": lambda x, f: _blend_(_gray(x).clone() if x.shape[1] == 1 else _gray(x), x, f),  # grey: _gray is x
     "contrast": lambda x, f: _blend_(_contrast_degenerate(x), x, f),
     "posterize": _posterize_float_,
     "solarize": lambda x, t: x.sub_((x >= view4(t, x.dtype) / 255.0).to(x.dtype)).abs_(),  # |v - hit| == |hit - v|
