@@ -2,7 +2,9 @@
 
 The library is plain C loaded through ctypes, so it needs no Python or torch
 headers. ``optional=True``: without a C compiler the install still succeeds
-and taxaug uses its torch code instead.
+and taxaug uses its torch code instead. ``-ffp-contract=off`` keeps every float
+operation rounded on its own, as torch's kernels do (the results must be the
+same bytes); ``-fno-trapping-math`` only lets rounding functions vectorise.
 """
 
 import sys
@@ -16,7 +18,8 @@ else:
         Extension(
             "taxaug._native.kernels",
             sources=["taxaug/_native/kernels.c"],
-            extra_compile_args=["-O3", "-std=gnu99", "-fvisibility=hidden", "-ffp-contract=off"],
+            extra_compile_args=["-O3", "-std=gnu99", "-fvisibility=hidden", "-ffp-contract=off",
+                                "-fno-trapping-math"],
             libraries=["m", "pthread"],
             optional=True,
         )

@@ -27,6 +27,16 @@
 
 #define MAX_THREADS 64
 
+/* An AVX2 build of a function beside the baseline one, picked when the library loads. */
+#if defined(TAXAUG_X86) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define TAXAUG_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef TAXAUG_CLONES
+#define TAXAUG_CLONES
+#endif
+
 /* out = lerp(partner, own, w), as torch computes it, rounded half to even. */
 static void mix_row_scalar(uint8_t *out, const uint8_t *own, const uint8_t *partner, int64_t n, float w) {
     const int small = fabsf(w) < 0.5f;
@@ -164,7 +174,9 @@ static inline float gray_f32(const float *x, int64_t i, int64_t plane, int64_t c
     return (r + g) + x[2 * plane + i] * GRAY_B;
 }
 
-static void pointwise_u8(const job_t *job, uint8_t *dst, const uint8_t *src, float p, float q) {
+#define CHUNK 1024 /* pixels whose luma is kept at once (on the stack) */
+
+TAXAUG_CLONES static void pointwise_u8(const job_t *job, uint8_t *dst, const uint8_t *src, float p, float q) {
     const int64_t plane = job->plane, c = job->channels, n = plane * c;
     switch (job->op) {
     case OP_BRIGHTNESS:
@@ -183,10 +195,16 @@ static void pointwise_u8(const job_t *job, uint8_t *dst, const uint8_t *src, flo
     case OP_INVERT:
         for (int64_t i = 0; i < n; i++) dst[i] = (uint8_t)(255 - src[i]);
         break;
-    case OP_COLOR: /* blend with the luma of the same pixel */
-        for (int64_t i = 0; i < plane; i++) {
-            const float d = (float)gray_u8(src, i, plane, c);
-            for (int64_t ch = 0; ch < c; ch++) dst[ch * plane + i] = to_u8(((float)src[ch * plane + i] - d) * p + d);
+    case OP_COLOR: /* blend with the luma of the same pixel, a chunk of pixels at a time */
+        for (int64_t start = 0; start < plane; start += CHUNK) {
+            const int64_t len = plane - start < CHUNK ? plane - start : CHUNK;
+            float gray[CHUNK];
+            for (int64_t i = 0; i < len; i++) gray[i] = (float)gray_u8(src, start + i, plane, c);
+            for (int64_t ch = 0; ch < c; ch++) {
+                const uint8_t *s = src + ch * plane + start;
+                uint8_t *o = dst + ch * plane + start;
+                for (int64_t i = 0; i < len; i++) o[i] = to_u8(((float)s[i] - gray[i]) * p + gray[i]);
+            }
         }
         break;
     case OP_CONTRAST: { /* blend with the rounded mean luma of the sample */
@@ -200,7 +218,7 @@ static void pointwise_u8(const job_t *job, uint8_t *dst, const uint8_t *src, flo
     }
 }
 
-static void pointwise_f32(const job_t *job, float *dst, const float *src, float p, float q) {
+TAXAUG_CLONES static void pointwise_f32(const job_t *job, float *dst, const float *src, float p, float q) {
     const int64_t plane = job->plane, c = job->channels, n = plane * c;
     switch (job->op) {
     case OP_BRIGHTNESS:
@@ -216,9 +234,15 @@ static void pointwise_f32(const job_t *job, float *dst, const float *src, float 
         for (int64_t i = 0; i < n; i++) dst[i] = 1.0f - src[i];
         break;
     case OP_COLOR:
-        for (int64_t i = 0; i < plane; i++) {
-            const float d = gray_f32(src, i, plane, c);
-            for (int64_t ch = 0; ch < c; ch++) dst[ch * plane + i] = clamp01((src[ch * plane + i] - d) * p + d);
+        for (int64_t start = 0; start < plane; start += CHUNK) {
+            const int64_t len = plane - start < CHUNK ? plane - start : CHUNK;
+            float gray[CHUNK];
+            for (int64_t i = 0; i < len; i++) gray[i] = gray_f32(src, start + i, plane, c);
+            for (int64_t ch = 0; ch < c; ch++) {
+                const float *s = src + ch * plane + start;
+                float *o = dst + ch * plane + start;
+                for (int64_t i = 0; i < len; i++) o[i] = clamp01((s[i] - gray[i]) * p + gray[i]);
+            }
         }
         break;
     }
