@@ -174,3 +174,18 @@ def test_pointwise_kernels_give_the_torch_bytes(name, dtype, channels, size, dat
                           dtype=torch.float64)
     fast, reference = _both_paths(lambda: P.apply_ops_per_sample(x, ops, values, [name, "identity"]))
     assert torch.equal(fast, reference)
+
+
+@given(st.sampled_from([torch.uint8, torch.float32]), st.sampled_from([1, 3]), st.integers(1, 8),
+       st.sampled_from([3, 255]), st.data())
+def test_color_jitter_kernels_give_the_torch_bytes(dtype, channels, size, levels, data):
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 10_000)))
+    x = torch.randint(0, 256, (size, channels, 7, 9), generator=gen) * levels // 255  # few levels: ties in max/min
+    x = x.to(torch.uint8) if dtype == torch.uint8 else x.float() / levels
+    factors = [torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.3, 1.0, 1.7, 4.0]), min_size=size,
+                                               max_size=size)), dtype=torch.float64) for _ in range(3)]
+    shift = torch.tensor(data.draw(st.lists(st.sampled_from([-0.5, -0.2, 0.0, 1e-3, 0.25, 0.5]), min_size=size,
+                                            max_size=size)), dtype=torch.float64)
+    order = torch.stack([torch.randperm(4, generator=gen) for _ in range(size)])
+    fast, reference = _both_paths(lambda: F.color_jitter(x, *factors, shift, order=order))
+    assert torch.equal(fast, reference)

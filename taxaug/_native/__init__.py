@@ -102,8 +102,8 @@ def paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: t
     return out
 
 
-POINTWISE_OPS = {"brightness": 0, "posterize": 1, "solarize": 2, "invert": 3, "color": 4, "contrast": 5}
-"""The policy ops `pointwise` runs; contrast on uint8 only (the float mean is a float64 torch reduction)."""
+POINTWISE_OPS = {"brightness": 0, "posterize": 1, "solarize": 2, "invert": 3, "color": 4, "contrast": 5, "hue": 6}
+"""The ops `pointwise` runs; contrast on uint8 only (the float mean is a float64 torch reduction), hue on RGB."""
 
 
 def pointwise_applies(name: str, x: torch.Tensor, out: torch.Tensor) -> bool:
@@ -111,7 +111,7 @@ def pointwise_applies(name: str, x: torch.Tensor, out: torch.Tensor) -> bool:
     return (available() and name in POINTWISE_OPS and x.device.type == "cpu" and x.ndim == 4
             and (x.dtype == torch.uint8 or (x.dtype == torch.float32 and name != "contrast"))
             and x.is_contiguous() and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
-            and (name not in ("color", "contrast") or x.shape[1] in (1, 3)))
+            and (name not in ("color", "contrast") or x.shape[1] in (1, 3)) and (name != "hue" or x.shape[1] == 3))
 
 
 def _pointwise_params(name: str, dtype: torch.dtype, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -158,7 +158,7 @@ static void run_paste(const job_t *job, int64_t first, int64_t last) {
  * taxaug/functional/photometric.py operation by operation (compiled with -ffp-contract=off), so
  * the bytes are the same; the dispatcher then needs no gather and scatter for these ops.
  */
-enum { OP_BRIGHTNESS = 0, OP_POSTERIZE = 1, OP_SOLARIZE = 2, OP_INVERT = 3, OP_COLOR = 4, OP_CONTRAST = 5 };
+enum { OP_BRIGHTNESS = 0, OP_POSTERIZE = 1, OP_SOLARIZE = 2, OP_INVERT = 3, OP_COLOR = 4, OP_CONTRAST = 5, OP_HUE = 6 };
 
 static const float GRAY_R = 19595.0f / 65536.0f, GRAY_G = 38470.0f / 65536.0f, GRAY_B = 7471.0f / 65536.0f;
 
@@ -172,6 +172,36 @@ static inline float gray_f32(const float *x, int64_t i, int64_t plane, int64_t c
     if (c == 1) return x[i];
     const float r = x[i] * GRAY_R, g = x[plane + i] * GRAY_G;
     return (r + g) + x[2 * plane + i] * GRAY_B;
+}
+
+/* Hue rotation of one RGB pixel in [0, 1], as _k_hue computes it (see photometric.py). */
+static inline void hue_pixel(float r, float g, float b, float shift6, float *out_r, float *out_g, float *out_b) {
+    const float maxc = fmaxf(fmaxf(r, g), b), minc = fminf(fminf(r, g), b);
+    const float delta = maxc - minc;
+    const float safe_delta = delta + (delta == 0.0f ? 1.0f : 0.0f);
+    const float is_r = maxc == r ? 1.0f : 0.0f;
+    const float is_g = (maxc == g && maxc != r) ? 1.0f : 0.0f;
+    const float is_b = (is_r == 0.0f && is_g == 0.0f) ? 1.0f : 0.0f;
+    const float num = ((g - b) * is_r + (b - r) * is_g) + (r - g) * is_b;
+    const float offset = is_g * 2.0f + is_b * 4.0f;
+    float hue6 = num / safe_delta + offset;
+    const float sat = delta / (maxc + (maxc == 0.0f ? 1.0f : 0.0f));
+    hue6 = hue6 + shift6;
+    float mod = fmodf(hue6, 6.0f);
+    if (mod != 0.0f && mod < 0.0f) mod += 6.0f; /* torch.remainder: the sign of the divisor */
+    const float chroma = sat * maxc;
+    float channel[3];
+    const float starts[3] = {5.0f, 3.0f, 1.0f};
+    for (int i = 0; i < 3; i++) {
+        float k = mod + starts[i];
+        k = k - (k >= 6.0f ? 6.0f : 0.0f);
+        float side = fminf(k, 4.0f - k);
+        side = side < 0.0f ? 0.0f : (side > 1.0f ? 1.0f : side);
+        channel[i] = clamp01(maxc - side * chroma);
+    }
+    *out_r = channel[0];
+    *out_g = channel[1];
+    *out_b = channel[2];
 }
 
 #define CHUNK 1024 /* pixels whose luma is kept at once (on the stack) */
@@ -215,6 +245,18 @@ TAXAUG_CLONES static void pointwise_u8(const job_t *job, uint8_t *dst, const uin
         for (int64_t i = 0; i < n; i++) dst[i] = to_u8(((float)src[i] - d) * p + d);
         break;
     }
+    case OP_HUE: { /* p: the shift in turns; RGB only */
+        const float shift6 = 6.0f * p;
+        for (int64_t i = 0; i < plane; i++) {
+            float r, g, b;
+            hue_pixel((float)src[i] / 255.0f, (float)src[plane + i] / 255.0f, (float)src[2 * plane + i] / 255.0f,
+                      shift6, &r, &g, &b);
+            dst[i] = (uint8_t)nearbyintf(r * 255.0f);
+            dst[plane + i] = (uint8_t)nearbyintf(g * 255.0f);
+            dst[2 * plane + i] = (uint8_t)nearbyintf(b * 255.0f);
+        }
+        break;
+    }
     }
 }
 
@@ -245,6 +287,12 @@ TAXAUG_CLONES static void pointwise_f32(const job_t *job, float *dst, const floa
             }
         }
         break;
+    case OP_HUE: {
+        const float shift6 = 6.0f * p;
+        for (int64_t i = 0; i < plane; i++)
+            hue_pixel(src[i], src[plane + i], src[2 * plane + i], shift6, dst + i, dst + plane + i, dst + 2 * plane + i);
+        break;
+    }
     }
     (void)q;
 }
@@ -329,7 +377,8 @@ TAXAUG_EXPORT int taxaug_paste_boxes(uint8_t *out, const uint8_t *images, const 
 TAXAUG_EXPORT int taxaug_pointwise(int op, int is_float, uint8_t *out, const uint8_t *images, const int64_t *rows,
                                    const float *param, const float *param2, int64_t n_rows, int64_t channels,
                                    int64_t plane, int threads) {
-    if (op < OP_BRIGHTNESS || op > OP_CONTRAST || (is_float && op == OP_CONTRAST)) return -1;
+    if (op < OP_BRIGHTNESS || op > OP_HUE || (is_float && op == OP_CONTRAST) || (op == OP_HUE && channels != 3))
+        return -1;
     const job_t job = {.kind = 2, .op = op, .is_float = is_float, .out = out, .images = images, .rows = rows,
                        .param = param, .param2 = param2, .channels = channels, .plane = plane,
                        .sample_bytes = channels * plane * (is_float ? 4 : 1)};

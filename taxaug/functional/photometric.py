@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as nnf
 
-from taxaug import _memory
+from taxaug import _memory, _native
 from taxaug.functional._image_common import (
     Param,
     apply_lut,
@@ -444,6 +444,7 @@ def gaussian_blur(
     return run_op(x, _k_gaussian_blur, (s,), (int(kernel_size),), validate=False)
 
 
+_JITTER_NAMES = ("brightness", "contrast", "color", "hue")  # the names of taxaug._native's kernels
 # update_rows_ hands each kernel its own gathered copy, so the float ones may overwrite it
 _JITTER_KERNELS = (
     _float_in_place(_k_brightness, IN_PLACE_KERNELS["brightness"]),
@@ -495,6 +496,9 @@ def color_jitter(
         for op in range(4):
             sel = torch.nonzero((chosen == op) & (params[op] != _JITTER_NEUTRAL[op])).flatten()
             if sel.numel() == 0:
+                continue
+            if _native.pointwise_applies(_JITTER_NAMES[op], out, out):  # in place, no gather and scatter
+                _native.pointwise(_JITTER_NAMES[op], out, sel, params[op].index_select(0, sel), out)
                 continue
             update_rows_(out, sel, lambda sub, idx, op=op: _JITTER_KERNELS[op](sub, params[op].index_select(0, idx)),
                          rows)
