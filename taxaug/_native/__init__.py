@@ -102,7 +102,8 @@ def paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: t
     return out
 
 
-POINTWISE_OPS = {"brightness": 0, "posterize": 1, "solarize": 2, "invert": 3, "color": 4, "contrast": 5, "hue": 6}
+POINTWISE_OPS = {"brightness": 0, "posterize": 1, "solarize": 2, "invert": 3, "color": 4, "contrast": 5, "hue": 6,
+                 "autocontrast": 7}
 """The ops `pointwise` runs; contrast on uint8 only (the float mean is a float64 torch reduction), hue on RGB."""
 
 

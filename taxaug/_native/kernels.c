@@ -158,7 +158,8 @@ static void run_paste(const job_t *job, int64_t first, int64_t last) {
  * taxaug/functional/photometric.py operation by operation (compiled with -ffp-contract=off), so
  * the bytes are the same; the dispatcher then needs no gather and scatter for these ops.
  */
-enum { OP_BRIGHTNESS = 0, OP_POSTERIZE = 1, OP_SOLARIZE = 2, OP_INVERT = 3, OP_COLOR = 4, OP_CONTRAST = 5, OP_HUE = 6 };
+enum { OP_BRIGHTNESS = 0, OP_POSTERIZE = 1, OP_SOLARIZE = 2, OP_INVERT = 3, OP_COLOR = 4, OP_CONTRAST = 5, OP_HUE = 6,
+       OP_AUTOCONTRAST = 7 };
 
 static const float GRAY_R = 19595.0f / 65536.0f, GRAY_G = 38470.0f / 65536.0f, GRAY_B = 7471.0f / 65536.0f;
 
@@ -202,6 +203,57 @@ static inline void hue_pixel(float r, float g, float b, float shift6, float *out
     *out_r = channel[0];
     *out_g = channel[1];
     *out_b = channel[2];
+}
+
+/* Smallest and largest of n > 0 floats (no NaNs in images). */
+static void range_scalar(const float *s, int64_t n, float *lo, float *hi) {
+    float l = s[0], h = s[0];
+    for (int64_t i = 1; i < n; i++) {
+        l = s[i] < l ? s[i] : l;
+        h = s[i] > h ? s[i] : h;
+    }
+    *lo = l;
+    *hi = h;
+}
+
+#ifdef TAXAUG_X86
+__attribute__((target("avx2"))) static void range_avx2(const float *s, int64_t n, float *lo, float *hi) {
+    if (n < 8) {
+        range_scalar(s, n, lo, hi);
+        return;
+    }
+    __m256 l = _mm256_loadu_ps(s), h = l;
+    int64_t i = 8;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(s + i);
+        l = _mm256_min_ps(v, l);
+        h = _mm256_max_ps(v, h);
+    }
+    float lanes_lo[8], lanes_hi[8];
+    _mm256_storeu_ps(lanes_lo, l);
+    _mm256_storeu_ps(lanes_hi, h);
+    float lo_all = lanes_lo[0], hi_all = lanes_hi[0];
+    for (int k = 1; k < 8; k++) {
+        lo_all = lanes_lo[k] < lo_all ? lanes_lo[k] : lo_all;
+        hi_all = lanes_hi[k] > hi_all ? lanes_hi[k] : hi_all;
+    }
+    for (; i < n; i++) {
+        lo_all = s[i] < lo_all ? s[i] : lo_all;
+        hi_all = s[i] > hi_all ? s[i] : hi_all;
+    }
+    *lo = lo_all;
+    *hi = hi_all;
+}
+#endif
+
+static void float_range(const float *s, int64_t n, float *lo, float *hi) {
+#ifdef TAXAUG_X86
+    if (cpu_has_avx2()) {
+        range_avx2(s, n, lo, hi);
+        return;
+    }
+#endif
+    range_scalar(s, n, lo, hi);
 }
 
 #define CHUNK 1024 /* pixels whose luma is kept at once (on the stack) */
@@ -257,6 +309,26 @@ TAXAUG_CLONES static void pointwise_u8(const job_t *job, uint8_t *dst, const uin
         }
         break;
     }
+    case OP_AUTOCONTRAST: /* Pillow's lut from each channel's range, in double precision */
+        for (int64_t ch = 0; ch < c; ch++) {
+            const uint8_t *s = src + ch * plane;
+            uint8_t *o = dst + ch * plane, lut[256];
+            uint8_t lo = 255, hi = 0;
+            for (int64_t i = 0; i < plane; i++) {
+                lo = s[i] < lo ? s[i] : lo;
+                hi = s[i] > hi ? s[i] : hi;
+            }
+            const int flat = hi <= lo;
+            const double span = (double)hi - (double)lo;
+            const double scale = flat ? 1.0 : 255.0 / (span < 1.0 ? 1.0 : span);
+            const double offset = flat ? 0.0 : -(double)lo * scale;
+            for (int level = 0; level < 256; level++) {
+                const double v = (double)level * scale + offset;
+                lut[level] = (uint8_t)(v < 0.0 ? 0.0 : (v > 255.0 ? 255.0 : v));
+            }
+            for (int64_t i = 0; i < plane; i++) o[i] = lut[s[i]];
+        }
+        break;
     }
 }
 
@@ -293,6 +365,17 @@ TAXAUG_CLONES static void pointwise_f32(const job_t *job, float *dst, const floa
             hue_pixel(src[i], src[plane + i], src[2 * plane + i], shift6, dst + i, dst + plane + i, dst + 2 * plane + i);
         break;
     }
+    case OP_AUTOCONTRAST: /* each channel stretched to [0, 1] */
+        for (int64_t ch = 0; ch < c; ch++) {
+            const float *s = src + ch * plane;
+            float *o = dst + ch * plane;
+            float lo, hi;
+            float_range(s, plane, &lo, &hi);
+            const int flat = hi <= lo;
+            const float span = flat ? 1.0f : hi - lo, low = flat ? 0.0f : lo;
+            for (int64_t i = 0; i < plane; i++) o[i] = clamp01((s[i] - low) / span);
+        }
+        break;
     }
     (void)q;
 }
@@ -377,7 +460,7 @@ TAXAUG_EXPORT int taxaug_paste_boxes(uint8_t *out, const uint8_t *images, const 
 TAXAUG_EXPORT int taxaug_pointwise(int op, int is_float, uint8_t *out, const uint8_t *images, const int64_t *rows,
                                    const float *param, const float *param2, int64_t n_rows, int64_t channels,
                                    int64_t plane, int threads) {
-    if (op < OP_BRIGHTNESS || op > OP_HUE || (is_float && op == OP_CONTRAST) || (op == OP_HUE && channels != 3))
+    if (op < OP_BRIGHTNESS || op > OP_AUTOCONTRAST || (is_float && op == OP_CONTRAST) || (op == OP_HUE && channels != 3))
         return -1;
     const job_t job = {.kind = 2, .op = op, .is_float = is_float, .out = out, .images = images, .rows = rows,
                        .param = param, .param2 = param2, .channels = channels, .plane = plane,
