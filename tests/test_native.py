@@ -187,8 +187,9 @@ def test_color_jitter_kernels_give_the_torch_bytes(dtype, channels, size, levels
     x = x.to(torch.uint8) if dtype == torch.uint8 else x.float() / levels
     factors = [torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.3, 1.0, 1.7, 4.0]), min_size=size,
                                                max_size=size)), dtype=torch.float64) for _ in range(3)]
-    shift = torch.tensor(data.draw(st.lists(st.sampled_from([-0.5, -0.2, 0.0, 1e-3, 0.25, 0.5]), min_size=size,
-                                            max_size=size)), dtype=torch.float64)
+    shifts = [-0.5, -0.2, 0.0, 1e-3, 0.25, 0.5] + ([-1.7, 0.9, 2.5] if data.draw(st.booleans()) else [])
+    shift = torch.tensor(data.draw(st.lists(st.sampled_from(shifts), min_size=size, max_size=size)),
+                         dtype=torch.float64)  # beyond +-0.5 the torch kernel runs
     order = torch.stack([torch.randperm(4, generator=gen) for _ in range(size)])
     fast, reference = _both_paths(lambda: F.color_jitter(x, *factors, shift, order=order))
     assert torch.equal(fast, reference)

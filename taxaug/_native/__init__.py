@@ -107,12 +107,14 @@ POINTWISE_OPS = {"brightness": 0, "posterize": 1, "solarize": 2, "invert": 3, "c
 """The ops `pointwise` runs; contrast on uint8 only (the float mean is a float64 torch reduction), hue on RGB."""
 
 
-def pointwise_applies(name: str, x: torch.Tensor, out: torch.Tensor) -> bool:
-    """Whether `pointwise` can run op `name` from batch x into out (contiguous, same layout, CPU)."""
+def pointwise_applies(name: str, x: torch.Tensor, out: torch.Tensor, values: torch.Tensor | None = None) -> bool:
+    """Whether `pointwise` can run op `name` from batch x into out (contiguous, same layout, CPU).
+    Hue needs its `values` (shifts in turns) within [-0.5, 0.5], torchvision's and ColorJitter's range."""
     return (available() and name in POINTWISE_OPS and x.device.type == "cpu" and x.ndim == 4
             and (x.dtype == torch.uint8 or (x.dtype == torch.float32 and name != "contrast"))
             and x.is_contiguous() and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
-            and (name not in ("color", "contrast") or x.shape[1] in (1, 3)) and (name != "hue" or x.shape[1] == 3))
+            and (name not in ("color", "contrast") or x.shape[1] in (1, 3))
+            and (name != "hue" or (x.shape[1] == 3 and values is not None and bool((values.abs() <= 0.5).all()))))
 
 
 def _pointwise_params(name: str, dtype: torch.dtype, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

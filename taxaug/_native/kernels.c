@@ -175,34 +175,39 @@ static inline float gray_f32(const float *x, int64_t i, int64_t plane, int64_t c
     return (r + g) + x[2 * plane + i] * GRAY_B;
 }
 
-/* Hue rotation of one RGB pixel in [0, 1], as _k_hue computes it (see photometric.py). */
-static inline void hue_pixel(float r, float g, float b, float shift6, float *out_r, float *out_g, float *out_b) {
-    const float maxc = fmaxf(fmaxf(r, g), b), minc = fminf(fminf(r, g), b);
-    const float delta = maxc - minc;
-    const float safe_delta = delta + (delta == 0.0f ? 1.0f : 0.0f);
-    const float is_r = maxc == r ? 1.0f : 0.0f;
-    const float is_g = (maxc == g && maxc != r) ? 1.0f : 0.0f;
-    const float is_b = (is_r == 0.0f && is_g == 0.0f) ? 1.0f : 0.0f;
-    const float num = ((g - b) * is_r + (b - r) * is_g) + (r - g) * is_b;
-    const float offset = is_g * 2.0f + is_b * 4.0f;
-    float hue6 = num / safe_delta + offset;
-    const float sat = delta / (maxc + (maxc == 0.0f ? 1.0f : 0.0f));
-    hue6 = hue6 + shift6;
-    float mod = fmodf(hue6, 6.0f);
-    if (mod != 0.0f && mod < 0.0f) mod += 6.0f; /* torch.remainder: the sign of the divisor */
-    const float chroma = sat * maxc;
-    float channel[3];
-    const float starts[3] = {5.0f, 3.0f, 1.0f};
-    for (int i = 0; i < 3; i++) {
-        float k = mod + starts[i];
+/* Hue rotation of n RGB pixels in [0, 1] (planes r, g, b), as _k_hue computes it (see photometric.py);
+ * `shift6` = 6 * shift with |shift| <= 0.5, so the hue before the wrap lies in [-4, 8] and
+ * torch.remainder(h, 6) is h + 6, h or h - 6 exactly. Branch-free, so the loop vectorises. */
+static inline void hue_pixels(const float *restrict r, const float *restrict g, const float *restrict b, int64_t n,
+                              float shift6, float *restrict out_r, float *restrict out_g, float *restrict out_b) {
+    for (int64_t i = 0; i < n; i++) {
+        const float red = r[i], green = g[i], blue = b[i];
+        const float max_rg = red > green ? red : green, min_rg = red < green ? red : green;
+        const float maxc = max_rg > blue ? max_rg : blue, minc = min_rg < blue ? min_rg : blue;
+        const float delta = maxc - minc;
+        const float safe_delta = delta + (delta == 0.0f ? 1.0f : 0.0f);
+        /* 0/1 masks as floats: products, not &&, keep the loop vectorisable (GCC 12 gives up on mixed masks) */
+        const float is_r = maxc == red ? 1.0f : 0.0f, eq_g = maxc == green ? 1.0f : 0.0f;
+        const float is_g = eq_g * (1.0f - is_r), is_b = (1.0f - is_r) * (1.0f - eq_g);
+        const float num = ((green - blue) * is_r + (blue - red) * is_g) + (red - green) * is_b;
+        const float hue6 = num / safe_delta + (is_g * 2.0f + is_b * 4.0f);
+        const float sat = delta / (maxc + (maxc == 0.0f ? 1.0f : 0.0f));
+        const float turned = hue6 + shift6;
+        const float wrapped = turned < 0.0f ? turned + 6.0f : (turned >= 6.0f ? turned - 6.0f : turned);
+        const float chroma = sat * maxc;
+        float k = wrapped + 5.0f;
         k = k - (k >= 6.0f ? 6.0f : 0.0f);
-        float side = fminf(k, 4.0f - k);
-        side = side < 0.0f ? 0.0f : (side > 1.0f ? 1.0f : side);
-        channel[i] = clamp01(maxc - side * chroma);
+        float side = k < 4.0f - k ? k : 4.0f - k;
+        out_r[i] = clamp01(maxc - (side < 0.0f ? 0.0f : (side > 1.0f ? 1.0f : side)) * chroma);
+        k = wrapped + 3.0f;
+        k = k - (k >= 6.0f ? 6.0f : 0.0f);
+        side = k < 4.0f - k ? k : 4.0f - k;
+        out_g[i] = clamp01(maxc - (side < 0.0f ? 0.0f : (side > 1.0f ? 1.0f : side)) * chroma);
+        k = wrapped + 1.0f;
+        k = k - (k >= 6.0f ? 6.0f : 0.0f);
+        side = k < 4.0f - k ? k : 4.0f - k;
+        out_b[i] = clamp01(maxc - (side < 0.0f ? 0.0f : (side > 1.0f ? 1.0f : side)) * chroma);
     }
-    *out_r = channel[0];
-    *out_g = channel[1];
-    *out_b = channel[2];
 }
 
 /* Smallest and largest of n > 0 floats (no NaNs in images). */
@@ -297,15 +302,16 @@ TAXAUG_CLONES static void pointwise_u8(const job_t *job, uint8_t *dst, const uin
         for (int64_t i = 0; i < n; i++) dst[i] = to_u8(((float)src[i] - d) * p + d);
         break;
     }
-    case OP_HUE: { /* p: the shift in turns; RGB only */
+    case OP_HUE: { /* p: the shift in turns, |p| <= 0.5; RGB only */
         const float shift6 = 6.0f * p;
-        for (int64_t i = 0; i < plane; i++) {
-            float r, g, b;
-            hue_pixel((float)src[i] / 255.0f, (float)src[plane + i] / 255.0f, (float)src[2 * plane + i] / 255.0f,
-                      shift6, &r, &g, &b);
-            dst[i] = (uint8_t)nearbyintf(r * 255.0f);
-            dst[plane + i] = (uint8_t)nearbyintf(g * 255.0f);
-            dst[2 * plane + i] = (uint8_t)nearbyintf(b * 255.0f);
+        for (int64_t start = 0; start < plane; start += CHUNK) {
+            const int64_t len = plane - start < CHUNK ? plane - start : CHUNK;
+            float rgb[3][CHUNK], turned[3][CHUNK];
+            for (int ch = 0; ch < 3; ch++)
+                for (int64_t i = 0; i < len; i++) rgb[ch][i] = (float)src[ch * plane + start + i] / 255.0f;
+            hue_pixels(rgb[0], rgb[1], rgb[2], len, shift6, turned[0], turned[1], turned[2]);
+            for (int ch = 0; ch < 3; ch++)
+                for (int64_t i = 0; i < len; i++) dst[ch * plane + start + i] = (uint8_t)nearbyintf(turned[ch][i] * 255.0f);
         }
         break;
     }
@@ -359,12 +365,15 @@ TAXAUG_CLONES static void pointwise_f32(const job_t *job, float *dst, const floa
             }
         }
         break;
-    case OP_HUE: {
-        const float shift6 = 6.0f * p;
-        for (int64_t i = 0; i < plane; i++)
-            hue_pixel(src[i], src[plane + i], src[2 * plane + i], shift6, dst + i, dst + plane + i, dst + 2 * plane + i);
+    case OP_HUE: /* writes each chunk only after reading it: src may be dst */
+        for (int64_t start = 0; start < plane; start += CHUNK) {
+            const int64_t len = plane - start < CHUNK ? plane - start : CHUNK;
+            float turned[3][CHUNK];
+            hue_pixels(src + start, src + plane + start, src + 2 * plane + start, len, 6.0f * p, turned[0], turned[1],
+                       turned[2]);
+            for (int ch = 0; ch < 3; ch++) memcpy(dst + ch * plane + start, turned[ch], (size_t)len * sizeof(float));
+        }
         break;
-    }
     case OP_AUTOCONTRAST: /* each channel stretched to [0, 1] */
         for (int64_t ch = 0; ch < c; ch++) {
             const float *s = src + ch * plane;

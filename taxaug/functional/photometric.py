@@ -497,8 +497,9 @@ def color_jitter(
             sel = torch.nonzero((chosen == op) & (params[op] != _JITTER_NEUTRAL[op])).flatten()
             if sel.numel() == 0:
                 continue
-            if _native.pointwise_applies(_JITTER_NAMES[op], out, out):  # in place, no gather and scatter
-                _native.pointwise(_JITTER_NAMES[op], out, sel, params[op].index_select(0, sel), out)
+            values = params[op].index_select(0, sel)
+            if _native.pointwise_applies(_JITTER_NAMES[op], out, out, values):  # in place, no gather and scatter
+                _native.pointwise(_JITTER_NAMES[op], out, sel, values, out)
                 continue
             update_rows_(out, sel, lambda sub, idx, op=op: _JITTER_KERNELS[op](sub, params[op].index_select(0, idx)),
                          rows)
