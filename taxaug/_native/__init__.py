@@ -1,4 +1,4 @@
-"""Optional C kernels for the CPU image passes of Mixup and CutMix.
+"""Optional C kernels for the CPU image passes of Mixup, CutMix and the policies' per-pixel ops.
 
 ``kernels.c`` is built at install time when a C compiler is present and loaded
 here through ctypes. Callers ask :func:`available` and otherwise run their
@@ -103,8 +103,9 @@ def paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: t
 
 
 POINTWISE_OPS = {"brightness": 0, "posterize": 1, "solarize": 2, "invert": 3, "color": 4, "contrast": 5, "hue": 6,
-                 "autocontrast": 7}
-"""The ops `pointwise` runs; contrast on uint8 only (the float mean is a float64 torch reduction), hue on RGB."""
+                 "autocontrast": 7, "equalize": 8}
+"""The ops `pointwise` runs (per pixel, from per-sample parameters or statistics); contrast on uint8 only (the float
+mean is a float64 torch reduction whose summation order C would not reproduce), hue on RGB."""
 
 
 def pointwise_applies(name: str, x: torch.Tensor, out: torch.Tensor, values: torch.Tensor | None = None) -> bool:

@@ -153,13 +153,14 @@ static void run_paste(const job_t *job, int64_t first, int64_t last) {
 }
 
 /* ------------------------------------------------------------------------------------------------
- * Pointwise policy ops on the listed samples, from `images` into `out` (the same layout; they may
- * be the same buffer). Each reproduces the float32 arithmetic of the torch kernel in
+ * Policy ops that map each pixel through a per-sample rule (some from per-sample statistics:
+ * contrast's mean luma, autocontrast's range, equalize's histogram), on the listed samples, from
+ * `images` into `out` (the same layout; they may be the same buffer). Each reproduces the float32 arithmetic of the torch kernel in
  * taxaug/functional/photometric.py operation by operation (compiled with -ffp-contract=off), so
  * the bytes are the same; the dispatcher then needs no gather and scatter for these ops.
  */
 enum { OP_BRIGHTNESS = 0, OP_POSTERIZE = 1, OP_SOLARIZE = 2, OP_INVERT = 3, OP_COLOR = 4, OP_CONTRAST = 5, OP_HUE = 6,
-       OP_AUTOCONTRAST = 7 };
+       OP_AUTOCONTRAST = 7, OP_EQUALIZE = 8 };
 
 static const float GRAY_R = 19595.0f / 65536.0f, GRAY_G = 38470.0f / 65536.0f, GRAY_B = 7471.0f / 65536.0f;
 
@@ -261,6 +262,33 @@ static void float_range(const float *s, int64_t n, float *lo, float *hi) {
     range_scalar(s, n, lo, hi);
 }
 
+/* Pillow's ImageOps.equalize lut of one 8-bit plane, from its histogram (as _equalize_lut). */
+static void equalize_lut(const int64_t hist[256], int64_t pixels, uint8_t lut[256]) {
+    int levels = 0, last = 0;
+    for (int i = 0; i < 256; i++)
+        if (hist[i] > 0) {
+            levels++;
+            last = i;
+        }
+    const int64_t step = (pixels - hist[last]) / 255;
+    if (levels <= 1 || step <= 0) {
+        for (int i = 0; i < 256; i++) lut[i] = (uint8_t)i;
+        return;
+    }
+    int64_t before = 0;
+    for (int i = 0; i < 256; i++) {
+        const int64_t v = (step / 2 + before) / step;
+        lut[i] = (uint8_t)(v > 255 ? 255 : v);
+        before += hist[i];
+    }
+}
+
+/* The 8-bit level of a float pixel as quantize_uint8 makes it: round(x * 255), clamped. */
+static inline uint8_t float_level(float v) {
+    const float scaled = nearbyintf(v * 255.0f);
+    return (uint8_t)(scaled < 0.0f ? 0.0f : (scaled > 255.0f ? 255.0f : scaled));
+}
+
 #define CHUNK 1024 /* pixels whose luma is kept at once (on the stack) */
 
 TAXAUG_CLONES static void pointwise_u8(const job_t *job, uint8_t *dst, const uint8_t *src, float p, float q) {
@@ -335,6 +363,16 @@ TAXAUG_CLONES static void pointwise_u8(const job_t *job, uint8_t *dst, const uin
             for (int64_t i = 0; i < plane; i++) o[i] = lut[s[i]];
         }
         break;
+    case OP_EQUALIZE:
+        for (int64_t ch = 0; ch < c; ch++) {
+            const uint8_t *s = src + ch * plane;
+            uint8_t *o = dst + ch * plane, lut[256];
+            int64_t hist[256] = {0};
+            for (int64_t i = 0; i < plane; i++) hist[s[i]]++;
+            equalize_lut(hist, plane, lut);
+            for (int64_t i = 0; i < plane; i++) o[i] = lut[s[i]];
+        }
+        break;
     }
 }
 
@@ -383,6 +421,18 @@ TAXAUG_CLONES static void pointwise_f32(const job_t *job, float *dst, const floa
             const int flat = hi <= lo;
             const float span = flat ? 1.0f : hi - lo, low = flat ? 0.0f : lo;
             for (int64_t i = 0; i < plane; i++) o[i] = clamp01((s[i] - low) / span);
+        }
+        break;
+    case OP_EQUALIZE: /* on the 8-bit levels; the lut read back as level / 255 */
+        for (int64_t ch = 0; ch < c; ch++) {
+            const float *s = src + ch * plane;
+            float *o = dst + ch * plane, table[256];
+            int64_t hist[256] = {0};
+            uint8_t lut[256];
+            for (int64_t i = 0; i < plane; i++) hist[float_level(s[i])]++;
+            equalize_lut(hist, plane, lut);
+            for (int level = 0; level < 256; level++) table[level] = (float)lut[level] / 255.0f;
+            for (int64_t i = 0; i < plane; i++) o[i] = table[float_level(s[i])];
         }
         break;
     }
@@ -469,7 +519,7 @@ TAXAUG_EXPORT int taxaug_paste_boxes(uint8_t *out, const uint8_t *images, const 
 TAXAUG_EXPORT int taxaug_pointwise(int op, int is_float, uint8_t *out, const uint8_t *images, const int64_t *rows,
                                    const float *param, const float *param2, int64_t n_rows, int64_t channels,
                                    int64_t plane, int threads) {
-    if (op < OP_BRIGHTNESS || op > OP_AUTOCONTRAST || (is_float && op == OP_CONTRAST) || (op == OP_HUE && channels != 3))
+    if (op < OP_BRIGHTNESS || op > OP_EQUALIZE || (is_float && op == OP_CONTRAST) || (op == OP_HUE && channels != 3))
         return -1;
     const job_t job = {.kind = 2, .op = op, .is_float = is_float, .out = out, .images = images, .rows = rows,
                        .param = param, .param2 = param2, .channels = channels, .plane = plane,

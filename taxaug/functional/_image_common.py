@@ -114,6 +114,9 @@ def row_view(t: torch.Tensor) -> torch.Tensor:
     return flat
 
 
+_ROW_LOOP_BYTES = 2**16
+
+
 def update_rows_(out: torch.Tensor, idx: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  rows: torch.Tensor | None = None, source_rows: torch.Tensor | None = None) -> None:
     """Set samples ``out[idx]`` to ``fn(source[idx_block], idx_block)``, in cache-sized blocks of samples.
@@ -134,8 +137,12 @@ def update_rows_(out: torch.Tensor, idx: torch.Tensor, fn: Callable[[torch.Tenso
         i = idx[first : first + per_block]
         gathered = torch.index_select(source_rows, 0, i, out=buffer[: i.shape[0]])
         sub = gathered.view(out.dtype).view(i.shape[0], *out.shape[1:])
-        res = fn(sub, i)
-        rows.index_copy_(0, i, row_view(res.to(out.dtype).contiguous()))
+        res = row_view(fn(sub, i).to(out.dtype).contiguous())
+        if rows.device.type == "cpu" and rows.shape[1] * rows.element_size() >= _ROW_LOOP_BYTES:
+            for k, row in enumerate(i.tolist()):  # large rows: plain copies are ~3x faster than index_copy_
+                rows[row].copy_(res[k])
+        else:
+            rows.index_copy_(0, i, res)
 
 
 def run_op(
