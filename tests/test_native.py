@@ -193,3 +193,20 @@ def test_color_jitter_kernels_give_the_torch_bytes(dtype, channels, size, levels
     order = torch.stack([torch.randperm(4, generator=gen) for _ in range(size)])
     fast, reference = _both_paths(lambda: F.color_jitter(x, *factors, shift, order=order))
     assert torch.equal(fast, reference)
+
+
+@given(image_shapes, st.sampled_from([torch.uint8, torch.float32, torch.float16, torch.float64]),
+       st.sampled_from(["rotate", "shear_x", "shear_y", "translate_x", "translate_y"]),
+       st.floats(-45.0, 45.0, allow_nan=False), st.integers(0, 10_000))
+def test_warp_kernel_gives_the_torch_bytes(shape, dtype, op, amount, seed):
+    x = _images(shape, dtype, seed, False)
+    amount = amount if op == "rotate" else amount / 90 if op.startswith("shear") else amount / 3
+    fill = 128 if dtype == torch.uint8 else 0.5
+    fast, reference = _both_paths(lambda: getattr(F, op)(x, amount, fill=fill))
+    assert torch.equal(fast, reference)
+    if shape[1] in (1, 3):  # the dispatcher (grey or RGB): three ops on interleaved rows, straight into its output
+        ops = torch.arange(shape[0]) % 3
+        values = torch.full((shape[0],), amount, dtype=torch.float64)
+        fast, reference = _both_paths(lambda: P.apply_ops_per_sample(x, ops, values, [op, "identity", "hflip"],
+                                                                     fill=fill))
+        assert torch.equal(fast, reference)

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["POINTWISE_OPS", "available", "disabled", "kernel_isa", "mix_u8", "paste_boxes", "pointwise"]
+__all__ = [
+    "POINTWISE_OPS",
+    "available",
+    "disabled",
+    "kernel_isa",
+    "mix_u8",
+    "paste_boxes",
+    "pointwise",
+    "warp_nearest",
+]
 
 _HERE = Path(__file__).resolve().parent
 _enabled = os.environ.get("TAXAUG_NATIVE", "1") != "0"
@@ -37,6 +46,8 @@ def _load() -> ctypes.CDLL | None:
                                                    i32, i32]
             library.taxaug_pointwise.argtypes = [i32, i32, pointer, pointer, pointer, pointer, pointer, i64, i64, i64,
                                                  i32]
+            library.taxaug_warp_nearest.argtypes = [pointer, pointer, pointer, pointer, pointer, i64, i64, i64, i64,
+                                                    i64, i32]
             library.taxaug_kernel_isa.restype = ctypes.c_char_p
             return library
     return None
@@ -146,3 +157,26 @@ def pointwise(name: str, x: torch.Tensor, rows: torch.Tensor, value: torch.Tenso
                                        height * width, _threads(rows.shape[0] * x[0].numel() * x.element_size()))
     if status != 0:
         raise ValueError(f"the C kernels do not run {name} on {x.dtype}")
+
+
+def warp_applies(x: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether `warp_nearest` can warp batch x into out (contiguous, same layout, CPU, distinct buffers)."""
+    return (available() and x.device.type == "cpu" and x.ndim == 4 and x.element_size() in (1, 2, 4, 8)
+            and x.is_contiguous() and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
+            and out.data_ptr() != x.data_ptr())
+
+
+def warp_nearest(x: torch.Tensor, rows: torch.Tensor, data: torch.Tensor, fill: torch.Tensor,
+                 out: torch.Tensor) -> torch.Tensor:
+    """out[rows[k]] = nearest-neighbour warp of x[rows[k]] by Pillow affine data[k] (float64), outside
+    pixels `fill` (C values of x's dtype): the bytes of geometry._warp_nearest."""
+    rows = rows.contiguous()
+    data = data.to(torch.float64).contiguous()
+    fill = fill.to(dtype=x.dtype).contiguous()
+    _, channels, height, width = x.shape
+    status = _library.taxaug_warp_nearest(out.data_ptr(), x.data_ptr(), rows.data_ptr(), data.data_ptr(),
+                                          fill.data_ptr(), rows.shape[0], channels, height, width, x.element_size(),
+                                          _threads(rows.shape[0] * x[0].numel() * x.element_size()))
+    if status != 0:
+        raise MemoryError("warp_nearest: no memory for its row buffers")
+    return out

@@ -10,6 +10,7 @@
  * same bytes.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -94,7 +95,7 @@ static mix_row_fn pick_mix_row(void) {
 /* One call of a kernel: the threads take chunks of samples from a shared counter, so a thread
  * that the OS holds back does not leave the others waiting on a fixed half of the batch. */
 typedef struct {
-    int kind; /* 0 = mix, 1 = paste, 2 = pointwise */
+    int kind; /* 0 = mix, 1 = paste, 2 = pointwise, 3 = warp */
     uint8_t *out;
     const uint8_t *images;
     const int64_t *perm;
@@ -110,6 +111,9 @@ typedef struct {
     const int64_t *rows;            /* pointwise: the samples to transform (index into the batch) */
     const float *param, *param2;    /* pointwise: per listed sample */
     int64_t plane;                  /* pointwise: H * W */
+    const double *data;             /* warp: (n_rows, 6) Pillow affine data per listed sample */
+    const uint8_t *fill;            /* warp: one element per channel */
+    int failed;                     /* set by a thread that could not do its part */
 } job_t;
 
 static void run_mix(const job_t *job, int64_t first, int64_t last) {
@@ -450,7 +454,61 @@ static void run_pointwise(const job_t *job, int64_t first, int64_t last) {
     }
 }
 
-static void run_job(const job_t *job) {
+/* ------------------------------------------------------------------------------------------------
+ * Nearest-neighbour affine warp of the listed samples (any element size), as _warp_nearest in
+ * geometry.py computes it: the output pixel (x, y) reads the input at
+ * floor(a (x + .5) + (b (y + .5) + c)), floor(d (x + .5) + (e (y + .5) + f)), in double precision
+ * operation by operation, and `fill` where that falls outside the image.
+ */
+#define WARP_COPY(type)                                                                          \
+    do {                                                                                         \
+        const type *s = (const type *)src, fill_value = ((const type *)job->fill)[ch];           \
+        type *o = (type *)dst;                                                                   \
+        for (int64_t x = 0; x < w; x++) o[y * w + x] = at[x] >= 0 ? s[at[x]] : fill_value;     \
+    } while (0)
+
+static void run_warp(job_t *job, int64_t first, int64_t last) {
+    const int64_t c = job->channels, h = job->height, w = job->width, es = job->elem_size, plane = h * w;
+    double *ax = malloc(sizeof(double) * (size_t)(2 * w));
+    int64_t *at = malloc(sizeof(int64_t) * (size_t)w);
+    if (!ax || !at) {
+        free(ax);
+        free(at);
+        job->failed = 1;
+        return;
+    }
+    double *dx = ax + w;
+    for (int64_t r = first; r < last; r++) {
+        const double *d = job->data + 6 * r;
+        const int64_t offset = job->rows[r] * job->sample_bytes;
+        for (int64_t x = 0; x < w; x++) {
+            ax[x] = d[0] * ((double)x + 0.5);
+            dx[x] = d[3] * ((double)x + 0.5);
+        }
+        for (int64_t y = 0; y < h; y++) {
+            const double ys = (double)y + 0.5;
+            const double row_x = d[1] * ys + d[2], row_y = d[4] * ys + d[5];
+            for (int64_t x = 0; x < w; x++) {
+                const double sx = floor(ax[x] + row_x), sy = floor(dx[x] + row_y);
+                at[x] = (sx >= 0.0 && sx < (double)w && sy >= 0.0 && sy < (double)h) ? (int64_t)sy * w + (int64_t)sx : -1;
+            }
+            for (int64_t ch = 0; ch < c; ch++) {
+                const uint8_t *src = job->images + offset + ch * plane * es;
+                uint8_t *dst = job->out + offset + ch * plane * es;
+                switch (es) {
+                case 1: WARP_COPY(uint8_t); break;
+                case 2: WARP_COPY(uint16_t); break;
+                case 4: WARP_COPY(uint32_t); break;
+                default: WARP_COPY(uint64_t); break;
+                }
+            }
+        }
+    }
+    free(ax);
+    free(at);
+}
+
+static void run_job(job_t *job) {
     for (;;) {
         const int64_t first = __atomic_fetch_add(job->next, job->chunk, __ATOMIC_RELAXED);
         if (first >= job->batch) return;
@@ -459,14 +517,16 @@ static void run_job(const job_t *job) {
             run_mix(job, first, last);
         else if (job->kind == 1)
             run_paste(job, first, last);
-        else
+        else if (job->kind == 2)
             run_pointwise(job, first, last);
+        else
+            run_warp(job, first, last);
     }
 }
 
 #ifndef _WIN32
 static void *thread_main(void *arg) {
-    run_job((const job_t *)arg);
+    run_job((job_t *)arg);
     return NULL;
 }
 #endif
@@ -495,7 +555,7 @@ static int run_parallel(job_t job, int64_t batch, int threads) {
 #else
     run_job(&job);
 #endif
-    return 0;
+    return job.failed ? -1 : 0;
 }
 
 TAXAUG_EXPORT int taxaug_mix_u8(uint8_t *out, const uint8_t *images, const int64_t *perm, const float *weights,
@@ -524,6 +584,17 @@ TAXAUG_EXPORT int taxaug_pointwise(int op, int is_float, uint8_t *out, const uin
     const job_t job = {.kind = 2, .op = op, .is_float = is_float, .out = out, .images = images, .rows = rows,
                        .param = param, .param2 = param2, .channels = channels, .plane = plane,
                        .sample_bytes = channels * plane * (is_float ? 4 : 1)};
+    return run_parallel(job, n_rows, threads);
+}
+
+/* Nearest-neighbour warp of samples rows[0..n_rows) of a (B, C, H, W) batch from `images` into `out`
+ * (distinct buffers), with data (n_rows, 6) and fill (C elements); -1 if memory ran out. */
+TAXAUG_EXPORT int taxaug_warp_nearest(uint8_t *out, const uint8_t *images, const int64_t *rows, const double *data,
+                                      const uint8_t *fill, int64_t n_rows, int64_t channels, int64_t height,
+                                      int64_t width, int64_t elem_size, int threads) {
+    const job_t job = {.kind = 3, .out = out, .images = images, .rows = rows, .data = data, .fill = fill,
+                       .channels = channels, .height = height, .width = width, .elem_size = elem_size,
+                       .sample_bytes = channels * height * width * elem_size};
     return run_parallel(job, n_rows, threads);
 }
 

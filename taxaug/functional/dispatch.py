@@ -105,6 +105,11 @@ def _dispatch(
         if gid < n_ops and _native.pointwise_applies(names[gid], source, out):
             _native.pointwise(names[gid], source, group_idx, params.index_select(0, group_idx), out)
             continue
+        geometric = gid == n_ops or names[gid] in _GEOMETRIC
+        if geometric and interpolation == "nearest" and _native.warp_applies(source, out):
+            data = _warp_data(op_indices, params, names, x.shape[2], x.shape[3])
+            _native.warp_nearest(source, group_idx, data.index_select(0, group_idx), fill_t, out)
+            continue
         if gid == identity:
             def run(sub: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
                 return sub

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from taxaug import _native
 from taxaug.functional._image_common import (
     Fill,
     Param,
@@ -114,6 +115,9 @@ def _warp_nearest(x: torch.Tensor, data: torch.Tensor, fill: torch.Tensor,
     """
     b, c, h, w = x.shape
     dev = x.device
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if _native.warp_applies(x, out):
+        return _native.warp_nearest(x, torch.arange(b), data, fill, out)
     if padded is None or padded.shape[0] < b:
         padded = warp_workspace(x, fill)
     padded = padded[:b]
