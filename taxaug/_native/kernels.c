@@ -467,7 +467,7 @@ static void run_pointwise(const job_t *job, int64_t first, int64_t last) {
         for (int64_t x = 0; x < w; x++) o[y * w + x] = at[x] >= 0 ? s[at[x]] : fill_value;     \
     } while (0)
 
-static void run_warp(job_t *job, int64_t first, int64_t last) {
+TAXAUG_CLONES static void run_warp(job_t *job, int64_t first, int64_t last) {
     const int64_t c = job->channels, h = job->height, w = job->width, es = job->elem_size, plane = h * w;
     double *ax = malloc(sizeof(double) * (size_t)(2 * w));
     int64_t *at = malloc(sizeof(int64_t) * (size_t)w);
