@@ -161,7 +161,7 @@ _POINTWISE_VALUES = {
     "brightness": st.floats(0.0, 3.0), "color": st.floats(0.0, 3.0), "contrast": st.floats(0.0, 3.0),
     "posterize": st.sampled_from([0.0, 1.0, 2.0, 3.5, 4.0, 7.0, 8.0]),
     "solarize": st.sampled_from([0.0, 1.0, 77.0, 128.0, 254.6, 255.0, 256.0]), "invert": st.just(0.0),
-    "autocontrast": st.just(0.0), "equalize": st.just(0.0),
+    "autocontrast": st.just(0.0), "equalize": st.just(0.0), "sharpness": st.floats(0.0, 3.0),
 }
 
 

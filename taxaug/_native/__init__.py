@@ -45,7 +45,7 @@ def _load() -> ctypes.CDLL | None:
             library.taxaug_paste_boxes.argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64, i64,
                                                    i32, i32]
             library.taxaug_pointwise.argtypes = [i32, i32, pointer, pointer, pointer, pointer, pointer, i64, i64, i64,
-                                                 i32]
+                                                 i64, i32]
             library.taxaug_warp_nearest.argtypes = [pointer, pointer, pointer, pointer, pointer, i64, i64, i64, i64,
                                                     i64, i32]
             library.taxaug_kernel_isa.restype = ctypes.c_char_p
@@ -114,9 +114,10 @@ def paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: t
 
 
 POINTWISE_OPS = {"brightness": 0, "posterize": 1, "solarize": 2, "invert": 3, "color": 4, "contrast": 5, "hue": 6,
-                 "autocontrast": 7, "equalize": 8}
-"""The ops `pointwise` runs (per pixel, from per-sample parameters or statistics); contrast on uint8 only (the float
-mean is a float64 torch reduction whose summation order C would not reproduce), hue on RGB."""
+                 "autocontrast": 7, "equalize": 8, "sharpness": 9}
+"""The ops `pointwise` runs (per pixel, from per-sample parameters, statistics or, for sharpness, the 3x3
+neighbourhood); contrast on uint8 only (the float mean is a float64 torch reduction whose summation order C
+would not reproduce), hue on RGB, sharpness into a separate output."""
 
 
 def pointwise_applies(name: str, x: torch.Tensor, out: torch.Tensor, values: torch.Tensor | None = None) -> bool:
@@ -126,6 +127,7 @@ def pointwise_applies(name: str, x: torch.Tensor, out: torch.Tensor, values: tor
             and (x.dtype == torch.uint8 or (x.dtype == torch.float32 and name != "contrast"))
             and x.is_contiguous() and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
             and (name not in ("color", "contrast") or x.shape[1] in (1, 3))
+            and (name != "sharpness" or out.data_ptr() != x.data_ptr())
             and (name != "hue" or (x.shape[1] == 3 and values is not None and bool((values.abs() <= 0.5).all()))))
 
 
@@ -154,9 +156,9 @@ def pointwise(name: str, x: torch.Tensor, rows: torch.Tensor, value: torch.Tenso
     status = _library.taxaug_pointwise(POINTWISE_OPS[name], int(x.dtype == torch.float32), out.data_ptr(),
                                        x.data_ptr(), rows.data_ptr(), param.data_ptr(),
                                        param2.data_ptr() if param2 is not None else None, rows.shape[0], channels,
-                                       height * width, _threads(rows.shape[0] * x[0].numel() * x.element_size()))
+                                       height, height * width, _threads(rows.shape[0] * x[0].numel() * x.element_size()))
     if status != 0:
-        raise ValueError(f"the C kernels do not run {name} on {x.dtype}")
+        raise ValueError(f"the C kernels could not run {name} on {x.dtype} (unsupported, or out of memory)")
 
 
 def warp_applies(x: torch.Tensor, out: torch.Tensor) -> bool:

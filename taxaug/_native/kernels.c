@@ -164,7 +164,7 @@ static void run_paste(const job_t *job, int64_t first, int64_t last) {
  * the bytes are the same; the dispatcher then needs no gather and scatter for these ops.
  */
 enum { OP_BRIGHTNESS = 0, OP_POSTERIZE = 1, OP_SOLARIZE = 2, OP_INVERT = 3, OP_COLOR = 4, OP_CONTRAST = 5, OP_HUE = 6,
-       OP_AUTOCONTRAST = 7, OP_EQUALIZE = 8 };
+       OP_AUTOCONTRAST = 7, OP_EQUALIZE = 8, OP_SHARPNESS = 9 };
 
 static const float GRAY_R = 19595.0f / 65536.0f, GRAY_G = 38470.0f / 65536.0f, GRAY_B = 7471.0f / 65536.0f;
 
@@ -443,15 +443,93 @@ TAXAUG_CLONES static void pointwise_f32(const job_t *job, float *dst, const floa
     (void)q;
 }
 
-static void run_pointwise(const job_t *job, int64_t first, int64_t last) {
+/* Sharpness of one plane (h x w, read as float levels by `level`): Pillow's SMOOTH filter
+ * ([[1,1,1],[1,5,1],[1,1,1]] / 13, border unchanged) as _smooth computes it, then the blend of
+ * _k_sharpness. `sums` holds 3 * w floats. */
+#define SHARPEN_PLANE(in_type, LEVEL, STORE)                                                            \
+    do {                                                                                                \
+        const in_type *s = (const in_type *)src_plane;                                                  \
+        for (int64_t x = 0; x < w; x++) { /* the border rows are the image's own */                   \
+            STORE(x, LEVEL(s[x]), LEVEL(s[x]));                                                         \
+            STORE((h - 1) * w + x, LEVEL(s[(h - 1) * w + x]), LEVEL(s[(h - 1) * w + x]));               \
+        }                                                                                               \
+        for (int k = 0; k < 2; k++) {                                                                   \
+            float *row = sums + k * w;                                                                  \
+            const in_type *line = s + k * w;                                                            \
+            for (int64_t x = 0; x + 2 < w; x++) row[x] = (LEVEL(line[x]) + LEVEL(line[x + 1])) + LEVEL(line[x + 2]); \
+        }                                                                                               \
+        for (int64_t y = 1; y + 1 < h; y++) {                                                           \
+            float *above = sums + ((y - 1) % 3) * w, *here = sums + (y % 3) * w, *below = sums + ((y + 1) % 3) * w; \
+            const in_type *line = s + (y + 1) * w;                                                      \
+            for (int64_t x = 0; x + 2 < w; x++) below[x] = (LEVEL(line[x]) + LEVEL(line[x + 1])) + LEVEL(line[x + 2]); \
+            const in_type *mid = s + y * w;                                                             \
+            STORE(y * w, LEVEL(mid[0]), LEVEL(mid[0]));                                                 \
+            STORE(y * w + w - 1, LEVEL(mid[w - 1]), LEVEL(mid[w - 1]));                                 \
+            for (int64_t x = 1; x + 1 < w; x++) {                                                       \
+                const float box = (above[x - 1] + here[x - 1]) + below[x - 1];                          \
+                const float smooth = (box + 4.0f * LEVEL(mid[x])) / 13.0f;                              \
+                STORE(y * w + x, smooth, LEVEL(mid[x]));                                                \
+            }                                                                                           \
+        }                                                                                               \
+    } while (0)
+
+#define LEVEL_U8(v) ((float)(v))
+#define LEVEL_F32(v) (v)
+/* uint8: the smoothed level rounds half up and clamps (then floors); the blend truncates */
+#define STORE_U8(i, smooth, own)                                                                        \
+    do {                                                                                                \
+        const float rounded = (smooth) + 0.5f;                                                          \
+        const float d = floorf(rounded < 0.0f ? 0.0f : (rounded > 255.0f ? 255.0f : rounded));          \
+        ((uint8_t *)dst_plane)[i] = to_u8(((own) - d) * p + d);                                          \
+    } while (0)
+/* float: the smoothed value clamps to [0, 1]; the blend is d + f * (x - d), clamped */
+#define STORE_F32(i, smooth, own)                                                                       \
+    do {                                                                                                \
+        const float sm = (smooth), d = sm < 0.0f ? 0.0f : (sm > 1.0f ? 1.0f : sm);                      \
+        ((float *)dst_plane)[i] = clamp01(d + p * ((own) - d));                                         \
+    } while (0)
+
+TAXAUG_CLONES static void sharpen_sample(const job_t *job, uint8_t *dst, const uint8_t *src, float p, float *sums) {
+    const int64_t c = job->channels, h = job->height, w = job->width, es = job->is_float ? 4 : 1;
+    for (int64_t ch = 0; ch < c; ch++) {
+        const uint8_t *src_plane = src + ch * h * w * es;
+        uint8_t *dst_plane = dst + ch * h * w * es;
+        if (h < 3 || w < 3) { /* too small to filter: the blend of an image with itself */
+            for (int64_t i = 0; i < h * w; i++) {
+                if (job->is_float) {
+                    const float v = ((const float *)src_plane)[i];
+                    ((float *)dst_plane)[i] = clamp01(v + p * (v - v));
+                } else {
+                    const float v = (float)src_plane[i];
+                    dst_plane[i] = to_u8((v - v) * p + v);
+                }
+            }
+            continue;
+        }
+        if (job->is_float)
+            SHARPEN_PLANE(float, LEVEL_F32, STORE_F32);
+        else
+            SHARPEN_PLANE(uint8_t, LEVEL_U8, STORE_U8);
+    }
+}
+
+static void run_pointwise(job_t *job, int64_t first, int64_t last) {
+    float *sums = NULL;
+    if (job->op == OP_SHARPNESS && !(sums = malloc(sizeof(float) * (size_t)(3 * job->width)))) {
+        job->failed = 1;
+        return;
+    }
     for (int64_t r = first; r < last; r++) {
         const int64_t offset = job->rows[r] * job->sample_bytes;
         const float p = job->param[r], q = job->param2 ? job->param2[r] : 0.0f;
-        if (job->is_float)
+        if (job->op == OP_SHARPNESS)
+            sharpen_sample(job, job->out + offset, job->images + offset, p, sums);
+        else if (job->is_float)
             pointwise_f32(job, (float *)(job->out + offset), (const float *)(job->images + offset), p, q);
         else
             pointwise_u8(job, job->out + offset, job->images + offset, p, q);
     }
+    free(sums);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -578,11 +656,12 @@ TAXAUG_EXPORT int taxaug_paste_boxes(uint8_t *out, const uint8_t *images, const 
  * from `images` into `out`; param (and param2) hold one value per listed sample. */
 TAXAUG_EXPORT int taxaug_pointwise(int op, int is_float, uint8_t *out, const uint8_t *images, const int64_t *rows,
                                    const float *param, const float *param2, int64_t n_rows, int64_t channels,
-                                   int64_t plane, int threads) {
-    if (op < OP_BRIGHTNESS || op > OP_EQUALIZE || (is_float && op == OP_CONTRAST) || (op == OP_HUE && channels != 3))
+                                   int64_t height, int64_t plane, int threads) {
+    if (op < OP_BRIGHTNESS || op > OP_SHARPNESS || (is_float && op == OP_CONTRAST) || (op == OP_HUE && channels != 3))
         return -1;
     const job_t job = {.kind = 2, .op = op, .is_float = is_float, .out = out, .images = images, .rows = rows,
                        .param = param, .param2 = param2, .channels = channels, .plane = plane,
+                       .height = height, .width = plane / (height > 0 ? height : 1),
                        .sample_bytes = channels * plane * (is_float ? 4 : 1)};
     return run_parallel(job, n_rows, threads);
 }
