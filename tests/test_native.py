@@ -210,3 +210,12 @@ def test_warp_kernel_gives_the_torch_bytes(shape, dtype, op, amount, seed):
         fast, reference = _both_paths(lambda: P.apply_ops_per_sample(x, ops, values, [op, "identity", "hflip"],
                                                                      fill=fill))
         assert torch.equal(fast, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("policy", ["auto_augment", "rand_augment", "trivial_augment_wide", "augmix"])
+def test_policies_give_the_same_bytes_with_and_without_the_kernels(policy, dtype):
+    x = _images((24, 3, 20, 26), dtype, 11, False)
+    fn = getattr(P, policy)
+    fast, reference = _both_paths(lambda: fn(x, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(fast, reference)

@@ -95,7 +95,7 @@ def _dispatch(
     order = torch.argsort(group, stable=True)
     warps = counts[n_ops] or any(counts[k] for k, n in enumerate(names) if n in _GEOMETRIC)
     fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if warps else None
-    padded = _geometry.warp_workspace(x, fill_t) if warps and interpolation == "nearest" else None
+    padded = None  # the torch warp's padded buffer, made when first needed and reused over blocks
     start = 0
     for gid, count in enumerate(counts):
         group_idx = order[start : start + count]
@@ -116,7 +116,11 @@ def _dispatch(
         elif gid == n_ops or names[gid] in _GEOMETRIC:
             data = _warp_data(op_indices, params, names, x.shape[2], x.shape[3])
 
-            def run(sub: torch.Tensor, idx: torch.Tensor, data: torch.Tensor = data) -> torch.Tensor:
+            if interpolation == "nearest" and padded is None and not _native.available():
+                padded = _geometry.warp_workspace(x, fill_t)
+
+            def run(sub: torch.Tensor, idx: torch.Tensor, data: torch.Tensor = data,
+                    padded: torch.Tensor | None = padded) -> torch.Tensor:
                 if interpolation == "nearest":
                     return _geometry._warp_nearest(sub, data.index_select(0, idx), fill_t, padded=padded)
                 return _geometry._warp_bilinear(sub, data.index_select(0, idx), fill_t)
