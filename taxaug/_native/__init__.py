@@ -165,7 +165,7 @@ def warp_applies(x: torch.Tensor, out: torch.Tensor) -> bool:
     """Whether `warp_nearest` can warp batch x into out (contiguous, same layout, CPU, distinct buffers)."""
     return (available() and x.device.type == "cpu" and x.ndim == 4 and x.element_size() in (1, 2, 4, 8)
             and x.is_contiguous() and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
-            and out.data_ptr() != x.data_ptr())
+            and out.data_ptr() != x.data_ptr() and x.shape[2] * x.shape[3] < 2**31)
 
 
 def warp_nearest(x: torch.Tensor, rows: torch.Tensor, data: torch.Tensor, fill: torch.Tensor,

@@ -548,7 +548,7 @@ static void run_pointwise(job_t *job, int64_t first, int64_t last) {
 TAXAUG_CLONES static void run_warp(job_t *job, int64_t first, int64_t last) {
     const int64_t c = job->channels, h = job->height, w = job->width, es = job->elem_size, plane = h * w;
     double *ax = malloc(sizeof(double) * (size_t)(2 * w));
-    int64_t *at = malloc(sizeof(int64_t) * (size_t)w);
+    int32_t *at = malloc(sizeof(int32_t) * (size_t)w); /* planes under 2**31 pixels (checked by the caller) */
     if (!ax || !at) {
         free(ax);
         free(at);
@@ -566,9 +566,13 @@ TAXAUG_CLONES static void run_warp(job_t *job, int64_t first, int64_t last) {
         for (int64_t y = 0; y < h; y++) {
             const double ys = (double)y + 0.5;
             const double row_x = d[1] * ys + d[2], row_y = d[4] * ys + d[5];
-            for (int64_t x = 0; x < w; x++) {
-                const double sx = floor(ax[x] + row_x), sy = floor(dx[x] + row_y);
-                at[x] = (sx >= 0.0 && sx < (double)w && sy >= 0.0 && sy < (double)h) ? (int64_t)sy * w + (int64_t)sx : -1;
+            for (int64_t x = 0; x < w; x++) { /* clamped to [-1, w] x [-1, h] as torch does; -1 = outside */
+                double sx = floor(ax[x] + row_x), sy = floor(dx[x] + row_y);
+                sx = sx < -1.0 ? -1.0 : (sx > (double)w ? (double)w : sx);
+                sy = sy < -1.0 ? -1.0 : (sy > (double)h ? (double)h : sy);
+                const int32_t ix = (int32_t)sx, iy = (int32_t)sy;
+                const int32_t inside = ((uint32_t)ix < (uint32_t)w) & ((uint32_t)iy < (uint32_t)h);
+                at[x] = inside ? iy * (int32_t)w + ix : -1;
             }
             for (int64_t ch = 0; ch < c; ch++) {
                 const uint8_t *src = job->images + offset + ch * plane * es;

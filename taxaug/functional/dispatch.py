@@ -106,9 +106,10 @@ def _dispatch(
             _native.pointwise(names[gid], source, group_idx, params.index_select(0, group_idx), out)
             continue
         geometric = gid == n_ops or names[gid] in _GEOMETRIC
-        if geometric and interpolation == "nearest" and _native.warp_applies(source, out):
-            data = _warp_data(op_indices, params, names, x.shape[2], x.shape[3])
-            _native.warp_nearest(source, group_idx, data.index_select(0, group_idx), fill_t, out)
+        if geometric and gid < n_ops and interpolation == "nearest" and _native.warp_applies(source, out):
+            # one geometric op per group on CPU: its affine data for just the group's rows
+            data = _GEOMETRIC[names[gid]](params.index_select(0, group_idx), x.shape[2], x.shape[3])
+            _native.warp_nearest(source, group_idx, data, fill_t, out)
             continue
         if gid == identity:
             def run(sub: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
