@@ -219,3 +219,25 @@ def test_policies_give_the_same_bytes_with_and_without_the_kernels(policy, dtype
     fn = getattr(P, policy)
     fast, reference = _both_paths(lambda: fn(x, generator=torch.Generator().manual_seed(5)))
     assert torch.equal(fast, reference)
+
+
+@given(st.sampled_from([torch.uint8, torch.float32]), st.sampled_from([1, 3]), st.integers(1, 8),
+       st.integers(0, 10_000))
+def test_kernels_in_place_give_the_torch_bytes(dtype, channels, size, seed):
+    """Policies' later rounds run in place: warps and sharpness then read pixels they also write."""
+    from taxaug.functional.dispatch import _dispatch
+    from taxaug.functional.op_tables import OP_NAMES
+
+    names = [n for n in OP_NAMES if n not in ("hue",)]
+    gen = torch.Generator().manual_seed(seed)
+    x = _images((size, channels, 13, 11), dtype, seed, False)
+    ops = torch.randint(0, len(names), (size,), generator=gen)
+    values = torch.rand(size, generator=gen, dtype=torch.float64) * 2
+    values[ops == names.index("rotate")] *= 20
+
+    def run():
+        work = x.clone()
+        return _dispatch(work, ops, values, names, None, "nearest", inplace=True)
+
+    fast, reference = _both_paths(run)
+    assert torch.equal(fast, reference)

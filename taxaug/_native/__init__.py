@@ -117,7 +117,7 @@ POINTWISE_OPS = {"brightness": 0, "posterize": 1, "solarize": 2, "invert": 3, "c
                  "autocontrast": 7, "equalize": 8, "sharpness": 9}
 """The ops `pointwise` runs (per pixel, from per-sample parameters, statistics or, for sharpness, the 3x3
 neighbourhood); contrast on uint8 only (the float mean is a float64 torch reduction whose summation order C
-would not reproduce), hue on RGB, sharpness into a separate output."""
+would not reproduce), hue on RGB. Source and output may be the same batch (in place)."""
 
 
 def pointwise_applies(name: str, x: torch.Tensor, out: torch.Tensor, values: torch.Tensor | None = None) -> bool:
@@ -127,7 +127,6 @@ def pointwise_applies(name: str, x: torch.Tensor, out: torch.Tensor, values: tor
             and (x.dtype == torch.uint8 or (x.dtype == torch.float32 and name != "contrast"))
             and x.is_contiguous() and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
             and (name not in ("color", "contrast") or x.shape[1] in (1, 3))
-            and (name != "sharpness" or out.data_ptr() != x.data_ptr())
             and (name != "hue" or (x.shape[1] == 3 and values is not None and bool((values.abs() <= 0.5).all()))))
 
 
@@ -162,10 +161,10 @@ def pointwise(name: str, x: torch.Tensor, rows: torch.Tensor, value: torch.Tenso
 
 
 def warp_applies(x: torch.Tensor, out: torch.Tensor) -> bool:
-    """Whether `warp_nearest` can warp batch x into out (contiguous, same layout, CPU, distinct buffers)."""
+    """Whether `warp_nearest` can warp batch x into out (contiguous, same layout, CPU; out may be x)."""
     return (available() and x.device.type == "cpu" and x.ndim == 4 and x.element_size() in (1, 2, 4, 8)
             and x.is_contiguous() and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
-            and out.data_ptr() != x.data_ptr() and x.shape[2] * x.shape[3] < 2**31)
+            and x.shape[2] * x.shape[3] < 2**31)
 
 
 def warp_nearest(x: torch.Tensor, rows: torch.Tensor, data: torch.Tensor, fill: torch.Tensor,

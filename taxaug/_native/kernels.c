@@ -515,14 +515,24 @@ TAXAUG_CLONES static void sharpen_sample(const job_t *job, uint8_t *dst, const u
 
 static void run_pointwise(job_t *job, int64_t first, int64_t last) {
     float *sums = NULL;
-    if (job->op == OP_SHARPNESS && !(sums = malloc(sizeof(float) * (size_t)(3 * job->width)))) {
-        job->failed = 1;
-        return;
+    uint8_t *scratch = NULL; /* sharpness in place reads neighbours it has already written: filter into this */
+    if (job->op == OP_SHARPNESS) {
+        sums = malloc(sizeof(float) * (size_t)(3 * job->width));
+        scratch = job->out == job->images ? malloc((size_t)job->sample_bytes) : NULL;
+        if (!sums || (job->out == job->images && !scratch)) {
+            free(sums);
+            free(scratch);
+            job->failed = 1;
+            return;
+        }
     }
     for (int64_t r = first; r < last; r++) {
         const int64_t offset = job->rows[r] * job->sample_bytes;
         const float p = job->param[r], q = job->param2 ? job->param2[r] : 0.0f;
-        if (job->op == OP_SHARPNESS)
+        if (job->op == OP_SHARPNESS && scratch) {
+            sharpen_sample(job, scratch, job->images + offset, p, sums);
+            memcpy(job->out + offset, scratch, (size_t)job->sample_bytes);
+        } else if (job->op == OP_SHARPNESS)
             sharpen_sample(job, job->out + offset, job->images + offset, p, sums);
         else if (job->is_float)
             pointwise_f32(job, (float *)(job->out + offset), (const float *)(job->images + offset), p, q);
@@ -530,6 +540,7 @@ static void run_pointwise(job_t *job, int64_t first, int64_t last) {
             pointwise_u8(job, job->out + offset, job->images + offset, p, q);
     }
     free(sums);
+    free(scratch);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -547,11 +558,14 @@ static void run_pointwise(job_t *job, int64_t first, int64_t last) {
 
 TAXAUG_CLONES static void run_warp(job_t *job, int64_t first, int64_t last) {
     const int64_t c = job->channels, h = job->height, w = job->width, es = job->elem_size, plane = h * w;
+    const int in_place = job->out == job->images; /* then each sample is warped into scratch, then copied */
     double *ax = malloc(sizeof(double) * (size_t)(2 * w));
     int32_t *at = malloc(sizeof(int32_t) * (size_t)w); /* planes under 2**31 pixels (checked by the caller) */
-    if (!ax || !at) {
+    uint8_t *scratch = in_place ? malloc((size_t)job->sample_bytes) : NULL;
+    if (!ax || !at || (in_place && !scratch)) {
         free(ax);
         free(at);
+        free(scratch);
         job->failed = 1;
         return;
     }
@@ -559,6 +573,7 @@ TAXAUG_CLONES static void run_warp(job_t *job, int64_t first, int64_t last) {
     for (int64_t r = first; r < last; r++) {
         const double *d = job->data + 6 * r;
         const int64_t offset = job->rows[r] * job->sample_bytes;
+        uint8_t *target = in_place ? scratch : job->out + offset;
         for (int64_t x = 0; x < w; x++) {
             ax[x] = d[0] * ((double)x + 0.5);
             dx[x] = d[3] * ((double)x + 0.5);
@@ -576,7 +591,7 @@ TAXAUG_CLONES static void run_warp(job_t *job, int64_t first, int64_t last) {
             }
             for (int64_t ch = 0; ch < c; ch++) {
                 const uint8_t *src = job->images + offset + ch * plane * es;
-                uint8_t *dst = job->out + offset + ch * plane * es;
+                uint8_t *dst = target + ch * plane * es;
                 switch (es) {
                 case 1: WARP_COPY(uint8_t); break;
                 case 2: WARP_COPY(uint16_t); break;
@@ -585,9 +600,11 @@ TAXAUG_CLONES static void run_warp(job_t *job, int64_t first, int64_t last) {
                 }
             }
         }
+        if (in_place) memcpy(job->out + offset, scratch, (size_t)job->sample_bytes);
     }
     free(ax);
     free(at);
+    free(scratch);
 }
 
 static void run_job(job_t *job) {
@@ -671,7 +688,8 @@ TAXAUG_EXPORT int taxaug_pointwise(int op, int is_float, uint8_t *out, const uin
 }
 
 /* Nearest-neighbour warp of samples rows[0..n_rows) of a (B, C, H, W) batch from `images` into `out`
- * (distinct buffers), with data (n_rows, 6) and fill (C elements); -1 if memory ran out. */
+ * (the same layout; the same buffer warps in place), with data (n_rows, 6) and fill (C elements);
+ * -1 if memory ran out. */
 TAXAUG_EXPORT int taxaug_warp_nearest(uint8_t *out, const uint8_t *images, const int64_t *rows, const double *data,
                                       const uint8_t *fill, int64_t n_rows, int64_t channels, int64_t height,
                                       int64_t width, int64_t elem_size, int threads) {

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from taxaug import _memory, _native
+from taxaug import _memory
 from taxaug.functional import random as _random
 from taxaug.functional._image_common import Fill, sample_blocks
 from taxaug.functional._validate import describe
@@ -64,13 +64,9 @@ def _names(specs: Sequence[OpSpec]) -> list[str]:
 
 def _round(work: torch.Tensor, owned: bool, op: torch.Tensor, params: torch.Tensor, names: Sequence[str],
            fill: Fill, interpolation: str) -> tuple[torch.Tensor, bool]:
-    """One dispatch round. On CPU with the C kernels each round writes a fresh buffer (from the
-    buffer cache, so no page faults; the previous round's goes back to it): the kernels then read
-    the source rows and write the output rows directly, where a round in place would gather each
-    group and scatter it back. Otherwise, after the first round that changes anything, the policy
-    owns its buffer and later rounds work in place."""
-    inplace = owned and not (_native.available() and work.device.type == "cpu")
-    out = _dispatch(work, op, params, names, fill, interpolation, inplace=inplace)
+    """One dispatch round; after the first round that changes anything the policy owns its buffer
+    and later rounds work in place (samples that drew identity are not touched)."""
+    out = _dispatch(work, op, params, names, fill, interpolation, inplace=owned)
     return out, owned or out is not work
 
 
