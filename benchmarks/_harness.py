@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, *, repeats: int = 15) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=None, help="folder to write the markdown table into")
-    parser.add_argument("--repeats", type=int, default=15, help="timed repeats per row (median reported)")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed repeats per row (median reported)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats, for a smoke run")
     parser.add_argument("--device", action="append", default=None, help="device(s) to run on; default cpu (+cuda)")
     parser.add_argument("--threads", type=int, default=None,
