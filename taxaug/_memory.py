@@ -24,9 +24,9 @@ import weakref
 import numpy as np
 import torch
 
-__all__ = ["cached_bytes", "clone", "empty_like", "release_cached"]
+__all__ = ["cached_bytes", "clone", "empty", "empty_like", "release_cached"]
 
-_MIN_BYTES = 4 * 2**20  # smaller blocks are recycled by malloc already
+_MIN_BYTES = 2**20  # below this the pages are few; malloc's own recycling is good enough
 _ALIGN = 64
 _MAX_CACHED = int(float(os.environ.get("TAXAUG_BUFFER_CACHE_MB", "1024")) * 2**20)
 
@@ -69,19 +69,26 @@ def cached_bytes() -> int:
 
 
 def empty_like(
-    x: torch.Tensor, *, dtype: torch.dtype | None = None, memory_format: torch.memory_format = torch.preserve_format
+    x: torch.Tensor, *, dtype: torch.dtype | None = None, memory_format: torch.memory_format = torch.preserve_format,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """``torch.empty_like``, from the buffer cache for large CPU tensors."""
+    device = x.device if device is None else torch.device(device)
     layout = torch.empty_like(x, dtype=dtype, memory_format=memory_format, device="meta")
     nbytes = layout.numel() * layout.element_size()
-    if x.device.type != "cpu" or _MAX_CACHED <= 0 or nbytes < _MIN_BYTES or x.layout != torch.strided:
-        return torch.empty_like(x, dtype=dtype, memory_format=memory_format)
+    if device.type != "cpu" or _MAX_CACHED <= 0 or nbytes < _MIN_BYTES or x.layout != torch.strided:
+        return torch.empty_like(x, dtype=dtype, memory_format=memory_format, device=device)
     base = _take(nbytes)
     offset = -base.ctypes.data % _ALIGN
     window = base[offset : offset + nbytes]  # the storage keeps this view alive, and only this
     weakref.finalize(window, _give_back, nbytes, base)
     flat = torch.from_numpy(window).view(layout.dtype)
     return flat.as_strided(layout.shape, layout.stride())
+
+
+def empty(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``torch.empty`` (contiguous), from the buffer cache for large CPU tensors."""
+    return empty_like(torch.empty(shape, dtype=dtype, device="meta"), device=device)
 
 
 def clone(x: torch.Tensor, *, memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:

@@ -114,7 +114,7 @@ def test_native_switch_in_the_environment_turns_the_kernels_off():
     assert result.stdout.strip() == "False"
 
 
-BIG = 5 * 2**20 // 4  # float32 elements: over the cache's 4 MiB threshold
+BIG = 5 * 2**20 // 4  # float32 elements: over the cache's 1 MiB threshold
 
 
 @pytest.mark.parametrize("numel", [1000, BIG])

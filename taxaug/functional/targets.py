@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
+from taxaug import _memory
 from taxaug.functional._validate import check_targets, describe
 
 __all__ = ["mix_targets", "smooth_targets", "to_dense_targets"]
@@ -29,7 +30,7 @@ def _dense_one(target: torch.Tensor, num_classes: int | None, key: str, dtype: t
                 f"targets[{key!r}] holds class index {high if high >= num_classes else low} outside "
                 f"[0, {num_classes}); num_classes[{key!r}] = {num_classes}"
             )
-    dense = torch.zeros(target.shape[0], num_classes, dtype=dtype, device=target.device)
+    dense = _memory.empty((target.shape[0], num_classes), dtype=dtype, device=target.device).zero_()
     return dense if not one_hot else dense.scatter_(1, target.long().unsqueeze(1), 1.0)
 
 
