@@ -80,8 +80,8 @@ def _primitive_rows(table: Table, device: str, x8: torch.Tensor, xf: torch.Tenso
     angle = torch.linspace(-30, 30, b, device=device)
     table.add(case, "copy (floor)", time_call(lambda: xf.clone(), repeats=repeats, device=device))
     rows = [
-        ("taxaug rotate nearest, uint8 (index gather)", lambda: F.rotate(x8, angle)),
-        ("taxaug rotate nearest, float32 (index gather)", lambda: F.rotate(xf, angle)),
+        ("taxaug rotate nearest, uint8 (C warp)", lambda: F.rotate(x8, angle)),
+        ("taxaug rotate nearest, float32 (C warp)", lambda: F.rotate(xf, angle)),
         ("taxaug rotate bilinear, float32 (kornia warp_affine)", lambda: F.rotate(xf, angle, interpolation="bilinear")),
         ("taxaug sharpness, uint8", lambda: F.sharpness(x8, 1.5)),
         ("taxaug sharpness, float32", lambda: F.sharpness(xf, 1.5)),
