@@ -101,7 +101,8 @@ typedef struct {
     const int64_t *perm;
     const float *weights;
     const int64_t *boxes;
-    int64_t batch, chunk;
+    int64_t batch, chunk;           /* items to share out (samples, or byte ranges for mix) */
+    int64_t batch_size;             /* mix: samples in the batch */
     int64_t *next;
     int64_t sample_bytes;
     int64_t channels, height, width, elem_size;
@@ -116,15 +117,27 @@ typedef struct {
     int failed;                     /* set by a thread that could not do its part */
 } job_t;
 
+/* Mixup walks the permutation's cycles a byte range at a time: out[m] needs x[m] and x[perm[m]],
+ * and the next member of the cycle is perm[m], so each range of each image is read from memory
+ * once (as a partner) and again from cache (as its own sample): about the traffic of a copy,
+ * where sample by sample every image is read twice. `order` lists the samples cycle by cycle;
+ * the job's items are ranges of MIX_RANGE bytes. */
+#define MIX_RANGE 16384
+
 static void run_mix(const job_t *job, int64_t first, int64_t last) {
-    for (int64_t i = first; i < last; i++) {
-        uint8_t *dst = job->out + i * job->sample_bytes;
-        const uint8_t *own = job->images + i * job->sample_bytes;
-        const uint8_t *partner = job->images + job->perm[i] * job->sample_bytes;
-        if (job->perm[i] == i)
-            memcpy(dst, own, (size_t)job->sample_bytes);
-        else
-            job->mix_row(dst, own, partner, job->sample_bytes, job->weights[i]);
+    const int64_t n = job->batch_size;
+    for (int64_t range = first; range < last; range++) {
+        const int64_t lo = range * MIX_RANGE;
+        const int64_t len = job->sample_bytes - lo < MIX_RANGE ? job->sample_bytes - lo : MIX_RANGE;
+        for (int64_t k = 0; k < n; k++) {
+            const int64_t i = job->rows[k], offset = i * job->sample_bytes + lo;
+            uint8_t *dst = job->out + offset;
+            const uint8_t *own = job->images + offset;
+            if (job->perm[i] == i)
+                memcpy(dst, own, (size_t)len);
+            else
+                job->mix_row(dst, own, job->images + job->perm[i] * job->sample_bytes + lo, len, job->weights[i]);
+        }
     }
 }
 
@@ -659,9 +672,25 @@ static int run_parallel(job_t job, int64_t batch, int threads) {
 
 TAXAUG_EXPORT int taxaug_mix_u8(uint8_t *out, const uint8_t *images, const int64_t *perm, const float *weights,
                                 int64_t batch, int64_t sample_bytes, int threads) {
-    const job_t job = {.kind = 0, .out = out, .images = images, .perm = perm, .weights = weights,
-                       .sample_bytes = sample_bytes, .mix_row = pick_mix_row()};
-    return run_parallel(job, batch, threads);
+    int64_t *order = malloc(sizeof(int64_t) * (size_t)(batch > 0 ? batch : 1));
+    uint8_t *seen = calloc((size_t)(batch > 0 ? batch : 1), 1);
+    if (!order || !seen) {
+        free(order);
+        free(seen);
+        return -1;
+    }
+    int64_t listed = 0;
+    for (int64_t start = 0; start < batch; start++) /* each cycle start -> perm[start] -> ... */
+        for (int64_t m = start; !seen[m]; m = perm[m]) {
+            seen[m] = 1;
+            order[listed++] = m;
+        }
+    free(seen);
+    const job_t job = {.kind = 0, .out = out, .images = images, .perm = perm, .weights = weights, .rows = order,
+                       .batch_size = batch, .sample_bytes = sample_bytes, .mix_row = pick_mix_row()};
+    const int status = run_parallel(job, batch > 0 ? (sample_bytes + MIX_RANGE - 1) / MIX_RANGE : 0, threads);
+    free(order);
+    return status;
 }
 
 TAXAUG_EXPORT int taxaug_paste_boxes(uint8_t *out, const uint8_t *images, const int64_t *perm, const int64_t *boxes,
