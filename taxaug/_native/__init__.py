@@ -113,6 +113,12 @@ def paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: t
     return out
 
 
+def _contiguous_cpu_pair(x: torch.Tensor, out: torch.Tensor) -> bool:
+    """Kernels on, and x and out contiguous (B, C, H, W) CPU batches of one dtype and shape (out may be x)."""
+    return (available() and x.device.type == "cpu" and x.ndim == 4 and x.is_contiguous() and out.is_contiguous()
+            and out.dtype == x.dtype and out.shape == x.shape)
+
+
 POINTWISE_OPS = {"brightness": 0, "posterize": 1, "solarize": 2, "invert": 3, "color": 4, "contrast": 5, "hue": 6,
                  "autocontrast": 7, "equalize": 8, "sharpness": 9}
 """The ops `pointwise` runs (per pixel, from per-sample parameters, statistics or, for sharpness, the 3x3
@@ -123,9 +129,8 @@ would not reproduce), hue on RGB. Source and output may be the same batch (in pl
 def pointwise_applies(name: str, x: torch.Tensor, out: torch.Tensor, values: torch.Tensor | None = None) -> bool:
     """Whether `pointwise` can run op `name` from batch x into out (contiguous, same layout, CPU).
     Hue needs its `values` (shifts in turns) within [-0.5, 0.5], torchvision's and ColorJitter's range."""
-    return (available() and name in POINTWISE_OPS and x.device.type == "cpu" and x.ndim == 4
+    return (name in POINTWISE_OPS and _contiguous_cpu_pair(x, out)
             and (x.dtype == torch.uint8 or (x.dtype == torch.float32 and name != "contrast"))
-            and x.is_contiguous() and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
             and (name not in ("color", "contrast") or x.shape[1] in (1, 3))
             and (name != "hue" or (x.shape[1] == 3 and values is not None and bool((values.abs() <= 0.5).all()))))
 
@@ -162,9 +167,7 @@ def pointwise(name: str, x: torch.Tensor, rows: torch.Tensor, value: torch.Tenso
 
 def warp_applies(x: torch.Tensor, out: torch.Tensor) -> bool:
     """Whether `warp_nearest` can warp batch x into out (contiguous, same layout, CPU; out may be x)."""
-    return (available() and x.device.type == "cpu" and x.ndim == 4 and x.element_size() in (1, 2, 4, 8)
-            and x.is_contiguous() and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape
-            and x.shape[2] * x.shape[3] < 2**31)
+    return _contiguous_cpu_pair(x, out) and x.element_size() in (1, 2, 4, 8) and x.shape[2] * x.shape[3] < 2**31
 
 
 def warp_nearest(x: torch.Tensor, rows: torch.Tensor, data: torch.Tensor, fill: torch.Tensor,

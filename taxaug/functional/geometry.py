@@ -115,9 +115,8 @@ def _warp_nearest(x: torch.Tensor, data: torch.Tensor, fill: torch.Tensor,
     """
     b, c, h, w = x.shape
     dev = x.device
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    if _native.warp_applies(x, out):
-        return _native.warp_nearest(x, torch.arange(b), data, fill, out)
+    if _native.warp_applies(x, x):  # the output made here is laid out like x
+        return _native.warp_nearest(x, torch.arange(b), data, fill, torch.empty_like(x))
     if padded is None or padded.shape[0] < b:
         padded = warp_workspace(x, fill)
     padded = padded[:b]
