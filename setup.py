@@ -20,7 +20,7 @@ else:
             sources=["taxaug/_native/kernels.c"],
             extra_compile_args=["-O3", "-std=gnu99", "-fvisibility=hidden", "-ffp-contract=off",
                                 "-fno-trapping-math"],
-            libraries=["m", "pthread"],
+            libraries=["m", "pthread", "dl"],
             optional=True,
         )
     ]

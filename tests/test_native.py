@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import select
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -243,3 +245,60 @@ def test_kernels_in_place_give_the_torch_bytes(dtype, channels, size, seed):
 
     fast, reference = _both_paths(run)
     assert torch.equal(fast, reference)
+
+
+def _mixup_bytes(x, lam, seed):
+    groups = torch.zeros(x.shape[0], dtype=torch.long)
+    return F.selective_mixup(MixBatch(x, {}), groups, lam, generator=torch.Generator().manual_seed(seed)).batch.images
+
+
+@pytest.mark.skipif(not _native.available(), reason="needs the C kernels")
+def test_openmp_pool_and_own_threads_give_the_same_bytes():
+    x = _images((64, 3, 96, 96), torch.uint8, 0, False)  # 1.7 MB: large enough for two threads
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pooled = _mixup_bytes(x, 0.3, 1)
+        with _native.own_threads():
+            assert _native.thread_pool() == "own"
+            own = _mixup_bytes(x, 0.3, 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(pooled, own)
+    with _native.disabled():
+        assert torch.equal(_mixup_bytes(x, 0.3, 1), own)
+
+
+@pytest.mark.skipif(not (_native.available() and hasattr(os, "fork")), reason="needs the C kernels and fork")
+def test_a_forked_child_runs_the_kernels_on_threads_of_its_own():
+    x = _images((64, 3, 96, 96), torch.uint8, 0, False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = _mixup_bytes(x, 0.3, 1)  # the parent's OpenMP pool is now started
+        if "parallel backend: OpenMP" in torch.__config__.parallel_info():
+            assert _native.thread_pool() == "openmp"
+        answer = _in_forked_child(lambda: _native.thread_pool() == "own" and torch.equal(_mixup_bytes(x, 0.3, 1),
+                                                                                         expected))
+    finally:
+        torch.set_num_threads(threads)
+    assert answer == b"1"
+
+
+def _in_forked_child(check, timeout: float = 60.0) -> bytes:
+    """b"1" or b"0" from check() run in a forked child; b"" if it died or hung past the timeout."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: an OpenMP pool does not survive a fork; a hang here fails the parent's wait
+        try:
+            os.write(write, b"1" if check() else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        ready, _, _ = select.select([pipe], [], [], timeout)
+        answer = pipe.read() if ready else b""
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return answer

@@ -23,8 +23,10 @@ __all__ = [
     "disabled",
     "kernel_isa",
     "mix_u8",
+    "own_threads",
     "paste_boxes",
     "pointwise",
+    "thread_pool",
     "warp_nearest",
 ]
 
@@ -49,6 +51,7 @@ def _load() -> ctypes.CDLL | None:
             library.taxaug_warp_nearest.argtypes = [pointer, pointer, pointer, pointer, pointer, i64, i64, i64, i64,
                                                     i64, i32]
             library.taxaug_kernel_isa.restype = ctypes.c_char_p
+            library.taxaug_thread_pool.argtypes = [i32]
             return library
     return None
 
@@ -75,6 +78,31 @@ def disabled() -> Iterator[None]:
         yield
     finally:
         _enabled = previous
+
+
+def thread_pool() -> str:
+    """Where the kernels run their threads: "openmp" (the pool torch's own ops run on), "own" or "none"."""
+    if _library is None:
+        return "none"
+    return "openmp" if _library.taxaug_thread_pool(-1) else "own"
+
+
+_prefer_openmp = True
+
+
+@contextlib.contextmanager
+def own_threads() -> Iterator[None]:
+    """Runs the block's kernels on threads of their own instead of torch's OpenMP pool (to compare the two)."""
+    global _prefer_openmp
+    previous, _prefer_openmp = _prefer_openmp, False
+    if _library is not None:
+        _library.taxaug_thread_pool(0)
+    try:
+        yield
+    finally:
+        _prefer_openmp = previous
+        if _library is not None:
+            _library.taxaug_thread_pool(int(previous))
 
 
 def sample_blocks_match(x: torch.Tensor, out: torch.Tensor) -> bool:

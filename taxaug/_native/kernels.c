@@ -9,6 +9,7 @@
  * or large-weight side, then round half to even), so both paths give the
  * same bytes.
  */
+#define _GNU_SOURCE /* RTLD_DEFAULT */
 #include <math.h>
 #include <stdlib.h>
 #include <stdint.h>
@@ -18,6 +19,7 @@
 #define TAXAUG_EXPORT __declspec(dllexport)
 #else
 #define TAXAUG_EXPORT __attribute__((visibility("default")))
+#include <dlfcn.h>
 #include <pthread.h>
 #endif
 
@@ -642,6 +644,27 @@ static void *thread_main(void *arg) {
     run_job((job_t *)arg);
     return NULL;
 }
+
+static void openmp_main(void *arg) { run_job((job_t *)arg); }
+
+/* The OpenMP runtime that torch already runs, when one is loaded (libgomp, or a runtime with its
+ * GOMP entry points): its worker threads are the ones torch's last op left spinning, so a kernel
+ * run on them starts at once, where a thread of our own waits for a core behind them. Looked up at
+ * run time, so the library links no OpenMP. Not after a fork: an OpenMP pool does not survive one,
+ * and a forked child (a DataLoader worker) starts threads of its own instead. */
+typedef void (*gomp_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
+static gomp_parallel_t gomp_parallel;
+static pthread_once_t openmp_lookup = PTHREAD_ONCE_INIT;
+static volatile int forked_child;
+
+static void on_fork_child(void) { forked_child = 1; }
+
+__attribute__((constructor)) static void watch_forks(void) { pthread_atfork(NULL, NULL, on_fork_child); }
+
+static void find_openmp(void) { gomp_parallel = (gomp_parallel_t)dlsym(RTLD_DEFAULT, "GOMP_parallel"); }
+
+/* 0 = as found, 1 = never use the OpenMP pool (for tests and benchmarks). */
+static int openmp_disabled;
 #endif
 
 /* Runs the job on `threads` threads, the calling thread among them. */
@@ -657,6 +680,13 @@ static int run_parallel(job_t job, int64_t batch, int threads) {
     job.next = &next;
     job.chunk = batch / (4 * threads) > 1 ? batch / (4 * threads) : 1; /* about four chunks a thread */
 #ifndef _WIN32
+    if (threads > 1) {
+        pthread_once(&openmp_lookup, find_openmp);
+        if (gomp_parallel && !forked_child && !openmp_disabled) {
+            gomp_parallel(openmp_main, &job, (unsigned)threads, 0);
+            return job.failed ? -1 : 0;
+        }
+    }
     pthread_t handles[MAX_THREADS];
     int started = 0;
     for (int t = 0; t < threads - 1; t++) {
@@ -669,6 +699,19 @@ static int run_parallel(job_t job, int64_t batch, int threads) {
     run_job(&job);
 #endif
     return job.failed ? -1 : 0;
+}
+
+/* Which threads run a kernel: 1 = the OpenMP pool torch runs on (when loaded, not in a forked
+ * child), 0 = threads of our own. `use_openmp` < 0 only asks. */
+TAXAUG_EXPORT int taxaug_thread_pool(int use_openmp) {
+#ifndef _WIN32
+    pthread_once(&openmp_lookup, find_openmp);
+    if (use_openmp >= 0) openmp_disabled = !use_openmp;
+    return gomp_parallel && !forked_child && !openmp_disabled;
+#else
+    (void)use_openmp;
+    return 0;
+#endif
 }
 
 TAXAUG_EXPORT int taxaug_mix_u8(uint8_t *out, const uint8_t *images, const int64_t *perm, const float *weights,
