@@ -63,6 +63,21 @@ def test_uint8_mixup_kernel_gives_the_torch_bytes(shape, channels_last, seed):
     assert fast.batch.images.stride() == reference.batch.images.stride() == x.stride()
 
 
+@given(image_shapes, st.booleans(), st.booleans(), st.sampled_from([1e-3, 1.0, 1e4]), st.integers(0, 10_000))
+def test_float32_mixup_kernel_gives_the_torch_bytes(shape, channels_last, offset, scale, seed):
+    gen = torch.Generator().manual_seed(seed)
+    whole = torch.randn((shape[0] + 1, *shape[1:]), generator=gen) * scale  # any sign and size, not a 1/255 grid
+    whole = whole.contiguous(memory_format=torch.channels_last) if channels_last else whole
+    x = whole[1:] if offset else whole[:-1]  # [1:] starts one sample in: rows not 32-byte aligned
+    groups = torch.randint(0, 3, (shape[0],), generator=gen)
+    lam = _lam(shape[0], seed)
+    fast, reference = _both_paths(lambda: F.selective_mixup(
+        MixBatch(x, {}), groups, lam, generator=torch.Generator().manual_seed(seed)))
+    assert torch.equal(fast.perm, reference.perm)
+    assert torch.equal(fast.batch.images, reference.batch.images)
+    assert fast.batch.images.dtype == torch.float32
+
+
 def test_uint8_mixup_kernel_on_a_full_size_batch_rounds_ties_to_even():
     x = _images((16, 3, 224, 224), torch.uint8, 0, False)
     lam = torch.full((16,), 0.5)

@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "MIX_DTYPES",
     "POINTWISE_OPS",
     "available",
     "disabled",
     "kernel_isa",
-    "mix_u8",
+    "mix",
     "own_threads",
     "paste_boxes",
     "pointwise",
@@ -43,7 +44,7 @@ def _load() -> ctypes.CDLL | None:
             except OSError:
                 return None
             pointer, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-            library.taxaug_mix_u8.argtypes = [pointer, pointer, pointer, pointer, i64, i64, i32]
+            library.taxaug_mix.argtypes = [pointer, pointer, pointer, pointer, i64, i64, i32, i32]
             library.taxaug_paste_boxes.argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64, i64,
                                                    i32, i32]
             library.taxaug_pointwise.argtypes = [i32, i32, pointer, pointer, pointer, pointer, pointer, i64, i64, i64,
@@ -119,13 +120,21 @@ def _threads(nbytes: int) -> int:
     return max(1, min(torch.get_num_threads(), nbytes // _BYTES_PER_THREAD))
 
 
-def mix_u8(x: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out[i] = round(lerp(x[perm[i]], x[i], weights[i])) for uint8 x; same bytes as the torch path."""
+MIX_DTYPES = (torch.uint8, torch.float32)
+
+
+def mix(x: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[i] = lerp(x[perm[i]], x[i], weights[i]) for uint8 (rounded half to even) or float32 x; the torch bytes."""
+    if x.dtype not in MIX_DTYPES:
+        raise TypeError(f"the mix kernel takes uint8 or float32 images, got {x.dtype}")
     perm = perm.contiguous()
     weights = weights.to(torch.float32).contiguous()
-    sample_bytes = x[0].numel() if x.shape[0] else 0
-    _library.taxaug_mix_u8(out.data_ptr(), x.data_ptr(), perm.data_ptr(), weights.data_ptr(), x.shape[0],
-                           sample_bytes, _threads(x.numel()))
+    sample_bytes = x[0].numel() * x.element_size() if x.shape[0] else 0
+    status = _library.taxaug_mix(out.data_ptr(), x.data_ptr(), perm.data_ptr(), weights.data_ptr(), x.shape[0],
+                                 sample_bytes, int(x.dtype == torch.float32),
+                                 _threads(x.numel() * x.element_size()))
+    if status != 0:
+        raise MemoryError("the mix kernel could not allocate its cycle list")
     return out
 
 

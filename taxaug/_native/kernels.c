@@ -79,6 +79,38 @@ __attribute__((target("avx2,fma"))) static void mix_row_avx2(uint8_t *out, const
     mix_row_scalar(out + i, own + i, partner + i, n - i, w);
 }
 
+#endif
+
+/* The same lerp on float32 rows (n counts bytes): torch's float kernel, one fma per element. */
+static void mix_row_f32_scalar(uint8_t *out_bytes, const uint8_t *own_bytes, const uint8_t *partner_bytes, int64_t n,
+                               float w) {
+    float *out = (float *)out_bytes;
+    const float *own = (const float *)own_bytes, *partner = (const float *)partner_bytes;
+    const int small = fabsf(w) < 0.5f;
+    const float coeff = small ? w : w - 1.0f;
+    for (int64_t i = 0; i < n / 4; i++) out[i] = fmaf(coeff, own[i] - partner[i], small ? partner[i] : own[i]);
+}
+
+#ifdef TAXAUG_X86
+__attribute__((target("avx2,fma"))) static void mix_row_f32_avx2(uint8_t *out_bytes, const uint8_t *own_bytes,
+                                                                  const uint8_t *partner_bytes, int64_t n, float w) {
+    float *out = (float *)out_bytes;
+    const float *own = (const float *)own_bytes, *partner = (const float *)partner_bytes;
+    const int64_t count = n / 4;
+    const int small = fabsf(w) < 0.5f;
+    const __m256 coeff = _mm256_set1_ps(small ? w : w - 1.0f);
+    int64_t i = (int64_t)(((32 - ((uintptr_t)out & 31)) & 31) / 4); /* float-aligned out: whole floats */
+    if (i > count) i = count;
+    mix_row_f32_scalar(out_bytes, own_bytes, partner_bytes, 4 * i, w);
+    for (; i + 8 <= count; i += 8) {
+        const __m256 o = _mm256_loadu_ps(own + i), p = _mm256_loadu_ps(partner + i);
+        _mm256_stream_ps(out + i, _mm256_fmadd_ps(coeff, _mm256_sub_ps(o, p), small ? p : o));
+    }
+    _mm_sfence();
+    mix_row_f32_scalar((uint8_t *)(out + i), (const uint8_t *)(own + i), (const uint8_t *)(partner + i),
+                       4 * (count - i), w);
+}
+
 static int cpu_has_avx2(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -87,11 +119,11 @@ static int cpu_has_avx2(void) {
 
 typedef void (*mix_row_fn)(uint8_t *, const uint8_t *, const uint8_t *, int64_t, float);
 
-static mix_row_fn pick_mix_row(void) {
+static mix_row_fn pick_mix_row(int is_float) {
 #ifdef TAXAUG_X86
-    if (cpu_has_avx2()) return mix_row_avx2;
+    if (cpu_has_avx2()) return is_float ? mix_row_f32_avx2 : mix_row_avx2;
 #endif
-    return mix_row_scalar;
+    return is_float ? mix_row_f32_scalar : mix_row_scalar;
 }
 
 /* One call of a kernel: the threads take chunks of samples from a shared counter, so a thread
@@ -714,8 +746,10 @@ TAXAUG_EXPORT int taxaug_thread_pool(int use_openmp) {
 #endif
 }
 
-TAXAUG_EXPORT int taxaug_mix_u8(uint8_t *out, const uint8_t *images, const int64_t *perm, const float *weights,
-                                int64_t batch, int64_t sample_bytes, int threads) {
+/* out[i] = lerp(images[perm[i]], images[i], weights[i]) for uint8 (rounded half to even) or float32
+ * samples of sample_bytes each; -1 if memory ran out. */
+TAXAUG_EXPORT int taxaug_mix(uint8_t *out, const uint8_t *images, const int64_t *perm, const float *weights,
+                             int64_t batch, int64_t sample_bytes, int is_float, int threads) {
     int64_t *order = malloc(sizeof(int64_t) * (size_t)(batch > 0 ? batch : 1));
     uint8_t *seen = calloc((size_t)(batch > 0 ? batch : 1), 1);
     if (!order || !seen) {
@@ -731,7 +765,7 @@ TAXAUG_EXPORT int taxaug_mix_u8(uint8_t *out, const uint8_t *images, const int64
         }
     free(seen);
     const job_t job = {.kind = 0, .out = out, .images = images, .perm = perm, .weights = weights, .rows = order,
-                       .batch_size = batch, .sample_bytes = sample_bytes, .mix_row = pick_mix_row()};
+                       .batch_size = batch, .sample_bytes = sample_bytes, .mix_row = pick_mix_row(is_float)};
     const int status = run_parallel(job, batch > 0 ? (sample_bytes + MIX_RANGE - 1) / MIX_RANGE : 0, threads);
     free(order);
     return status;

@@ -87,8 +87,8 @@ def _blend_images(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, out: t
         mixed = torch.lerp(x.index_select(0, perm).to(compute), x.to(compute), weight)
         out.copy_(mixed if x.is_floating_point() else mixed.round_())
         return out
-    if x.dtype == torch.uint8 and _native.available() and _native.sample_blocks_match(x, out):
-        return _native.mix_u8(x, perm, weight.view(-1), out)
+    if x.dtype in _native.MIX_DTYPES and _native.available() and _native.sample_blocks_match(x, out):
+        return _native.mix(x, perm, weight.view(-1), out)
     block = _block_size(x, compute)
     partner_buffer = torch.empty_like(x[:block])
     if x.dtype == compute:
