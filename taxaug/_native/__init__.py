@@ -113,11 +113,16 @@ def sample_blocks_match(x: torch.Tensor, out: torch.Tensor) -> bool:
     return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
 
 
-_BYTES_PER_THREAD = 2**21  # a thread starts in ~80 us here, the time to move ~1-2 MB: below this one thread
+# Work per extra thread: waking a worker of torch's OpenMP pool pays off from ~128 KB (measured on
+# uint8 Mixup, with and without a torch op just before); starting a thread of our own costs ~80 us,
+# the time to move 1-2 MB.
+_BYTES_PER_POOL_THREAD = 2**17
+_BYTES_PER_OWN_THREAD = 2**21
 
 
 def _threads(nbytes: int) -> int:
-    return max(1, min(torch.get_num_threads(), nbytes // _BYTES_PER_THREAD))
+    pooled = _library is not None and _library.taxaug_thread_pool(-1)
+    return max(1, min(torch.get_num_threads(), nbytes // (_BYTES_PER_POOL_THREAD if pooled else _BYTES_PER_OWN_THREAD)))
 
 
 MIX_DTYPES = (torch.uint8, torch.float32)

@@ -137,6 +137,7 @@ typedef struct {
     const int64_t *boxes;
     int64_t batch, chunk;           /* items to share out (samples, or byte ranges for mix) */
     int64_t batch_size;             /* mix: samples in the batch */
+    int64_t segment_len;            /* mix: samples of `rows` per job item */
     int64_t *next;
     int64_t sample_bytes;
     int64_t channels, height, width, elem_size;
@@ -154,17 +155,21 @@ typedef struct {
 /* Mixup walks the permutation's cycles a byte range at a time: out[m] needs x[m] and x[perm[m]],
  * and the next member of the cycle is perm[m], so each range of each image is read from memory
  * once (as a partner) and again from cache (as its own sample): about the traffic of a copy,
- * where sample by sample every image is read twice. `order` lists the samples cycle by cycle;
- * the job's items are ranges of MIX_RANGE bytes (64 KB measured best: 16 KB runs are too short for
- * the prefetcher, whole samples fall out of cache). */
+ * where sample by sample every image is read twice. `order` lists the samples cycle by cycle.
+ * A job item is one range (MIX_RANGE bytes: 64 KB measured best; 16 KB runs are too short for the
+ * prefetcher, whole samples fall out of cache) of one segment of `order`; segments give the
+ * threads enough items when samples are few ranges long (a 224x224 RGB image is three), at the
+ * cost of one more read from memory where a segment starts. */
 #define MIX_RANGE 65536
 
 static void run_mix(const job_t *job, int64_t first, int64_t last) {
-    const int64_t n = job->batch_size;
-    for (int64_t range = first; range < last; range++) {
-        const int64_t lo = range * MIX_RANGE;
+    const int64_t n = job->batch_size, segment_len = job->segment_len;
+    const int64_t segments = (n + segment_len - 1) / segment_len;
+    for (int64_t item = first; item < last; item++) {
+        const int64_t lo = item / segments * MIX_RANGE, segment = item % segments;
         const int64_t len = job->sample_bytes - lo < MIX_RANGE ? job->sample_bytes - lo : MIX_RANGE;
-        for (int64_t k = 0; k < n; k++) {
+        const int64_t stop = (segment + 1) * segment_len < n ? (segment + 1) * segment_len : n;
+        for (int64_t k = segment * segment_len; k < stop; k++) {
             const int64_t i = job->rows[k], offset = i * job->sample_bytes + lo;
             uint8_t *dst = job->out + offset;
             const uint8_t *own = job->images + offset;
@@ -764,9 +769,15 @@ TAXAUG_EXPORT int taxaug_mix(uint8_t *out, const uint8_t *images, const int64_t 
             order[listed++] = m;
         }
     free(seen);
+    if (threads < 1) threads = 1;
+    const int64_t ranges = batch > 0 ? (sample_bytes + MIX_RANGE - 1) / MIX_RANGE : 0;
+    const int64_t wanted = 8 * (int64_t)threads; /* items, so that no thread is left with the longest tail */
+    int64_t segments = ranges > 0 && ranges < wanted ? (wanted + ranges - 1) / ranges : 1;
+    if (segments > batch) segments = batch > 0 ? batch : 1;
     const job_t job = {.kind = 0, .out = out, .images = images, .perm = perm, .weights = weights, .rows = order,
-                       .batch_size = batch, .sample_bytes = sample_bytes, .mix_row = pick_mix_row(is_float)};
-    const int status = run_parallel(job, batch > 0 ? (sample_bytes + MIX_RANGE - 1) / MIX_RANGE : 0, threads);
+                       .batch_size = batch, .segment_len = batch > 0 ? (batch + segments - 1) / segments : 1,
+                       .sample_bytes = sample_bytes, .mix_row = pick_mix_row(is_float)};
+    const int status = run_parallel(job, ranges * ((batch + job.segment_len - 1) / job.segment_len), threads);
     free(order);
     return status;
 }
