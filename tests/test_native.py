@@ -286,15 +286,19 @@ def test_openmp_pool_and_own_threads_give_the_same_bytes():
 
 @pytest.mark.skipif(not (_native.available() and hasattr(os, "fork")), reason="needs the C kernels and fork")
 def test_a_forked_child_runs_the_kernels_on_threads_of_its_own():
-    x = _images((64, 3, 96, 96), torch.uint8, 0, False)
+    x = _images((32, 3, 256, 256), torch.uint8, 0, False)  # 6 MB: two threads of its own in the child too
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        expected = _mixup_bytes(x, 0.3, 1)  # the parent's OpenMP pool is now started
+        expected = _mixup_bytes(x, 0.3, 1).numpy().tobytes()  # the parent's OpenMP pool is now started
         if "parallel backend: OpenMP" in torch.__config__.parallel_info():
             assert _native.thread_pool() == "openmp"
-        answer = _in_forked_child(lambda: _native.thread_pool() == "own" and torch.equal(_mixup_bytes(x, 0.3, 1),
-                                                                                         expected))
+
+        def check() -> bool:  # no multi-threaded torch op here: torch's own would hang after the fork
+            return (_native.thread_pool() == "own" and _native._threads(x.numel()) == 2
+                    and _mixup_bytes(x, 0.3, 1).numpy().tobytes() == expected)
+
+        answer = _in_forked_child(check)
     finally:
         torch.set_num_threads(threads)
     assert answer == b"1"
