@@ -321,3 +321,25 @@ def _in_forked_child(check, timeout: float = 60.0) -> bytes:
         os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return answer
+
+
+@given(st.lists(st.integers(-3, 6), max_size=300), st.sampled_from([1, 997, 2**40, 2**60]), st.integers(1, 5),
+       st.integers(0, 10_000))
+def test_ingroup_pairing_kernel_gives_the_torch_perm(ids, spread, min_group_size, seed):
+    # spread: small ids, sparse ids, ids that still pack beside a position, ids that do not (torch code)
+    groups = torch.tensor([i * spread if i >= 0 else i for i in ids], dtype=torch.long)
+    fast, reference = _both_paths(lambda: F.ingroup_permutation(
+        groups, min_group_size=min_group_size, generator=torch.Generator().manual_seed(seed)))
+    assert torch.equal(fast, reference)
+
+
+def test_ingroup_pairing_kernel_takes_a_large_batch_and_falls_back_on_huge_ids():
+    gen = torch.Generator().manual_seed(0)
+    groups = torch.randint(-1, 500, (4096,), generator=gen)
+    fast, reference = _both_paths(lambda: F.ingroup_permutation(groups, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(fast, reference)
+    shuffled = torch.randperm(4096, generator=gen)
+    if _native.available():
+        assert _native.ingroup_perm(groups, shuffled, 2) is not None
+        # 13 bits of position beside a 62-bit id do not fit in 64: the kernel declines, the torch code runs
+        assert _native.ingroup_perm(torch.full((4096,), 2**62), shuffled, 2) is None

@@ -22,6 +22,7 @@ __all__ = [
     "POINTWISE_OPS",
     "available",
     "disabled",
+    "ingroup_perm",
     "kernel_isa",
     "mix",
     "own_threads",
@@ -53,6 +54,7 @@ def _load() -> ctypes.CDLL | None:
                                                     i64, i32]
             library.taxaug_kernel_isa.restype = ctypes.c_char_p
             library.taxaug_thread_pool.argtypes = [i32]
+            library.taxaug_ingroup_perm.argtypes = [pointer, pointer, pointer, i64, i64]
             return library
     return None
 
@@ -141,6 +143,16 @@ def mix(x: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor, out: torch.T
     if status != 0:
         raise MemoryError("the mix kernel could not allocate its cycle list")
     return out
+
+
+def ingroup_perm(group_ids: torch.Tensor, shuffled: torch.Tensor, min_size: int) -> torch.Tensor | None:
+    """ingroup_permutation's pairing of CPU ``group_ids`` in the random order ``shuffled`` (the same perm as
+    its torch code), or None where the ids are too large for the kernel's packed keys."""
+    group_ids, shuffled = group_ids.contiguous(), shuffled.contiguous()
+    perm = torch.empty_like(shuffled)
+    status = _library.taxaug_ingroup_perm(perm.data_ptr(), group_ids.data_ptr(), shuffled.data_ptr(),
+                                          group_ids.shape[0], min_size)
+    return perm if status == 0 else None
 
 
 def paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
