@@ -17,6 +17,7 @@ their storage cannot be resized (as with ``torch.from_numpy``).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import weakref
@@ -68,27 +69,55 @@ def cached_bytes() -> int:
     return _cached
 
 
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _layout(x: torch.Tensor, dtype: torch.dtype | None, memory_format: torch.memory_format) -> tuple[tuple, tuple]:
+    """The (shape, strides) ``torch.empty_like`` gives, without its slow meta-tensor call in the common cases."""
+    shape = tuple(x.shape)
+    if memory_format == torch.contiguous_format:
+        return shape, _contiguous_strides(shape)
+    if memory_format == torch.preserve_format and (
+            x.is_contiguous() or (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last))):
+        return shape, tuple(x.stride())  # dense: preserve_format keeps the strides as they are
+    layout = torch.empty_like(x, dtype=dtype, memory_format=memory_format, device="meta")
+    return shape, tuple(layout.stride())
+
+
+def _from_cache(nbytes: int, dtype: torch.dtype, shape: tuple, strides: tuple) -> torch.Tensor:
+    base = _take(nbytes)
+    offset = -base.ctypes.data % _ALIGN
+    window = base[offset : offset + nbytes]  # the storage keeps this view alive, and only this
+    weakref.finalize(window, _give_back, nbytes, base)
+    return torch.from_numpy(window).view(dtype).as_strided(shape, strides)
+
+
 def empty_like(
     x: torch.Tensor, *, dtype: torch.dtype | None = None, memory_format: torch.memory_format = torch.preserve_format,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """``torch.empty_like``, from the buffer cache for large CPU tensors."""
     device = x.device if device is None else torch.device(device)
-    layout = torch.empty_like(x, dtype=dtype, memory_format=memory_format, device="meta")
-    nbytes = layout.numel() * layout.element_size()
+    dtype = x.dtype if dtype is None else dtype
+    nbytes = x.numel() * dtype.itemsize
     if device.type != "cpu" or _MAX_CACHED <= 0 or nbytes < _MIN_BYTES or x.layout != torch.strided:
         return torch.empty_like(x, dtype=dtype, memory_format=memory_format, device=device)
-    base = _take(nbytes)
-    offset = -base.ctypes.data % _ALIGN
-    window = base[offset : offset + nbytes]  # the storage keeps this view alive, and only this
-    weakref.finalize(window, _give_back, nbytes, base)
-    flat = torch.from_numpy(window).view(layout.dtype)
-    return flat.as_strided(layout.shape, layout.stride())
+    return _from_cache(nbytes, dtype, *_layout(x, dtype, memory_format))
 
 
 def empty(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
     """``torch.empty`` (contiguous), from the buffer cache for large CPU tensors."""
-    return empty_like(torch.empty(shape, dtype=dtype, device="meta"), device=device)
+    device = torch.device(device)
+    shape = tuple(shape)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if device.type != "cpu" or _MAX_CACHED <= 0 or nbytes < _MIN_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return _from_cache(nbytes, dtype, shape, _contiguous_strides(shape))
 
 
 def clone(x: torch.Tensor, *, memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:

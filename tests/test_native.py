@@ -148,6 +148,24 @@ def test_cached_buffers_behave_like_torch_buffers(numel):
     assert float(fresh.sum()) == 3.0 * 2 * numel
 
 
+@given(st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)),
+       st.sampled_from(["contiguous", "channels_last", "transposed", "sliced", "expanded"]),
+       st.sampled_from([torch.preserve_format, torch.contiguous_format, torch.channels_last]),
+       st.sampled_from([None, torch.uint8, torch.float64]))
+def test_cached_empty_like_lays_out_memory_as_torch_does(shape, source, memory_format, dtype):
+    x = torch.zeros(shape)
+    x = {"contiguous": x, "channels_last": x.contiguous(memory_format=torch.channels_last),
+         "transposed": x.transpose(2, 3), "sliced": x[:, :, ::2], "expanded": x[:1].expand(3, *shape[1:])}[source]
+    previous, _memory._MIN_BYTES = _memory._MIN_BYTES, 0  # every size from the cache
+    try:
+        ours = _memory.empty_like(x, dtype=dtype, memory_format=memory_format)
+    finally:
+        _memory._MIN_BYTES = previous
+    theirs = torch.empty_like(x, dtype=dtype, memory_format=memory_format)
+    assert (ours.shape, ours.stride(), ours.dtype) == (theirs.shape, theirs.stride(), theirs.dtype)
+    assert ours.untyped_storage().nbytes() >= theirs.numel() * theirs.element_size()
+
+
 def test_a_buffer_is_reused_only_after_its_last_view_is_gone():
     _memory.release_cached()
     like = torch.empty(4, BIG // 4)
