@@ -141,6 +141,21 @@ def test_bilinear_is_close_to_nearest_and_fills():
     assert torch.allclose(bil[:, :, 0, 0], torch.ones_like(bil[:, :, 0, 0]), atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("fill", [None, 0, (0, 0, 0)])
+def test_bilinear_black_fill_skips_the_coverage_channel_with_the_same_values(dtype, fill):
+    from taxaug.functional import geometry
+
+    x = _images(11)
+    x = x if dtype == torch.uint8 else x.float() / 255
+    angles = torch.linspace(-40, 40, x.shape[0])
+    assert geometry.is_zero_fill(fill) and not geometry.is_zero_fill((0, 0, 0.5))
+    fast = F.rotate(x, angles, interpolation="bilinear", fill=fill)
+    data = geometry.rotate_data(angles.double(), x.shape[2], x.shape[3])
+    blended = geometry._warp_bilinear(x, data, torch.zeros(x.shape[1], dtype=x.dtype), zero_fill=False)
+    assert torch.equal(fast, blended)
+
+
 def test_hflip_and_identity():
     x = _images(10)
     assert torch.equal(F.hflip(x), x.flip(-1))

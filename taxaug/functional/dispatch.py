@@ -95,6 +95,7 @@ def _dispatch(
     order = torch.argsort(group, stable=True)
     warps = counts[n_ops] or any(counts[k] for k, n in enumerate(names) if n in _GEOMETRIC)
     fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if warps else None
+    zero_fill = warps and _geometry.is_zero_fill(fill)
     padded = None  # the torch warp's padded buffer, made when first needed and reused over blocks
     start = 0
     for gid, count in enumerate(counts):
@@ -124,7 +125,7 @@ def _dispatch(
                     padded: torch.Tensor | None = padded) -> torch.Tensor:
                 if interpolation == "nearest":
                     return _geometry._warp_nearest(sub, data.index_select(0, idx), fill_t, padded=padded)
-                return _geometry._warp_bilinear(sub, data.index_select(0, idx), fill_t)
+                return _geometry._warp_bilinear(sub, data.index_select(0, idx), fill_t, zero_fill)
         else:
             def run(sub: torch.Tensor, idx: torch.Tensor, kernel=_KERNELS[names[gid]]) -> torch.Tensor:
                 return kernel(sub, params.index_select(0, idx))

@@ -149,7 +149,12 @@ def _warp_nearest(x: torch.Tensor, data: torch.Tensor, fill: torch.Tensor,
     return flat.gather(2, index.expand(b, c, h * w)).reshape(b, c, h, w)
 
 
-def _warp_bilinear(x: torch.Tensor, data: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+def is_zero_fill(fill: Fill) -> bool:
+    """Whether a fill argument is black (None or zeros), which a bilinear warp's zero padding gives as is."""
+    return fill is None or not bool(torch.as_tensor(fill, dtype=torch.float64).ne(0).any())
+
+
+def _warp_bilinear(x: torch.Tensor, data: torch.Tensor, fill: torch.Tensor, zero_fill: bool = False) -> torch.Tensor:
     from kornia.geometry.transform import warp_affine
 
     b, c, h, w = x.shape
@@ -162,11 +167,14 @@ def _warp_bilinear(x: torch.Tensor, data: torch.Tensor, fill: torch.Tensor) -> t
     inv[:, 1, 2] = data[:, 5] + 0.5 * (data[:, 3] + data[:, 4]) - 0.5
     inv[:, 2, 2] = 1.0
     forward = torch.linalg.inv(inv)[:, :2, :].to(work.dtype)
-    ones = torch.ones(b, 1, h, w, dtype=work.dtype, device=x.device)
-    warped = warp_affine(torch.cat([work, ones], dim=1), forward, (h, w), mode="bilinear",
-                         padding_mode="zeros", align_corners=True)
-    coverage = warped[:, c:]
-    out = warped[:, :c] + (1.0 - coverage) * fill.to(work.dtype).reshape(1, c, 1, 1)
+    if zero_fill:  # zero padding is the fill: no coverage channel to warp and blend (the same values)
+        out = warp_affine(work, forward, (h, w), mode="bilinear", padding_mode="zeros", align_corners=True)
+    else:
+        ones = torch.ones(b, 1, h, w, dtype=work.dtype, device=x.device)
+        warped = warp_affine(torch.cat([work, ones], dim=1), forward, (h, w), mode="bilinear",
+                             padding_mode="zeros", align_corners=True)
+        coverage = warped[:, c:]
+        out = warped[:, :c] + (1.0 - coverage) * fill.to(work.dtype).reshape(1, c, 1, 1)
     if x.dtype == torch.uint8:
         return out.round_().clamp_(0, 255).to(torch.uint8)
     return out.clamp_(0.0, 1.0)
@@ -177,7 +185,7 @@ def _k_affine(x: torch.Tensor, data: torch.Tensor, fill: Fill, interpolation: st
     if interpolation == "nearest":
         return _warp_nearest(x, data, fill_t)
     if interpolation == "bilinear":
-        return _warp_bilinear(x, data, fill_t)
+        return _warp_bilinear(x, data, fill_t, is_zero_fill(fill))
     raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
 
 
