@@ -12,7 +12,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 
 .PHONY: test demo bench lint clean
 
-$(STAMP): pyproject.toml setup.py taxaug/_native/kernels.c
+$(STAMP): pyproject.toml setup.py $(wildcard taxaug/_native/*.c taxaug/_native/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
@@ -32,7 +32,7 @@ demo: $(STAMP)
 
 # Comparisons against torchvision and timm need their (CUDA) torch build, so
 # they get a separate environment; the project's own stays on the CPU wheel.
-$(BENCH_STAMP): pyproject.toml setup.py taxaug/_native/kernels.c
+$(BENCH_STAMP): pyproject.toml setup.py $(wildcard taxaug/_native/*.c taxaug/_native/*.h)
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install -q torch torchvision timm kornia

@@ -1,4 +1,4 @@
-"""Builds the optional C kernels (taxaug/_native/kernels.c); everything else is in pyproject.toml.
+"""Builds the optional C kernels (taxaug/_native/*.c); everything else is in pyproject.toml.
 
 The library is plain C loaded through ctypes, so it needs no Python or torch
 headers. ``optional=True``: without a C compiler the install still succeeds
@@ -8,6 +8,7 @@ same bytes); ``-fno-trapping-math`` only lets rounding functions vectorise.
 """
 
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 
@@ -17,7 +18,8 @@ else:
     native = [
         Extension(
             "taxaug._native.kernels",
-            sources=["taxaug/_native/kernels.c"],
+            sources=sorted(str(path) for path in Path("taxaug/_native").glob("*.c")),
+            depends=["taxaug/_native/kernels.h"],
             extra_compile_args=["-O3", "-std=gnu99", "-fvisibility=hidden", "-ffp-contract=off",
                                 "-fno-trapping-math"],
             libraries=["m", "pthread", "dl"],

@@ -47,7 +47,7 @@ def _both_paths(fn):
                          and (shutil.which("cc") or shutil.which("gcc"))),
                     reason="the kernels are built where a C compiler is present (checked on linux x86-64)")
 def test_kernels_are_built_by_the_install():
-    assert _native.available(), "taxaug/_native/kernels.c was not built: pip install -e . needs a C compiler"
+    assert _native.available(), "the C kernels (taxaug/_native/*.c) were not built: pip install -e . needs a C compiler"
     assert _native.kernel_isa() in ("avx2", "scalar")
 
 

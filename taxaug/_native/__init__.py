@@ -1,9 +1,10 @@
 """Optional C kernels for the CPU image passes of Mixup, CutMix and the policies' per-pixel ops.
 
-``kernels.c`` is built at install time when a C compiler is present and loaded
-here through ctypes. Callers ask :func:`available` and otherwise run their
-torch code; ``TAXAUG_NATIVE=0`` in the environment, or :func:`disabled`,
-turns the kernels off (to compare, or to rule them out in a bug report).
+The C sources beside this file (``kernels.h`` lists them) are built into one
+library at install time when a C compiler is present, and loaded here through
+ctypes. Callers ask :func:`available` and otherwise run their torch code;
+``TAXAUG_NATIVE=0`` in the environment, or :func:`disabled`, turns the kernels
+off (to compare, or to rule them out in a bug report).
 """
 
 from __future__ import annotations
