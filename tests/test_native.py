@@ -101,6 +101,25 @@ def test_cutmix_paste_kernel_gives_the_torch_bytes(shape, dtype, channels_last, 
     assert torch.equal(fast.batch.images, reference.batch.images)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_cutmix_paste_kernel_on_long_rows_gives_the_torch_bytes(dtype, channels_last, seed):
+    # rows of 600+ bytes take the kernel's streaming copy (short runs take memcpy); offset views
+    # start the rows off 32-byte boundaries
+    gen = torch.Generator().manual_seed(seed)
+    width = (601, 333, 160, 257)[seed]
+    whole = _images((9, 3, 37, width), dtype, seed, channels_last)
+    x = whole[1:] if seed % 2 else whole[:-1]
+    groups = torch.randint(0, 2, (8,), generator=gen)
+    lam = torch.rand(8, generator=gen)
+    lam[0] = 0.0  # a box as large as the image
+    fast, reference = _both_paths(lambda: F.selective_cutmix(
+        MixBatch(x, {}), groups, lam, generator=torch.Generator().manual_seed(seed)))
+    assert torch.equal(fast.boxes, reference.boxes)
+    assert torch.equal(fast.batch.images, reference.batch.images)
+
+
 def test_kernels_write_into_out_and_leave_the_input_alone():
     x = _images((6, 3, 9, 11), torch.uint8, 3, False)
     snapshot = x.clone()

@@ -162,9 +162,11 @@ def paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: t
     boxes = boxes.to(torch.int64).contiguous()
     batch, channels, height, width = x.shape
     channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    _library.taxaug_paste_boxes(out.data_ptr(), x.data_ptr(), perm.data_ptr(), boxes.data_ptr(), batch, channels,
-                                height, width, x.element_size(), int(channels_last),
-                                _threads(x.numel() * x.element_size()))
+    status = _library.taxaug_paste_boxes(out.data_ptr(), x.data_ptr(), perm.data_ptr(), boxes.data_ptr(), batch,
+                                         channels, height, width, x.element_size(), int(channels_last),
+                                         _threads(x.numel() * x.element_size()))
+    if status != 0:
+        raise MemoryError("the CutMix paste kernel could not allocate its cycle list")
     return out
 
 

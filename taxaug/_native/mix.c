@@ -115,52 +115,99 @@ void run_mix(const job_t *job, int64_t first, int64_t last) {
     }
 }
 
-/* out[i] = images[i] with box (y1, x1, y2, x2) taken from images[perm[i]]. */
+/* memcpy whose stores go around the caches (the batch is far larger than they are, so this saves
+ * reading each output line in first); short runs and CPUs without AVX2 take plain memcpy. The
+ * caller fences once it has written a sample. */
+static void copy_plain(uint8_t *dst, const uint8_t *src, int64_t n) { memcpy(dst, src, (size_t)n); }
+
+#ifdef TAXAUG_X86
+__attribute__((target("avx2"))) static void copy_streaming(uint8_t *dst, const uint8_t *src, int64_t n) {
+    if (n < 512) {
+        memcpy(dst, src, (size_t)n);
+        return;
+    }
+    const int64_t head = (int64_t)((32 - ((uintptr_t)dst & 31)) & 31);
+    memcpy(dst, src, (size_t)head);
+    int64_t i = head;
+    for (; i + 64 <= n; i += 64) {
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(src + i));
+        const __m256i b = _mm256_loadu_si256((const __m256i *)(src + i + 32));
+        _mm256_stream_si256((__m256i *)(dst + i), a);
+        _mm256_stream_si256((__m256i *)(dst + i + 32), b);
+    }
+    memcpy(dst + i, src + i, (size_t)(n - i));
+}
+#endif
+
+typedef void (*copy_fn)(uint8_t *, const uint8_t *, int64_t);
+
+/* out[i] = images[i] with box (y1, x1, y2, x2) taken from images[perm[i]], every output byte
+ * written once: the rows above and below the box as one run each per plane, and each box row as
+ * own | partner | own. Samples go cycle by cycle (`rows`), so the partner read for one sample is
+ * in cache when it comes next as a sample of its own. */
 void run_paste(const job_t *job, int64_t first, int64_t last) {
     const int64_t es = job->elem_size, c = job->channels, h = job->height, w = job->width;
-    for (int64_t i = first; i < last; i++) {
+    copy_fn copy = copy_plain;
+#ifdef TAXAUG_X86
+    if (cpu_has_avx2()) copy = copy_streaming;
+#endif
+    /* the layout as planes of H rows: NCHW has C planes of W elements a row; NHWC one plane of W * C */
+    const int64_t planes = job->channels_last ? 1 : c, row_bytes = (job->channels_last ? w * c : w) * es;
+    const int64_t px = job->channels_last ? c * es : es; /* bytes per box column */
+    for (int64_t k = first; k < last; k++) {
+        const int64_t i = job->rows[k];
         uint8_t *dst = job->out + i * job->sample_bytes;
         const uint8_t *own = job->images + i * job->sample_bytes;
         const uint8_t *partner = job->images + job->perm[i] * job->sample_bytes;
         const int64_t *box = job->boxes + 4 * i;
         const int64_t y1 = box[0], x1 = box[1], y2 = box[2], x2 = box[3];
-        memcpy(dst, own, (size_t)job->sample_bytes);
-        if (job->perm[i] == i || y2 <= y1 || x2 <= x1) continue;
-        if (job->channels_last) { /* (H, W, C): one run of (x2 - x1) * C elements per row */
-            const int64_t run = (x2 - x1) * c * es;
+        if (job->perm[i] == i || y2 <= y1 || x2 <= x1) {
+            copy(dst, own, job->sample_bytes);
+            continue;
+        }
+        for (int64_t plane = 0; plane < planes; plane++) {
+            const int64_t base = plane * h * row_bytes;
+            copy(dst + base, own + base, y1 * row_bytes);
             for (int64_t y = y1; y < y2; y++) {
-                const int64_t offset = (y * w + x1) * c * es;
-                memcpy(dst + offset, partner + offset, (size_t)run);
+                const int64_t row = base + y * row_bytes, left = x1 * px, right = x2 * px;
+                copy(dst + row, own + row, left);
+                copy(dst + row + left, partner + row + left, right - left);
+                copy(dst + row + right, own + row + right, row_bytes - right);
             }
-        } else { /* (C, H, W): one run of (x2 - x1) elements per row and plane */
-            const int64_t run = (x2 - x1) * es;
-            for (int64_t plane = 0; plane < c; plane++)
-                for (int64_t y = y1; y < y2; y++) {
-                    const int64_t offset = ((plane * h + y) * w + x1) * es;
-                    memcpy(dst + offset, partner + offset, (size_t)run);
-                }
+            copy(dst + base + y2 * row_bytes, own + base + y2 * row_bytes, (h - y2) * row_bytes);
         }
     }
+#ifdef TAXAUG_X86
+    _mm_sfence();
+#endif
+}
+
+/* The samples listed cycle by cycle: start -> perm[start] -> perm[perm[start]] ... (malloc'd; NULL if
+ * memory ran out). */
+static int64_t *cycle_order(const int64_t *perm, int64_t batch) {
+    int64_t *order = malloc(sizeof(int64_t) * (size_t)(batch > 0 ? batch : 1));
+    uint8_t *seen = calloc((size_t)(batch > 0 ? batch : 1), 1);
+    if (!order || !seen) {
+        free(order);
+        free(seen);
+        return NULL;
+    }
+    int64_t listed = 0;
+    for (int64_t start = 0; start < batch; start++)
+        for (int64_t m = start; !seen[m]; m = perm[m]) {
+            seen[m] = 1;
+            order[listed++] = m;
+        }
+    free(seen);
+    return order;
 }
 
 /* out[i] = lerp(images[perm[i]], images[i], weights[i]) for uint8 (rounded half to even) or float32
  * samples of sample_bytes each; -1 if memory ran out. */
 TAXAUG_EXPORT int taxaug_mix(uint8_t *out, const uint8_t *images, const int64_t *perm, const float *weights,
                              int64_t batch, int64_t sample_bytes, int is_float, int threads) {
-    int64_t *order = malloc(sizeof(int64_t) * (size_t)(batch > 0 ? batch : 1));
-    uint8_t *seen = calloc((size_t)(batch > 0 ? batch : 1), 1);
-    if (!order || !seen) {
-        free(order);
-        free(seen);
-        return -1;
-    }
-    int64_t listed = 0;
-    for (int64_t start = 0; start < batch; start++) /* each cycle start -> perm[start] -> ... */
-        for (int64_t m = start; !seen[m]; m = perm[m]) {
-            seen[m] = 1;
-            order[listed++] = m;
-        }
-    free(seen);
+    int64_t *order = cycle_order(perm, batch);
+    if (!order) return -1;
     if (threads < 1) threads = 1;
     const int64_t ranges = batch > 0 ? (sample_bytes + MIX_RANGE - 1) / MIX_RANGE : 0;
     const int64_t wanted = 8 * (int64_t)threads; /* items, so that no thread is left with the longest tail */
@@ -177,8 +224,12 @@ TAXAUG_EXPORT int taxaug_mix(uint8_t *out, const uint8_t *images, const int64_t 
 TAXAUG_EXPORT int taxaug_paste_boxes(uint8_t *out, const uint8_t *images, const int64_t *perm, const int64_t *boxes,
                                      int64_t batch, int64_t channels, int64_t height, int64_t width,
                                      int64_t elem_size, int channels_last, int threads) {
-    const job_t job = {.kind = 1, .out = out, .images = images, .perm = perm, .boxes = boxes,
+    int64_t *order = cycle_order(perm, batch);
+    if (!order) return -1;
+    const job_t job = {.kind = 1, .out = out, .images = images, .perm = perm, .boxes = boxes, .rows = order,
                        .channels = channels, .height = height, .width = width, .elem_size = elem_size,
                        .channels_last = channels_last, .sample_bytes = channels * height * width * elem_size};
-    return run_parallel(job, batch, threads);
+    const int status = run_parallel(job, batch, threads);
+    free(order);
+    return status;
 }
