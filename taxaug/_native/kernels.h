@@ -46,6 +46,7 @@
 #endif
 
 typedef void (*mix_row_fn)(uint8_t *, const uint8_t *, const uint8_t *, int64_t, float);
+typedef void (*copy_fn)(uint8_t *, const uint8_t *, int64_t);
 
 /* One call of a kernel: the threads take chunks of samples from a shared counter, so a thread
  * that the OS holds back does not leave the others waiting on a fixed half of the batch. */
@@ -64,6 +65,7 @@ typedef struct {
     int64_t channels, height, width, elem_size;
     int channels_last;
     mix_row_fn mix_row;
+    copy_fn copy;                   /* paste: the row copy this CPU gets */
     int op, is_float;               /* pointwise: which op, on uint8 or float32 samples */
     const int64_t *rows;            /* pointwise: the samples to transform (index into the batch) */
     const float *param, *param2;    /* pointwise: per listed sample */

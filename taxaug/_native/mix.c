@@ -139,7 +139,12 @@ __attribute__((target("avx2"))) static void copy_streaming(uint8_t *dst, const u
 }
 #endif
 
-typedef void (*copy_fn)(uint8_t *, const uint8_t *, int64_t);
+static copy_fn pick_copy(void) {
+#ifdef TAXAUG_X86
+    if (cpu_has_avx2()) return copy_streaming;
+#endif
+    return copy_plain;
+}
 
 /* out[i] = images[i] with box (y1, x1, y2, x2) taken from images[perm[i]], every output byte
  * written once: the rows above and below the box as one run each per plane, and each box row as
@@ -147,10 +152,7 @@ typedef void (*copy_fn)(uint8_t *, const uint8_t *, int64_t);
  * in cache when it comes next as a sample of its own. */
 void run_paste(const job_t *job, int64_t first, int64_t last) {
     const int64_t es = job->elem_size, c = job->channels, h = job->height, w = job->width;
-    copy_fn copy = copy_plain;
-#ifdef TAXAUG_X86
-    if (cpu_has_avx2()) copy = copy_streaming;
-#endif
+    const copy_fn copy = job->copy;
     /* the layout as planes of H rows: NCHW has C planes of W elements a row; NHWC one plane of W * C */
     const int64_t planes = job->channels_last ? 1 : c, row_bytes = (job->channels_last ? w * c : w) * es;
     const int64_t px = job->channels_last ? c * es : es; /* bytes per box column */
@@ -227,6 +229,7 @@ TAXAUG_EXPORT int taxaug_paste_boxes(uint8_t *out, const uint8_t *images, const 
     int64_t *order = cycle_order(perm, batch);
     if (!order) return -1;
     const job_t job = {.kind = 1, .out = out, .images = images, .perm = perm, .boxes = boxes, .rows = order,
+                       .copy = pick_copy(),
                        .channels = channels, .height = height, .width = width, .elem_size = elem_size,
                        .channels_last = channels_last, .sample_bytes = channels * height * width * elem_size};
     const int status = run_parallel(job, batch, threads);

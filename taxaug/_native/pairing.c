@@ -15,9 +15,10 @@ TAXAUG_EXPORT int taxaug_ingroup_perm(int64_t *perm, const int64_t *group_ids, c
     uint64_t top = 0; /* group keys: 0 for negative ids (never mixed), id + 1 otherwise */
     for (int64_t i = 0; i < n; i++)
         if (group_ids[i] >= 0 && (uint64_t)group_ids[i] + 1 > top) top = (uint64_t)group_ids[i] + 1;
-    int key_bits = position_bits;
-    while (key_bits < 64 && (top >> (key_bits - position_bits)) != 0) key_bits++;
-    if (key_bits > 63 || (top >> (key_bits - position_bits)) != 0) return -1;
+    int group_bits = 0;
+    while (group_bits < 64 && (top >> group_bits) != 0) group_bits++;
+    if (group_bits + position_bits > 63) return -1;
+    const int key_bits = group_bits + position_bits;
     uint64_t *keys = malloc(2 * sizeof(uint64_t) * (size_t)n);
     if (!keys) return -1;
     uint64_t *spare = keys + n;
