@@ -16,15 +16,20 @@ $(STAMP): pyproject.toml setup.py $(wildcard taxaug/_native/*.c taxaug/_native/*
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test,train]"
+	$(BIN)/python -m pip install -q -e ".[test,train,lightning,tensorboard,report]"
 	touch $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The second pass forces the accelerator strategy on CPU, so every branch a GPU takes runs here too.
+ACCEL_TESTS := tests/test_policies.py tests/test_mixing.py tests/test_transforms.py tests/test_learned.py \
+	tests/test_image_ops.py tests/test_differentiable.py
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	TAXAUG_HYPOTHESIS=ci $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	TAXAUG_HYPOTHESIS=ci TAXAUG_DEVICE_STRATEGY=accelerator $(BIN)/python -m pytest -q -p no:cacheprovider $(ACCEL_TESTS)
 
 demo: $(STAMP)
 	test -f demo_data/labels.h5 || $(BIN)/taxaug-data demo --out demo_data

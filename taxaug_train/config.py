@@ -80,6 +80,10 @@ class DataConfig:
     prefetch_batches: int = attrs.field(default=4, validator=_positive)
     cache_mb: int = attrs.field(default=256, validator=_non_negative)
     strict: bool = True
+    max_load_failures: float = attrs.field(default=0.01, validator=_fraction)  # permissive: share of images replaced
+    read_timeout: float | None = attrs.field(default=60.0, validator=_positive)  # seconds per image read
+    max_pixels: int | None = attrs.field(default=None, validator=_positive)  # decompression-bomb limit (None: Pillow's)
+    exif_transpose: bool = True  # apply EXIF orientation as a viewer does
 
 
 @attrs.frozen
@@ -139,6 +143,8 @@ class TrainConfig:
     deterministic: bool = False
     progress_bar: bool = True
     threads: int | None = attrs.field(default=None, validator=_positive)  # torch intra-op threads
+    loggers: list[Literal["jsonl", "csv", "tensorboard"]] = attrs.field(factory=lambda: ["jsonl"])
+    crm: bool = False  # also report the conditional-risk-minimising decision at evaluation
 
 
 @attrs.frozen
@@ -147,6 +153,7 @@ class CheckpointConfig:
 
     every: int = attrs.field(default=0, validator=_non_negative)  # steps; 0: only at the end
     keep: int = attrs.field(default=0, validator=_non_negative)  # newest step checkpoints kept; 0: all
+    overwrite: bool = False  # start a new run in an out_dir that already holds checkpoints
 
 
 @attrs.frozen
