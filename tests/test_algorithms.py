@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from test_algorithms_harness import (
+from algorithm_harness import (
     AUX_COMPONENTS,
     L10,
     L20,
@@ -19,6 +17,8 @@ from test_algorithms_harness import (
     run_steps,
     single_thread,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taxaug import functional as F
 from taxaug.algorithms import Engine, Event, State, create
@@ -305,7 +305,7 @@ def _on(batch, device):
                                   "label_smoothing", "taxonomy_label_smoothing"])
 def test_cuda_batch_matches_cpu_and_resumes_exactly(name):
     """A CPU generator drives a CUDA batch: same draws, same result (up to float kernels), exact resume."""
-    from test_algorithms_harness import CASES
+    from algorithm_harness import CASES
 
     outputs = {}
     for device in ("cpu", "cuda"):

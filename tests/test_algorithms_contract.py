@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_algorithms_harness import (
+from algorithm_harness import (
     STEP_EVENTS,
     all_cases,
     assert_batches_identical,
@@ -43,7 +43,7 @@ def test_every_registered_algorithm_has_a_case():
     missing = [n for n in registered() if n not in CASES]
     assert not missing, (
         f"registered algorithms without a harness case: {missing}; add one to tests/algorithm_cases_<area>.py "
-        f"(see tests/test_algorithms_harness.py)"
+        f"(see tests/algorithm_harness.py)"
     )
 
 
@@ -169,7 +169,7 @@ def test_inputs_are_not_mutated(name, dtype):
 
 
 def test_every_builtin_case_has_a_disabled_setting():
-    from test_algorithms_harness import CASES as BUILTIN_CASES
+    from algorithm_harness import CASES as BUILTIN_CASES
 
     assert all(case.get("disabled") is not None for case in BUILTIN_CASES.values())
 

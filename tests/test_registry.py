@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_algorithms_harness import L10, L20, make_batch, make_state, single_thread
+from algorithm_harness import L10, L20, make_batch, make_state, single_thread
 
 from taxaug.algorithms import (
     Algorithm,

@@ -5,14 +5,11 @@ Each algorithm needs a *case*: a dict with
     "kwargs":   constructor kwargs for a case that actually changes the batch,
     "disabled": kwargs that make it an exact no-op (None if it has no such setting; every built-in has one),
     "prepare":  optional callable(state) that adds what the algorithm needs to the State.
-Built-in cases are in CASES below; other areas add theirs in a module `tests/algorithm_cases_<area>.py`
-defining `CASES = {"registry_name": {...}}`, which `all_cases()` collects.
+Built-in cases are in CASES below; `all_cases()` adds those of the learned-augmentation algorithms.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -165,13 +162,11 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 def learned_cases() -> dict[str, dict[str, Any]]:
-    """Cases for taxaug.algorithms.learned (engineer D's area), when that module is present.
+    """Cases for taxaug.algorithms.learned.
 
     They need State.model and State.loss_fn, which make_state provides; a meta step runs every
     second step so the resume test crosses one. They have no off switch ("disabled": None).
     """
-    if importlib.util.find_spec("taxaug.algorithms.learned") is None:
-        return {}
     from taxaug.algorithms.learned import FixedPolicy
 
     return {
@@ -182,16 +177,8 @@ def learned_cases() -> dict[str, dict[str, Any]]:
 
 
 def all_cases() -> dict[str, dict[str, Any]]:
-    """Built-in cases, the learned-augment cases, and those of `tests/algorithm_cases_*.py` modules."""
-    cases = dict(CASES)
-    cases.update(learned_cases())
-    for path in sorted(Path(__file__).parent.glob("algorithm_cases_*.py")):
-        spec = importlib.util.spec_from_file_location(f"_taxaug_cases_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        assert spec.loader is not None
-        spec.loader.exec_module(module)
-        cases.update(module.CASES)
-    return cases
+    """The built-in cases and the learned-augmentation cases."""
+    return {**CASES, **learned_cases()}
 
 
 def single_thread():
