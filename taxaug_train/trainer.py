@@ -258,7 +258,9 @@ def _one_line(text: str) -> str:
 def _conflict_message(err: TaxonomyConflictError, cfg: TrainerConfig, labels: Path, images_dir: Path,
                       kwargs: dict[str, Any]) -> str:
     """The conflicts with taxon ids (and names, when the builder stored them) instead of class indices."""
-    tables = HybridDataset(labels, images_dir, taxonomy_conflicts="majority", **kwargs).class_to_taxon_id
+    with warnings.catch_warnings():  # the majority fallback warns about the conflicts reported here
+        warnings.simplefilter("ignore")
+        tables = HybridDataset(labels, images_dir, taxonomy_conflicts="majority", **kwargs).class_to_taxon_id
     names = _file_contents(labels)[2].get("taxon_names") or {}
     ranks = list(cfg.data.ranks)
 
