@@ -238,10 +238,14 @@ def build_datasets(cfg: TrainerConfig) -> tuple[HybridDataset, HybridDataset]:
             val.taxonomy = full.taxonomy
         else:
             train, val = full.split(d.val_ratio, seed=d.split_seed, stratify_rank=d.stratify_rank)
+    except ConfigError:
+        raise
     except SchemaError as err:
         raise ConfigError(f"data.labels: {_one_line(str(err))}") from None
     except TaxonomyConflictError as err:
         raise ConfigError(_conflict_message(err, cfg, labels, images_dir, kwargs)) from None
+    except ValueError as err:  # e.g. no row left after data.partial_labels: false
+        raise ConfigError(f"data.labels: {_one_line(str(err))}") from None
     except OSError as err:  # h5py reports a damaged chunk as a bare OSError
         raise ConfigError(_damage_message(current, err)) from None
     for part, name in ((train, "training"), (val, "validation")):

@@ -342,3 +342,21 @@ def test_training_log_in_a_pipe_has_no_carriage_returns(demo, tmp_path):
     evals = [line for line in lines if " eval: loss " in line]
     assert len(evals) == 2 and all(line.startswith("[taxaug_train] step ") for line in evals)
     assert any(line.startswith("train: 4/4 (100.0%)") for line in lines)
+
+
+def test_images_left_in_place_by_the_builder_are_found(tmp_path):
+    tree = tmp_path / "photos"
+    rng = np.random.default_rng(2)
+    for genus, species in [("G1", "s1"), ("G1", "s2"), ("G2", "s3")]:
+        (tree / genus / species).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tree / genus / species / f"{i}.png")
+    built = tmp_path / "built"
+    assert data_main(["build", "--from-folder", str(tree), "--out", str(built), "--images", "none"]) == 0
+    assert not (built / "images").exists()
+    args = [a for a in small(built / "labels.h5", tmp_path / "r", **{"train.batch_size": 4, "data.val_ratio": 0.25,
+                                                                      "data.stratify_rank": None}) if a != "--set"]
+    trainer = Trainer(load_config(None, args), write_files=False)
+    assert trainer.train_set.locator.images_dir == tree
+    image = trainer.train_set.load_image(0)
+    assert image.shape == (3, 16, 16) and float(image.float().std()) > 0  # strict mode: a real decode
