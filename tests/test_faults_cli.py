@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from taxaug.data.cli import main as data_main
 from taxaug.data.demo import generate_demo
 from taxaug_train import cli
 from taxaug_train.autobatch import step_bytes
-from taxaug_train.config import load_config
+from taxaug_train.config import ConfigError, load_config
 from taxaug_train.models import build_model
 from taxaug_train.trainer import Trainer
 
@@ -96,6 +97,37 @@ def test_each_bad_config_is_one_line_and_exit_2(overrides, message, tmp_path, ca
     assert cli.main([*args, "--set", f"train.out_dir={tmp_path}/run"]) == 2
     assert message in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
+
+
+def _float_keys() -> list[str]:
+    """The dotted key of every float-typed value of every config section (read from the annotations)."""
+    import typing
+
+    import attrs
+
+    from taxaug_train.config import TrainerConfig
+
+    def has_float(tp) -> bool:
+        return tp is float or any(has_float(a) for a in typing.get_args(tp))
+
+    keys = []
+    for section, cls in typing.get_type_hints(TrainerConfig).items():
+        if not attrs.has(cls):
+            continue
+        for name, tp in typing.get_type_hints(cls).items():
+            if has_float(tp):
+                keys.append(f"{section}.{name}" + (".taxa_L10" if typing.get_origin(tp) is dict else ""))
+    return keys
+
+
+def test_every_float_key_rejects_inf_and_nan():
+    keys = _float_keys()
+    assert {"optim.lr", "data.val_ratio", "loss.rank_weights.taxa_L10", "optim.grad_clip",
+            "data.read_timeout"} <= set(keys)
+    for key in keys:
+        for value, shown in ((".inf", "inf"), ("-.inf", "-inf"), (".nan", "nan"), ("1.0e+400", "inf")):
+            with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must be a finite number, got {shown}$"):
+                load_config(None, [f"{key}={value}"])
 
 
 def test_bad_config_in_a_real_process_is_one_line_and_exit_2(tmp_path):
