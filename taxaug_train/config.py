@@ -13,6 +13,7 @@ they get the same checks. The effective config is written next to the run
 from __future__ import annotations
 
 import copy
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -32,8 +33,10 @@ __all__ = [
     "TrainConfig",
     "TrainerConfig",
     "apply_overrides",
+    "build_algorithms",
     "config_from_dict",
     "config_to_dict",
+    "config_warnings",
     "load_config",
     "save_config",
 ]
@@ -63,8 +66,8 @@ class DataConfig:
     """Where the dataset is and how it is split, sampled and decoded."""
 
     labels: str = "demo_data/labels.h5"
-    images_dir: str | None = None  # default: the folder holding labels.h5, then its images/ subfolder
-    ranks: list[str] = attrs.field(factory=lambda: ["taxa_L10", "taxa_L20", "taxa_L30"])
+    images_dir: str | None = None  # default: the images/ folder next to labels.h5
+    ranks: list[str] | None = None  # default: every taxa_LXX dataset of the file, finest first
     image_size: int = attrs.field(default=32, validator=_positive)
     file_extension: str = ""
     partial_labels: bool = True  # keep rows with some ranks unknown (their loss is masked)
@@ -74,7 +77,7 @@ class DataConfig:
     stratify_rank: str | None = None
     sampler: Literal["standard", "mixed-pairs", "strict-group"] = "mixed-pairs"
     group_rank: str | None = None  # rank whose classes form the sampler's groups (default: the mixing level, else finest)
-    metadata: list[str] = attrs.field(factory=list)  # metadata components fed to the model's aux branch
+    metadata: list[str] | None = None  # encoded metadata datasets fed as aux; default: every one in the file
     io_threads: int = attrs.field(default=2, validator=_positive)
     decode_threads: int = attrs.field(default=2, validator=_positive)
     prefetch_batches: int = attrs.field(default=4, validator=_positive)
@@ -84,6 +87,7 @@ class DataConfig:
     read_timeout: float | None = attrs.field(default=60.0, validator=_positive)  # seconds per image read
     max_pixels: int | None = attrs.field(default=None, validator=_positive)  # decompression-bomb limit (None: Pillow's)
     exif_transpose: bool = True  # apply EXIF orientation as a viewer does
+    taxonomy_conflicts: Literal["raise", "majority"] = "raise"  # a taxon under two parents: stop, or keep the usual one
 
 
 @attrs.frozen
@@ -95,7 +99,7 @@ class ModelConfig:
     width: int = attrs.field(default=32, validator=_positive)  # small_cnn base width
     pretrained: bool = False
     head: Literal["flat", "parent_conditioned", "hierarchical_softmax"] = "flat"
-    metadata_branch: bool = False
+    metadata_branch: bool | Literal["auto"] = False  # auto: on when the run has metadata
     metadata_hidden: int = attrs.field(default=32, validator=_positive)
     dropout: float = attrs.field(default=0.0, validator=_fraction)
 
@@ -130,7 +134,7 @@ class TrainConfig:
     out_dir: str = "runs/demo"
     max_steps: int = attrs.field(default=300, validator=_positive)
     batch_size: int | Literal["auto"] = 64
-    auto_batch_max: int = attrs.field(default=1024, validator=_positive)
+    auto_batch_max: int | None = attrs.field(default=None, validator=_positive)  # default: 1024 CUDA, 256 CPU
     auto_batch_memory_mb: int | None = attrs.field(default=None, validator=_positive)  # CPU: budget; CUDA: cap
     eval_every: int = attrs.field(default=100, validator=_non_negative)  # 0: only at the end
     eval_batch_size: int | None = attrs.field(default=None, validator=_positive)
@@ -185,10 +189,13 @@ def _type_name(tp: Any) -> str:
 
 def _convert(value: Any, tp: Any, path: str) -> Any:
     """Check `value` against annotation `tp` and return it in canonical form."""
+    if isinstance(value, float) and not math.isfinite(value):  # .inf, .nan, 1.0e+400
+        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
     if attrs.has(tp):
         return _from_mapping(tp, value, path)
     origin = typing.get_origin(tp)
     if tp is Any:
+        _check_finite(value, path)
         return value
     if origin is Literal:
         if value in typing.get_args(tp) and type(value) is not bool:
@@ -233,6 +240,18 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
+def _check_finite(value: Any, path: str) -> None:
+    """Free-form values (algorithm arguments, backbone kwargs) may not hold inf or NaN either."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{path}[{i}]")
+
+
 def _from_mapping(cls: type, data: Any, path: str) -> Any:
     if data is None:
         data = {}
@@ -263,17 +282,12 @@ def config_from_dict(data: Mapping[str, Any]) -> TrainerConfig:
 
 
 def _cross_check(cfg: TrainerConfig) -> None:
-    ranks = cfg.data.ranks
-    if not ranks:
-        raise ConfigError("data.ranks: list at least one rank dataset, e.g. [taxa_L10, taxa_L20]")
-    if len(set(ranks)) != len(ranks):
-        raise ConfigError(f"data.ranks: duplicate entries in {ranks}")
-    for key, rank in (("data.group_rank", cfg.data.group_rank), ("data.stratify_rank", cfg.data.stratify_rank)):
-        if rank is not None and rank not in ranks:
-            raise ConfigError(f"{key}: {rank!r} is not one of data.ranks {ranks}")
-    extra = sorted(set(cfg.loss.rank_weights) - set(ranks))
-    if extra:
-        raise ConfigError(f"loss.rank_weights: rank(s) {extra} are not in data.ranks {ranks}")
+    d = cfg.data
+    if d.ranks is not None:  # None: the file's ranks, checked once the file is read
+        check_ranks(cfg, d.ranks, "data.ranks")
+    if d.val_labels is None and not 0.0 < d.val_ratio < 1.0:
+        raise ConfigError(f"data.val_ratio: {d.val_ratio} leaves no {'validation' if d.val_ratio <= 0 else 'training'}"
+                          " rows; use a share in (0, 1), e.g. 0.2, or give data.val_labels")
     if any(w < 0 for w in cfg.loss.rank_weights.values()):
         raise ConfigError(f"loss.rank_weights: weights must be >= 0, got {cfg.loss.rank_weights}")
     for i, entry in enumerate(cfg.algorithms):
@@ -281,6 +295,72 @@ def _cross_check(cfg: TrainerConfig) -> None:
             raise ConfigError(f"algorithms[{i}]: each entry needs a 'name' key, got {entry!r}")
     if isinstance(cfg.train.batch_size, int) and cfg.train.batch_size <= 0:
         raise ConfigError(f"train.batch_size: must be > 0 or 'auto', got {cfg.train.batch_size}")
+
+
+def check_ranks(cfg: TrainerConfig, ranks: Sequence[str], source: str) -> None:
+    """The rank-naming keys against the ranks trained (`source`: where they come from, for the message)."""
+    if not ranks:
+        raise ConfigError(f"{source}: list at least one rank dataset, e.g. [taxa_L10, taxa_L20]")
+    if len(set(ranks)) != len(ranks):
+        raise ConfigError(f"{source}: duplicate entries in {list(ranks)}")
+    for key, rank in (("data.group_rank", cfg.data.group_rank), ("data.stratify_rank", cfg.data.stratify_rank)):
+        if rank is not None and rank not in ranks:
+            raise ConfigError(f"{key}: {rank!r} is not one of {source} {list(ranks)}")
+    if cfg.data.ranks is not None:  # weights for ranks absent from the file are dropped when ranks default
+        extra = sorted(set(cfg.loss.rank_weights) - set(ranks))
+        if extra:
+            raise ConfigError(f"loss.rank_weights: rank(s) {extra} are not in {source} {list(ranks)}")
+
+
+def config_warnings(cfg: TrainerConfig, device_type: str) -> list[str]:
+    """Settings that are valid but probably not what was meant (`device_type`: the resolved device)."""
+    out = []
+    o, t = cfg.optim, cfg.train
+    if o.warmup_steps and o.warmup_steps >= t.max_steps:
+        out.append(f"optim.warmup_steps ({o.warmup_steps}) >= train.max_steps ({t.max_steps}): the learning rate "
+                   f"never finishes warming up (it peaks at {t.max_steps / o.warmup_steps:.2g} x optim.lr); "
+                   "lower optim.warmup_steps")
+    if t.amp == "bf16" and device_type == "cpu":
+        out.append("train.amp: bf16 autocast on CPU is usually slower than float32 and less precise; "
+                   "set train.amp: none unless your CPU has native bf16 units")
+    return out
+
+
+def build_algorithms(entries: Sequence[Mapping[str, Any]], aux_components: Sequence[tuple[str, int]] = ()
+                     ) -> list[Any]:
+    """The `algorithms:` list as objects (`taxaug.algorithms.from_config`), errors naming the entry.
+
+    A mixing algorithm without ``aux_components`` gets `aux_components` (the dataset's metadata
+    layout), so location, date and elevation are each taken whole from one partner. With no
+    components this needs no data: ``--print-config`` uses it to check every argument.
+    """
+    from taxaug.algorithms import from_config
+
+    algorithms = []
+    for i, entry in enumerate(entries):
+        entry = dict(entry)
+        name = entry.get("name")
+        if aux_components and "aux_components" not in entry and _accepts(name, "aux_components"):
+            entry["aux_components"] = [[n, w] for n, w in aux_components]
+        try:
+            algorithms += from_config([entry])
+        except Exception as err:  # the registry raises KeyError/TypeError/ValueError: name the entry
+            raise ConfigError(f"algorithms[{i}] ({name}): {err}") from None
+    return algorithms
+
+
+def _accepts(name: Any, parameter: str) -> bool:
+    import inspect
+
+    from taxaug.algorithms import registered
+
+    cls = registered().get(name) if isinstance(name, str) else None
+    if cls is None:
+        return False
+    try:
+        return parameter in inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -27,17 +27,28 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import h5py
 import numpy as np
 import torch
 from torch import nn
 
 from taxaug import functional as F
-from taxaug.algorithms import Engine, Event, State, from_config
-from taxaug.data import FilterConfig, GroupedBatchSampler, HybridDataset, PrefetchLoader, SchemaError
+from taxaug.algorithms import Engine, Event, State
+from taxaug.data import FilterConfig, GroupedBatchSampler, HybridDataset, PrefetchLoader, SchemaError, schema
+from taxaug.data._progress import Progress, is_tty
+from taxaug.taxonomy import TaxonomyConflictError
 from taxaug_train import checkpoint as ckpt
 from taxaug_train.autobatch import find_batch_size, training_step_probe
-from taxaug_train.config import ConfigError, TrainerConfig, config_to_dict, save_config
+from taxaug_train.config import (
+    ConfigError,
+    TrainerConfig,
+    build_algorithms,
+    check_ranks,
+    config_to_dict,
+    config_warnings,
+    save_config,
+)
 from taxaug_train.distributed import (
     DistInfo,
     all_reduce_min,
@@ -101,57 +112,197 @@ class _ShardedEvalBatches:
         return iter(self.batches)
 
 
-def _file_ranks(path: Path) -> list[str]:
-    with h5py.File(path, "r") as f:
-        return sorted(k for k in f if k.startswith("taxa_L"))
+def check_device(cfg: TrainerConfig) -> None:
+    """``train.device: cuda`` needs CUDA (checked before anything is loaded)."""
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' but no CUDA device is available (torch.cuda.is_available() is "
+                          "False); set train.device: cpu or auto")
 
 
-def build_datasets(cfg: TrainerConfig) -> tuple[HybridDataset, HybridDataset]:
-    """(train, val) datasets of the config, with errors that name the config key to fix."""
-    d = cfg.data
+def check_out_dir(cfg: TrainerConfig) -> None:
+    """``train.out_dir`` must be a folder, or creatable as one, and writable."""
+    out = Path(cfg.train.out_dir)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is None:  # pragma: no cover - the filesystem root always exists
+        return
+    if not existing.is_dir():
+        what = "is a file, not a folder" if existing == out else f"cannot be created: {str(existing)!r} is a file"
+        raise ConfigError(f"train.out_dir: {str(out)!r} {what}; choose another train.out_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.out_dir: {str(existing)!r} is not writable; choose another train.out_dir")
+
+
+def _file_contents(path: Path) -> tuple[list[str], list[str], dict[str, Any]]:
+    """(rank datasets finest first, encoded metadata datasets, the builder's config) of a labels file."""
+    try:
+        with h5py.File(path, "r") as f:
+            names = [k for k, v in f.items() if isinstance(v, h5py.Dataset)]
+            raw = f[schema.METADATA_GROUP].attrs.get("config_json") if schema.METADATA_GROUP in f else None
+    except OSError as err:
+        raise ConfigError(f"data.labels: cannot open {str(path)!r} as HDF5 ({err}); point data.labels at a "
+                          "labels.h5 (build one with `taxaug-data build`)") from None
+    features = [n for n in schema.FEATURE_DATASETS if n in names] + sorted(n for n in names if schema.is_elevation(n))
+    try:
+        built = json.loads(raw) if raw else {}
+    except (TypeError, ValueError):
+        built = {}
+    return schema.rank_names_in(names), features, built if isinstance(built, dict) else {}
+
+
+def _labels_path(d: Any) -> Path:
     labels = Path(d.labels)
     if not labels.is_file():
         hint = (" (generate the demo data with `taxaug-data demo --out demo_data`)" if "demo" in str(labels) else
                 "; point data.labels at your labels.h5 (build one with `taxaug-data build`)")
         raise ConfigError(f"data.labels: file {str(labels)!r} does not exist{hint}")
-    images_dir = Path(d.images_dir) if d.images_dir else (labels.parent / "images")
+    return labels
+
+
+def resolve_data_config(cfg: TrainerConfig) -> TrainerConfig:
+    """`cfg` with the keys that default to the labels file filled in, checked against it.
+
+    ``data.ranks`` null: every ``taxa_LXX`` dataset of the file; ``data.metadata`` null: every encoded
+    metadata dataset (spatial, temporal, elevation_*); ``loss.rank_weights`` keep the ranks trained
+    (with ranks taken from the file, weights for ranks it lacks are dropped); ``model.metadata_branch``
+    ``auto``: on when there is metadata.
+    """
+    d = cfg.data
+    labels = _labels_path(d)
+    present, features, _ = _file_contents(labels)
+    if d.ranks is None:
+        ranks = present
+        check_ranks(cfg, ranks, f"the ranks of {str(labels)!r} (data.ranks: null)")
+        dropped = sorted(set(cfg.loss.rank_weights) - set(ranks))
+        if dropped:
+            log.info("loss.rank_weights: %s not in %s; ignored", dropped, labels)
+    else:
+        ranks = list(d.ranks)
+        missing = [r for r in ranks if r not in present]
+        if missing:
+            raise ConfigError(f"data.ranks: {missing} not in {str(labels)!r}; it holds "
+                              f"{present or 'no taxa_LXX datasets'}")
+    metadata = features if d.metadata is None else list(d.metadata)
+    absent = [m for m in metadata if m not in features]
+    if absent:
+        raise ConfigError(f"data.metadata: {absent} not in {str(labels)!r}; it holds {features} "
+                          "(use [] for none, or null for all)")
+    branch = cfg.model.metadata_branch
+    if branch == "auto":
+        branch = bool(metadata)
+    elif branch and not metadata:
+        raise ConfigError(f"model.metadata_branch is true but the run has no metadata ({str(labels)!r} holds "
+                          f"{features or 'none'}); set data.metadata, or model.metadata_branch: false or auto")
+    weights = {r: w for r, w in cfg.loss.rank_weights.items() if r in ranks}
+    return attrs.evolve(cfg, data=attrs.evolve(d, ranks=ranks, metadata=metadata),
+                        loss=attrs.evolve(cfg.loss, rank_weights=weights),
+                        model=attrs.evolve(cfg.model, metadata_branch=branch))
+
+
+def _images_dir(given: str | None, labels: Path, key: str) -> Path:
+    """`given`, else the images/ folder next to `labels`, else the folder a ``--images none`` build left them in."""
+    if given:
+        images_dir = Path(given)
+    else:
+        images_dir = labels.parent / "images"
+        built = _file_contents(labels)[2]
+        source = built.get("source")
+        if not images_dir.is_dir() and built.get("images") == "none" and source and Path(source).is_dir():
+            images_dir = Path(source)
     if not images_dir.is_dir():
-        raise ConfigError(f"data.images_dir: folder {str(images_dir)!r} does not exist; set data.images_dir to the "
-                          "folder holding the image files named in img_identifiers")
-    try:
-        present = _file_ranks(labels)
-    except OSError as err:
-        raise ConfigError(f"data.labels: cannot open {str(labels)!r} as HDF5: {err}") from None
-    missing = [r for r in d.ranks if r not in present]
-    if missing:
-        raise ConfigError(f"data.ranks: {missing} not in {str(labels)!r}; it holds {present or 'no taxa_LXX datasets'}")
+        raise ConfigError(f"{key}: folder {str(images_dir)!r} does not exist; set {key} to the folder holding "
+                          f"the image files named in img_identifiers of {str(labels)!r}")
+    return images_dir
+
+
+def build_datasets(cfg: TrainerConfig) -> tuple[HybridDataset, HybridDataset]:
+    """(train, val) datasets of the config, with errors that name the config key to fix."""
+    cfg = resolve_data_config(cfg)
+    d = cfg.data
+    labels = Path(d.labels)
+    images_dir = _images_dir(d.images_dir, labels, "data.images_dir")
     kwargs: dict[str, Any] = dict(
         rank_names=list(d.ranks), metadata=tuple(d.metadata), image_size=d.image_size,
         filters=FilterConfig(partial_labels=d.partial_labels), missing="strict" if d.strict else "permissive",
         file_extension=d.file_extension,
     )
+    current = labels
     try:
-        full = HybridDataset(labels, images_dir, **kwargs)
+        full = HybridDataset(labels, images_dir, taxonomy_conflicts=d.taxonomy_conflicts, **kwargs)
         if d.val_labels:
-            val_path = Path(d.val_labels)
+            current = val_path = Path(d.val_labels)
             if not val_path.is_file():
                 raise ConfigError(f"data.val_labels: file {str(val_path)!r} does not exist")
             train = full
-            val = HybridDataset(val_path, Path(d.images_dir) if d.images_dir else val_path.parent / "images",
-                                class_maps=full.class_to_taxon_id, **kwargs)
+            val = HybridDataset(val_path, _images_dir(d.images_dir, val_path, "data.images_dir"),
+                                class_maps=full.class_to_taxon_id, taxonomy_conflicts="majority", **kwargs)
             val.taxonomy = full.taxonomy
         else:
-            if d.val_ratio <= 0:
-                raise ConfigError("data.val_ratio must be > 0 (or give data.val_labels): the trainer validates "
-                                  "on held-out data")
             train, val = full.split(d.val_ratio, seed=d.split_seed, stratify_rank=d.stratify_rank)
+    except ConfigError:
+        raise
     except SchemaError as err:
-        raise ConfigError(f"data.labels: {err}") from None
-    except KeyError as err:  # a metadata component the file does not hold
-        raise ConfigError(f"data.metadata: {err}") from None
-    if len(val) == 0:
-        raise ConfigError(f"data.val_ratio {d.val_ratio} leaves no validation samples out of {len(full)}")
+        raise ConfigError(f"data.labels: {_one_line(str(err))}") from None
+    except TaxonomyConflictError as err:
+        raise ConfigError(_conflict_message(err, cfg, labels, images_dir, kwargs)) from None
+    except ValueError as err:  # e.g. no row left after data.partial_labels: false
+        raise ConfigError(f"data.labels: {_one_line(str(err))}") from None
+    except OSError as err:  # h5py reports a damaged chunk as a bare OSError
+        raise ConfigError(_damage_message(current, err)) from None
+    for part, name in ((train, "training"), (val, "validation")):
+        if len(part) == 0:
+            raise ConfigError(f"data.val_ratio {d.val_ratio} leaves no {name} samples out of {len(full)}; "
+                              "use a share in (0, 1) that leaves rows on both sides")
     return train, val
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _conflict_message(err: TaxonomyConflictError, cfg: TrainerConfig, labels: Path, images_dir: Path,
+                      kwargs: dict[str, Any]) -> str:
+    """The conflicts with taxon ids (and names, when the builder stored them) instead of class indices."""
+    with warnings.catch_warnings():  # the majority fallback warns about the conflicts reported here
+        warnings.simplefilter("ignore")
+        tables = HybridDataset(labels, images_dir, taxonomy_conflicts="majority", **kwargs).class_to_taxon_id
+    names = _file_contents(labels)[2].get("taxon_names") or {}
+    ranks = list(cfg.data.ranks)
+
+    def taxon(rank: str, cls: int) -> str:
+        tid = int(tables[rank][cls])
+        name = (names.get(rank) or {}).get(str(tid))
+        return f"{tid} ({name!r})" if name else str(tid)
+
+    shown = []
+    for c in err.conflicts[:3]:
+        parent = ranks[ranks.index(c.rank) + 1]
+        under = ", ".join(f"{taxon(parent, p)} in {n} rows" for p, n in zip(c.parents, c.counts))
+        shown.append(f"{c.rank} taxon {taxon(c.rank, c.child)} is under {len(c.parents)} {parent} taxa: {under}")
+    more = f" (and {len(err.conflicts) - 3} more)" if len(err.conflicts) > 3 else ""
+    return (f"data.labels: the labels of {str(labels)!r} do not form a tree: {'; '.join(shown)}{more}; fix the label "
+            "columns and rebuild the file, or set data.taxonomy_conflicts: majority to keep each taxon's most "
+            "frequent parent")
+
+
+def _damage_message(path: Path, err: OSError) -> str:
+    """Name the dataset of `path` that cannot be read (found by reading each one in blocks)."""
+    bad = None
+    try:
+        with h5py.File(path, "r") as f:
+            datasets: list[h5py.Dataset] = []
+            f.visititems(lambda _name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
+            for ds in datasets:
+                try:
+                    for start in range(0, ds.shape[0] if ds.shape else 1, 1 << 20):
+                        ds[start:start + (1 << 20)] if ds.shape else ds[()]
+                except OSError as inner:
+                    bad, err = ds.name.lstrip("/"), inner
+                    break
+    except OSError as inner:
+        err = inner
+    where = f"dataset {bad!r} of {str(path)!r}" if bad else repr(str(path))
+    return (f"data.labels: cannot read {where} ({_one_line(str(err))}); the file is damaged: rebuild it with "
+            "`taxaug-data build` or restore a copy")
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -167,11 +318,17 @@ class Trainer:
 
     def __init__(self, cfg: TrainerConfig, *, resume: str | Path | None = None, dist_info: DistInfo | None = None,
                  write_files: bool = True):
-        self.cfg = cfg
+        check_device(cfg)
         self.dist = dist_info or init_distributed(cfg.train.device)
         self.device = self.dist.device
         self.is_main = self.dist.is_main
         self.write_files = write_files and self.is_main
+        if self.write_files:
+            check_out_dir(cfg)
+        self.cfg = cfg = resolve_data_config(cfg)
+        if self.is_main:
+            for message in config_warnings(cfg, self.device.type):
+                log.warning("%s", message)
         self.out_dir = Path(cfg.train.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         t = cfg.train
@@ -244,18 +401,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ construction
 
     def _build_algorithms(self) -> list[Any]:
-        algorithms = []
-        for i, entry in enumerate(self.cfg.algorithms):
-            entry = dict(entry)
-            name = entry.get("name")
-            if self.aux_components and "aux_components" not in entry and _accepts(name, "aux_components"):
-                # mix metadata chunk by chunk (location, date, elevation each taken whole)
-                entry["aux_components"] = [[n, w] for n, w in self.aux_components]
-            try:
-                algorithms += from_config([entry])
-            except Exception as err:  # the registry raises KeyError/TypeError/ValueError: name the entry
-                raise ConfigError(f"algorithms[{i}] ({name}): {err}") from None
-        return algorithms
+        return build_algorithms(self.cfg.algorithms, self.aux_components)
 
     def _resolve_batch_size(self) -> int:
         t, d = self.cfg.train, self.cfg.data
@@ -271,12 +417,18 @@ class Trainer:
             if self.is_main:
                 log.info("batch_size auto: %d per process, as in the checkpoint being resumed", size)
             return size
-        cap = min(t.auto_batch_max, per_rank_samples)
+        # CPU: past a few hundred images a step gets slower without learning faster
+        cap = min(t.auto_batch_max or (1024 if self.device.type == "cuda" else 256), per_rank_samples)
         budget = t.auto_batch_memory_mb << 20 if t.auto_batch_memory_mb else None
-        fits = training_step_probe(self.model, image_size=d.image_size, device=self.device, forward=self._probe_loss,
-                                   budget_bytes=budget, channels_last=t.channels_last,
-                                   optimizer_state_factor=2.0 if self.cfg.optim.name == "adamw" else 1.0)
-        local = find_batch_size(fits, max_batch=cap, even=even)
+        if self.is_main:
+            log.info("batch_size auto: searching the largest batch up to %d that fits in memory", cap)
+        try:
+            fits = training_step_probe(self.model, image_size=d.image_size, device=self.device,
+                                       forward=self._probe_loss, budget_bytes=budget, channels_last=t.channels_last,
+                                       optimizer_state_factor=2.0 if self.cfg.optim.name == "adamw" else 1.0)
+            local = find_batch_size(fits, max_batch=cap, even=even)
+        except (RuntimeError, ValueError) as err:
+            raise ConfigError(f"train.batch_size: {err}") from None
         size = all_reduce_min(local)
         if self.is_main:
             log.info("batch_size auto: %d per process (largest that fits%s, cap %d%s)", size,
@@ -549,8 +701,12 @@ class Trainer:
     # ------------------------------------------------------------------------------------ outputs
 
     def _progress_bar(self):
+        """tqdm on a terminal; elsewhere (a log, a pipe) one whole line per interval, nothing redrawn."""
         if not (self.cfg.train.progress_bar and self.is_main):
             return None
+        if not is_tty(sys.stderr):
+            return Progress(self.cfg.train.max_steps, "train", enabled=True, stream=sys.stderr,
+                            initial=self.state.step, unit="step")
         from tqdm.auto import tqdm
 
         return tqdm(total=self.cfg.train.max_steps, initial=self.state.step, desc="train", unit="step",
@@ -660,20 +816,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _accepts(name: Any, parameter: str) -> bool:
-    import inspect
-
-    from taxaug.algorithms import registered
-
-    cls = registered().get(name) if isinstance(name, str) else None
-    if cls is None:
-        return False
-    try:
-        return parameter in inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _seed_everything(seed: int) -> None:

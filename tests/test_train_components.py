@@ -74,7 +74,7 @@ def test_auto_batch_follows_the_memory_budget_and_is_even_for_mixed_pairs(tiny_l
 def test_auto_batch_with_a_budget_too_small_says_what_to_do(tiny_labels, tmp_path):
     cfg = load_config(DEMO_CONFIG, tiny_overrides(tiny_labels, tmp_path, **{
         "train.batch_size": "auto", "train.auto_batch_memory_mb": 1, "model.width": 64, "data.image_size": 64}))
-    with pytest.raises(RuntimeError, match="auto_batch_memory_mb"):
+    with pytest.raises(ConfigError, match="auto_batch_memory_mb"):
         Trainer(cfg, write_files=False)
 
 
