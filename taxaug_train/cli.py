@@ -61,14 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from taxaug_train.checkpoint import CheckpointError
         from taxaug_train.distributed import init_distributed, shutdown_distributed
-        from taxaug_train.trainer import Trainer
+        from taxaug_train.trainer import Trainer, TrainingError
 
         info = init_distributed(cfg.train.device)
         try:
             Trainer(cfg, resume=args.resume, dist_info=info).fit()
         finally:
             shutdown_distributed(info)
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, TrainingError) as err:
         print(f"taxaug-train: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
