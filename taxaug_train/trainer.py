@@ -441,7 +441,7 @@ class Trainer:
         finally:
             self.train_loader.close()
         if state.batch_in_epoch >= len(self.sampler) and not progress.interrupted:
-            self._check_load_failures("train")  # the whole epoch's share, exactly
+            self._check_load_failures("train", pass_done=True)  # the whole epoch's share, exactly
             engine.run(Event.EPOCH_END, state)
             state.epoch += 1
             state.batch_in_epoch = 0
@@ -505,19 +505,24 @@ class Trainer:
                             f"it ({saved}); lower optim.lr (now {self.cfg.optim.lr:g}), set optim.grad_clip, or "
                             "check the data and loss settings")
 
-    def _check_load_failures(self, split: str) -> dict[str, int]:
-        """Images replaced so far per split; raise `TrainingError` when this pass of `split` is over the limit."""
-        limit = self.cfg.data.max_load_failures
+    def _check_load_failures(self, split: str, *, pass_done: bool = False) -> dict[str, int]:
+        """Images replaced so far per split; raise `TrainingError` when this pass of `split` is over the limit.
+
+        The limit applies to a pass (an epoch, an evaluation): mid-pass it stops as soon as the pass can only end
+        above it; a finished pass with replaced images is logged.
+        """
+        limit, tracker = self.cfg.data.max_load_failures, self.replaced[split]
         counts = self._failure_counts()
         replaced, size = counts[f"{split}_pass"], counts[f"{split}_pass_size"]
+        share = f"{replaced} of {size} {split} images in {tracker.label} ({replaced / max(size, 1):.1%})"
         if replaced > limit * size:
-            tracker = self.replaced[split]
             example = tracker.example()
             raise TrainingError(
-                f"data.max_load_failures: {replaced} of {size} {split} images in {tracker.label} ({replaced / size:.1%}) "
-                f"could not be loaded and were replaced by placeholders, above the limit {limit:.1%}"
-                f"{f' (e.g. {example})' if example else ''}; fix the files (taxaug-data verify lists them), "
-                "data.images_dir or data.file_extension, or raise data.max_load_failures")
+                f"data.max_load_failures: {share} could not be loaded and were replaced by placeholders, above the "
+                f"limit {limit:.1%}{f' (e.g. {example})' if example else ''}; fix the files (taxaug-data verify lists "
+                "them), data.images_dir or data.file_extension, or raise data.max_load_failures")
+        if pass_done and replaced and self.is_main:
+            log.warning("%s replaced by placeholders (limit %.1f%%)", share, 100 * limit)
         return {"train": counts["train"], "val": counts["val"]}
 
     def _failure_counts(self) -> dict[str, int]:
@@ -606,7 +611,7 @@ class Trainer:
         record = {"event": "eval", "step": state.step, "epoch": state.epoch, "val_loss": val_loss,
                   "ranks": {r: {**per_rank[r], "loss": float(loss_sums[i, 0] / max(loss_sums[i, 1], 1e-12))}
                             for i, r in enumerate(self.ranks)}}
-        record["load_failures"] = self._check_load_failures("val")
+        record["load_failures"] = self._check_load_failures("val", pass_done=True)
         policies = self._policies()
         if policies:  # op probabilities and magnitudes of each learned policy
             record["policy"] = {key: {op: {k: v for k, v in entry.items() if k in ("p", "magnitude")}

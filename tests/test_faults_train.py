@@ -240,7 +240,7 @@ def test_too_many_unreadable_images_stop_a_permissive_run(tmp_path):
     assert _strict_records(out)[-1]["event"] == "error"
 
 
-def test_permissive_runs_count_replaced_images_per_split(tmp_path, capsys):
+def test_permissive_runs_count_replaced_images_per_split(tmp_path, capsys, caplog):
     labels, gone = _labels_with_missing_images(tmp_path / "data", every=10)
     out = tmp_path / "run"
     # one epoch exactly (77 samples, batch 8: 10 steps), so every training image is read once
@@ -249,7 +249,9 @@ def test_permissive_runs_count_replaced_images_per_split(tmp_path, capsys):
     missing_train = sum(str(n) in gone for n in trainer.train_set.identifiers)
     missing_val = sum(str(n) in gone for n in trainer.val_set.identifiers)
     assert missing_train and missing_val
-    summary = trainer.fit()
+    with caplog.at_level(logging.WARNING, logger="taxaug_train"):
+        summary = trainer.fit()
+    assert f"{missing_train} of 77 train images in epoch 0 ({missing_train / 77:.1%}) replaced" in caplog.text
     expected = {"train": (missing_train, 77), "val": (2 * missing_val, 2 * len(trainer.val_set))}  # 2 evaluations
     for split, (replaced, loaded) in expected.items():
         assert (summary["load_failures"][split]["replaced"], summary["load_failures"][split]["loaded"]) == (
