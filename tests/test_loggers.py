@@ -151,6 +151,8 @@ def test_the_learned_policy_is_logged_at_each_evaluation_and_in_the_summary(logg
                                                                             policies[-1].items()})
     saved = json.loads((out / "summary.json").read_text())
     assert saved["policies"]["0.learned_augment"] == json.loads(json.dumps(final))
+    rerun = from_config([{"name": "fixed_policy_augment", "policy": saved["policies"]["0.learned_augment"]}])[0]
+    assert rerun.policy.probabilities == pytest.approx(tuple(e["p"] for e in final["ops"].values()))
     eval_csv = _csv_rows(out / "metrics_eval.csv")
     assert float(eval_csv[-1]["policy.0.learned_augment.rotate.p"]) == policies[-1]["rotate"]["p"]
 
