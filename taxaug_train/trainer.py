@@ -669,10 +669,11 @@ class Trainer:
                 "choose another train.out_dir)")
 
     def _write_record(self, record: dict[str, Any]) -> None:
-        record["time"] = round(time.time(), 3)  # wall clock, Unix seconds
-        self.history.append(record)
+        """Log `record` with a wall-clock ``time`` (Unix seconds) to every sink (rank 0) and `history`."""
+        timed = {**record, "time": round(time.time(), 3)}
+        self.history.append(timed)
         for logger in self.loggers:
-            logger.log(record)
+            logger.log(timed)
 
     def _policies(self) -> dict[str, dict[str, Any]]:
         """Each learned augmentation's current policy, as ``FixedPolicy.to_dict()``, keyed like the engine state."""
