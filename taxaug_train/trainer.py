@@ -818,20 +818,23 @@ def _check_model_fits(model: nn.Module, saved: dict[str, torch.Tensor], source: 
                       changed: Sequence[tuple[str, Any, Any]]) -> None:
     """A one-line `CheckpointError` naming the first mismatching parameter and the config keys likely behind it."""
     mine = model.state_dict()
-    shapes = [k for k in mine if k in saved and tuple(saved[k].shape) != tuple(mine[k].shape)]
+    shape = {k: tuple(getattr(v, "shape", ())) for k, v in saved.items()}  # non-tensor entries count as scalars
+    shapes = [k for k in mine if k in saved and shape[k] != tuple(getattr(mine[k], "shape", ()))]
     missing, unexpected = [k for k in mine if k not in saved], [k for k in saved if k not in mine]
     if not (shapes or missing or unexpected):
         return
+    parts = []
     if shapes:
         k = shapes[0]
-        what = (f"{k} has shape {tuple(saved[k].shape)} in the checkpoint, {tuple(mine[k].shape)} in this model"
-                + (f" ({len(shapes) - 1} more parameters differ)" if len(shapes) > 1 else ""))
-    else:
-        what = f"parameters missing from the checkpoint {missing[:3]}, not in this model {unexpected[:3]}"
+        parts.append(f"{k} has shape {shape[k]} in the checkpoint, {tuple(mine[k].shape)} in this model"
+                     + (f" ({len(shapes) - 1} more shapes differ)" if len(shapes) > 1 else ""))
+    for keys, where in ((unexpected, "only in the checkpoint"), (missing, "only in this model")):
+        if keys:
+            parts.append(f"{len(keys)} parameter(s) {where} (first {keys[0]})")
     suspects = [f"{k} ({a!r} in the checkpoint, {b!r} now)" for k, a, b in changed if k.startswith(("model.", "data."))]
     hint = (f"likely because of {', '.join(suspects)}" if suspects
             else "the model settings (model.*) or the data's classes (data.labels, data.ranks) differ")
-    raise ckpt.CheckpointError(f"checkpoint {source!r} does not fit this model: {what}; {hint}; resume with the "
+    raise ckpt.CheckpointError(f"checkpoint {source!r} does not fit this model: {', '.join(parts)}; {hint}; resume with the "
                                "checkpoint's settings, or start a new run in another train.out_dir")
 
 

@@ -134,6 +134,19 @@ def test_resume_with_another_width_names_the_parameter_and_the_config_key(tiny_l
     assert not (run / "checkpoints").exists()
 
 
+def test_resume_without_the_metadata_branch_names_the_parameters_and_the_key(tiny_labels, finished_run, tmp_path):
+    step6 = finished_run / "checkpoints" / "step_00000006.pt"
+    saved = torch.load(step6, weights_only=False)["model"]
+    with pytest.raises(ckpt.CheckpointError) as err:
+        Trainer(_config(tiny_labels, tmp_path, **{"model.metadata_branch": False}), resume=step6, write_files=False)
+    message = str(err.value)
+    mine = Trainer(_config(tiny_labels, tmp_path, **{"model.metadata_branch": False}), write_files=False).model
+    only_saved = [k for k in saved if k not in mine.state_dict()]
+    assert only_saved and "\n" not in message
+    assert f"{len(only_saved)} parameter(s) only in the checkpoint (first {only_saved[0]})" in message
+    assert "model.metadata_branch (True in the checkpoint, False now)" in message
+
+
 def test_a_checkpoint_missing_keys_is_a_one_line_error_naming_them(finished_run, tmp_path):
     payload = torch.load(finished_run / "checkpoints" / "step_00000003.pt", weights_only=False)
     del payload["sampler"], payload["rng"]
