@@ -61,9 +61,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from taxaug.data.images import ImageLoadError
     from taxaug.taxonomy import TaxonomyConflictError
     from taxaug_train.checkpoint import CheckpointError
+    from taxaug_train.trainer import TrainingError
 
     return (ConfigError, CheckpointError, SchemaError, TaxonomyConflictError, ImageLoadError, OSError,
-            FloatingPointError)
+            FloatingPointError, TrainingError)
 
 
 def _print_config(cfg: TrainerConfig) -> int:
@@ -110,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(err, 2)
         try:
             trainer.fit()
+        except ConfigError as err:  # refused before the first step (e.g. another run's checkpoints in out_dir)
+            return _fail(err, 2)
         except _user_errors() as err:
             return _fail(err, 1)
         finally:

@@ -23,7 +23,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from taxaug import functional as F
-from taxaug.algorithms import Engine, Event, State
+from taxaug.algorithms import Engine, Event, LearnedAugment, State, to_config
 from taxaug.data import FilterConfig, GroupedBatchSampler, HybridDataset, PrefetchLoader, SchemaError, schema
 from taxaug.data._progress import Progress, is_tty
 from taxaug.taxonomy import TaxonomyConflictError
@@ -55,16 +55,24 @@ from taxaug_train.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_buffers,
+    broadcast_object,
     init_distributed,
 )
 from taxaug_train.interrupt import GracefulInterrupt
+from taxaug_train.loggers import MetricsLogger, build_loggers, strict_json
 from taxaug_train.losses import HierarchicalLoss
 from taxaug_train.metrics import RankMetrics
 from taxaug_train.models import build_model
 
-__all__ = ["Trainer", "format_summary", "rank_label"]
+__all__ = ["Trainer", "TrainingError", "format_summary", "rank_label"]
 
 log = logging.getLogger("taxaug_train")
+
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a non-finite loss, too many unreadable images); the message names the step."""
+
 
 _RANK_WORDS = {10: "species", 20: "genus", 30: "family", 40: "order", 50: "class", 60: "phylum", 70: "kingdom"}
 
@@ -394,6 +402,9 @@ class Trainer:
         self.metrics = RankMetrics(self.taxonomy)
         self.history: list[dict[str, Any]] = []
         self.resumed_from: Path | None = None
+        self.replaced = {"train": _Replaced(self.train_set), "val": _Replaced(self.val_set)}
+        self.loggers: list[MetricsLogger] = []
+        self._saved_step: int | None = None
         if resume is not None:
             self._load(resume, self._resume_payload)
             self._resume_payload = None
@@ -527,95 +538,153 @@ class Trainer:
         state, engine = self.state, self.engine
         self._open_outputs()
         start_wall = time.perf_counter()
-        engine.run(Event.INIT, state)
-        engine.run(Event.FIT_START, state)
-        bar = self._progress_bar()
-        window = _Window(len(self.ranks))
-        last_eval_step = -1
-        skip = state.batch_in_epoch
-        stopped = interrupted = False
-        self.train_model.train()
-        with GracefulInterrupt() as interrupt:
-            while state.step < t.max_steps and not stopped:
-                skip, stopped, interrupted, last_eval_step = self._run_epoch(
-                    skip, window, bar, interrupt, stop_after, last_eval_step)
-        if bar is not None:
-            bar.close()
-        if interrupted:
-            path = self.save()
-            if self.is_main:
-                log.warning("interrupted at step %d; checkpoint %s; continue with --resume %s", state.step, path,
-                            self.out_dir)
-            raise KeyboardInterrupt
-        if stop_after is not None and state.step < t.max_steps:
-            return {"step": state.step, "stopped": True}
-        if last_eval_step != state.step:
-            self.evaluate()
-        engine.run(Event.FIT_END, state)
-        summary = self._summary(time.perf_counter() - start_wall)
-        if self.write_files:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        if self.is_main:
-            print(format_summary(summary), flush=True)
-        barrier()
-        return summary
+        progress = _FitState(len(self.ranks), stop_after)
+        try:
+            engine.run(Event.INIT, state)
+            engine.run(Event.FIT_START, state)
+            progress.bar = self._progress_bar()
+            self.train_model.train()
+            with GracefulInterrupt() as interrupt:
+                while state.step < t.max_steps and not progress.stopped:
+                    self._run_epoch(progress, interrupt)
+            if progress.interrupted:
+                self._check_finite(progress.window, weights=True)
+                path = self.save()
+                if self.is_main:
+                    log.warning("interrupted at step %d; checkpoint %s; continue with --resume %s", state.step,
+                                path, self.out_dir)
+                raise KeyboardInterrupt
+            if stop_after is not None and state.step < t.max_steps:
+                return {"step": state.step, "stopped": True}
+            if progress.last_eval_step != state.step:
+                self.evaluate()
+            engine.run(Event.FIT_END, state)
+            return self._finish(time.perf_counter() - start_wall)
+        except TrainingError as err:
+            self._write_record({"event": "error", "step": state.step, "message": str(err)})
+            raise
+        finally:
+            if progress.bar is not None:
+                progress.bar.close()
+            for logger in self.loggers:
+                logger.close()
+            self.loggers = []
 
-    def _run_epoch(self, skip: int, window: _Window, bar: Any, interrupt: GracefulInterrupt,
-                   stop_after: int | None, last_eval_step: int) -> tuple[int, bool, bool, int]:
-        """One epoch, or its rest after a resume; returns (skip, stopped, interrupted, last_eval_step)."""
-        t, c = self.cfg.train, self.cfg.checkpoint
+    def _run_epoch(self, progress: _FitState, interrupt: GracefulInterrupt) -> None:
+        """One epoch, or its rest after a resume."""
         state, engine = self.state, self.engine
-        stopped = interrupted = False
-        if skip and skip >= len(self.sampler):  # resumed right after the last batch of an epoch
-            engine.run(Event.EPOCH_END, state)
-            state.epoch, state.batch_in_epoch, skip = state.epoch + 1, 0, 0
-        state.batch_in_epoch = skip
-        if skip == 0:  # a checkpoint taken mid-epoch was taken after this epoch's EPOCH_START had run
-            engine.run(Event.EPOCH_START, state)
-        rank = self._group_rank() if skip == 0 else self.group_rank  # a resumed epoch keeps its grouping
-        if rank != self.group_rank:  # level switching: regroup the sampler at the new level
-            self.group_rank, self.sampler = rank, self._build_sampler(rank)
-            if self.is_main:
-                log.info("epoch %d: sampler groups by %s", state.epoch, rank)
-        batches = _EpochBatches(self.sampler, state.epoch, skip)
-        skip = 0
-        if len(batches) == 0:
-            raise RuntimeError("the training split yields no batch; lower train.batch_size")
+        batches = self._start_epoch()
         self.train_loader.batch_sampler = batches
         iterator = iter(self.train_loader)
         try:
             for _ in range(len(batches)):
                 engine.run(Event.BEFORE_DATALOADER, state)
-                tic = time.perf_counter()
                 batch = self._to_device(next(iterator))
                 loss, rank_losses, n = self._train_step(batch)
-                window.add(loss, rank_losses, n, time.perf_counter() - tic)
-                if bar is not None:
-                    bar.update(1)
-                step = state.step
-                if step % t.log_every == 0 or step == t.max_steps:
-                    record = window.flush(step, state.epoch, self.optimizer.param_groups[0]["lr"], self.ranks)
-                    self._write_record(record)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['img_per_s']:.0f}")
-                if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
-                    self.evaluate()
-                    last_eval_step = step
-                if (c.every and step % c.every == 0) or step == t.max_steps:
-                    self.save()
-                if step >= t.max_steps or (stop_after is not None and step >= stop_after):
-                    stopped = True
+                progress.window.add(state.step, loss, rank_losses, n)
+                if progress.bar is not None:
+                    progress.bar.update(1)
+                self._after_step(progress)
+                if progress.stopped:
                     break
                 if interrupt.any_requested():
-                    stopped = interrupted = True
+                    progress.stopped = progress.interrupted = True
                     break
         finally:
             self.train_loader.close()
-        if state.batch_in_epoch >= len(self.sampler) and not interrupted:
+        if state.batch_in_epoch >= len(self.sampler) and not progress.interrupted:
+            self._check_load_failures("train", pass_done=True)  # the whole epoch's share, exactly
             engine.run(Event.EPOCH_END, state)
             state.epoch += 1
             state.batch_in_epoch = 0
-        return skip, stopped, interrupted, last_eval_step
+
+    def _start_epoch(self) -> _EpochBatches:
+        """EPOCH_START (not again for an epoch resumed mid-way), regrouping, and the epoch's remaining batches."""
+        state, engine = self.state, self.engine
+        if state.batch_in_epoch and state.batch_in_epoch >= len(self.sampler):  # resumed right after an epoch's end
+            engine.run(Event.EPOCH_END, state)
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        resumed = state.batch_in_epoch > 0
+        if not resumed:  # a checkpoint taken mid-epoch was taken after this epoch's EPOCH_START had run
+            engine.run(Event.EPOCH_START, state)
+        rank = self.group_rank if resumed else self._group_rank()  # a resumed epoch keeps its grouping
+        if rank != self.group_rank:  # level switching: regroup the sampler at the new level
+            self.group_rank, self.sampler = rank, self._build_sampler(rank)
+            if self.is_main:
+                log.info("epoch %d: sampler groups by %s", state.epoch, rank)
+        batches = _EpochBatches(self.sampler, state.epoch, state.batch_in_epoch)
+        if len(batches) == 0:
+            raise RuntimeError("the training split yields no batch; lower train.batch_size")
+        self.replaced["train"].start_pass(sum(len(b) for b in batches.batches), f"epoch {state.epoch}")
+        return batches
+
+    def _after_step(self, progress: _FitState) -> None:
+        """Log, evaluate, checkpoint and decide whether to stop, as the config asks at this step."""
+        t, c, state = self.cfg.train, self.cfg.checkpoint, self.state
+        step = state.step
+        last = step >= t.max_steps
+        log_now = step % t.log_every == 0 or last
+        eval_now = bool(t.eval_every and step % t.eval_every == 0) or last
+        save_now = bool(c.every and step % c.every == 0) or last
+        if log_now or eval_now or save_now:  # nothing non-finite is logged, evaluated or saved
+            self._check_finite(progress.window, weights=eval_now or save_now)
+        if log_now:
+            record = progress.window.flush(step, state.epoch, self.optimizer.param_groups[0]["lr"], self.ranks)
+            record["load_failures"] = self._check_load_failures("train")
+            self._write_record(record)
+            if progress.bar is not None:
+                progress.bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['img_per_s']:.0f}")
+        if eval_now:
+            self.evaluate()
+            progress.last_eval_step = step
+        if save_now:
+            self.save()
+        progress.stopped = last or (progress.stop_after is not None and step >= progress.stop_after)
+
+    def _check_finite(self, window: _Window, *, weights: bool) -> None:
+        """Raise `TrainingError` naming the first step whose loss (or, with `weights`, the model) is not finite."""
+        bad = all_reduce_min(window.first_nonfinite_step() or _NEVER)
+        what = "the training loss"
+        if bad == _NEVER and weights:
+            finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+            if all_reduce_min(int(finite)) == 0:
+                bad, what = self.state.step, "the model weights (after a finite loss)"
+        if bad == _NEVER:
+            return
+        saved = (f"the last checkpoint (step {self._saved_step}) is intact" if self._saved_step is not None
+                 else "no checkpoint was written")
+        raise TrainingError(f"step {bad}: {what} became non-finite (nan or inf); stopped before logging or saving "
+                            f"it ({saved}); lower optim.lr (now {self.cfg.optim.lr:g}), set optim.grad_clip, or "
+                            "check the data and loss settings")
+
+    def _check_load_failures(self, split: str, *, pass_done: bool = False) -> dict[str, int]:
+        """Images replaced so far per split; raise `TrainingError` when this pass of `split` is over the limit.
+
+        The limit applies to a pass (an epoch, an evaluation): mid-pass it stops as soon as the pass can only end
+        above it; a finished pass with replaced images is logged.
+        """
+        limit, tracker = self.cfg.data.max_load_failures, self.replaced[split]
+        counts = self._failure_counts()
+        replaced, size = counts[f"{split}_pass"], counts[f"{split}_pass_size"]
+        share = f"{replaced} of {size} {split} images in {tracker.label} ({replaced / max(size, 1):.1%})"
+        if replaced > limit * size:
+            example = tracker.example()
+            raise TrainingError(
+                f"data.max_load_failures: {share} could not be loaded and were replaced by placeholders, above the "
+                f"limit {limit:.1%}{f' (e.g. {example})' if example else ''}; fix the files (taxaug-data verify lists "
+                "them), data.images_dir or data.file_extension, or raise data.max_load_failures")
+        if pass_done and replaced and self.is_main:
+            log.warning("%s replaced by placeholders (limit %.1f%%)", share, 100 * limit)
+        return {"train": counts["train"], "val": counts["val"]}
+
+    def _failure_counts(self) -> dict[str, int]:
+        """Replaced-image totals and current-pass counts of both splits, summed over processes."""
+        keys = [f"{s}{k}" for s in ("train", "val") for k in ("", "_loaded", "_pass", "_pass_size")]
+        train, val = self.replaced["train"], self.replaced["val"]
+        local = [train.total(), self.state.samples_seen, train.in_pass(), train.size,
+                 val.total(), val.loaded, val.in_pass(), val.size]
+        totals = all_reduce_sum(torch.tensor(local, dtype=torch.float64))
+        return dict(zip(keys, (int(v) for v in totals.tolist())))
 
     def _train_step(self, batch: Any) -> tuple[float, list[float], int]:
         state, engine = self.state, self.engine
@@ -661,6 +730,8 @@ class Trainer:
         state.training = False
         engine.run(Event.EVAL_START, state)
         self.metrics.reset()
+        val_images = len(range(self.dist.rank, len(self.val_set), self.dist.world_size))
+        self.replaced["val"].start_pass(val_images, f"the evaluation at step {state.step}")
         loss_sums = torch.zeros(len(self.ranks), 2, dtype=torch.float64, device=self.device)
         train_batch = state.batch
         try:
@@ -682,6 +753,7 @@ class Trainer:
         state.batch = train_batch
         state.training = True
         self.model.train()
+        self.replaced["val"].loaded += val_images
         self.metrics.reduce_()
         loss_sums = all_reduce_sum(loss_sums)
         per_rank = self.metrics.compute()
@@ -691,6 +763,11 @@ class Trainer:
         record = {"event": "eval", "step": state.step, "epoch": state.epoch, "val_loss": val_loss,
                   "ranks": {r: {**per_rank[r], "loss": float(loss_sums[i, 0] / max(loss_sums[i, 1], 1e-12))}
                             for i, r in enumerate(self.ranks)}}
+        record["load_failures"] = self._check_load_failures("val", pass_done=True)
+        policies = self._policies()
+        if policies:  # op probabilities and magnitudes of each learned policy
+            record["policy"] = {key: {op: {k: v for k, v in entry.items() if k in ("p", "magnitude")}
+                                      for op, entry in policy["ops"].items()} for key, policy in policies.items()}
         self._write_record(record)
         if self.is_main:
             parts = ", ".join(f"{r} top1 {per_rank[r]['top1']:.3f}" for r in self.ranks)
@@ -713,27 +790,50 @@ class Trainer:
                     dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
 
     def _open_outputs(self) -> None:
+        refusal = self._claim_out_dir() if self.write_files else None
+        refusal = broadcast_object(refusal)  # every process stops, not only the one that writes
+        if refusal:
+            raise ConfigError(refusal)
         if not self.write_files:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out_dir / "config.yaml")
-        metrics = self.out_dir / "metrics.jsonl"
-        kept: list[str] = []
-        if self.resumed_from is not None and metrics.is_file():
-            # keep what the interrupted run logged up to the checkpoint; later lines are redone
-            for line in metrics.read_text().splitlines():
-                with contextlib.suppress(ValueError):
-                    if json.loads(line).get("step", 0) <= self.state.step:
-                        kept.append(line)
-        elif metrics.is_file():
-            log.warning("%s exists and is replaced (a new run in the same out_dir)", metrics)
-        metrics.write_text("".join(k + "\n" for k in kept))
+        resume_step = self.state.step if self.resumed_from is not None else None
+        if resume_step is None and (self.out_dir / "metrics.jsonl").is_file():
+            log.warning("%s exists and is replaced (a new run in the same out_dir)", self.out_dir / "metrics.jsonl")
+        self.loggers = build_loggers(self.cfg.train.loggers, self.out_dir)
+        for logger in self.loggers:  # a resumed run keeps what was logged up to its checkpoint
+            logger.open(resume_step)
+
+    def _claim_out_dir(self) -> str | None:
+        """Refusal message when a new run would mix with another run's checkpoints (None: go ahead)."""
+        if self.resumed_from is not None:
+            return None
+        found = [p for _, p in ckpt.list_checkpoints(self.ckpt_dir)]
+        found += [p for p in (self.ckpt_dir / "last.pt",) if p.exists()]
+        if not found:
+            return None
+        if self.cfg.checkpoint.overwrite:
+            for p in found:
+                p.unlink(missing_ok=True)
+            log.warning("checkpoint.overwrite: removed %d checkpoint file(s) of an earlier run from %s", len(found),
+                        self.ckpt_dir)
+            return None
+        shown = ", ".join(p.name for p in found[-3:])
+        return (f"train.out_dir {str(self.out_dir)!r} already holds checkpoints of another run ({shown}); continue "
+                f"that run with --resume {self.out_dir}, or set checkpoint.overwrite: true to replace them (or "
+                "choose another train.out_dir)")
 
     def _write_record(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
-        if self.write_files:
-            with (self.out_dir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        """Log `record` with a wall-clock ``time`` (Unix seconds) to every sink (rank 0) and `history`."""
+        timed = {**record, "time": round(time.time(), 3)}
+        self.history.append(timed)
+        for logger in self.loggers:
+            logger.log(timed)
+
+    def _policies(self) -> dict[str, dict[str, Any]]:
+        """Each learned augmentation's current policy, as ``FixedPolicy.to_dict()``, keyed like the engine state."""
+        return {a.key: a.export_policy().to_dict() for a in self.engine.algorithms if isinstance(a, LearnedAugment)}
 
     def _summary(self, wall_s: float) -> dict[str, Any]:
         chance = self.metrics.chance()
@@ -745,11 +845,36 @@ class Trainer:
             "wall_s": wall_s,
             "batch_size": self.batch_size,
             "world_size": self.dist.world_size,
+            "seed": self.cfg.train.seed,
             "val_loss": ev["val_loss"],
             "ranks": {r: {**ev["ranks"][r], "chance": chance[r], "classes": self.taxonomy.num_classes[r] - 1}
                       for r in self.ranks},
+            "load_failures": self._load_failure_summary(),
+            "algorithms": _algorithm_configs(self.engine.algorithms),
+            "policies": self._policies(),
             "out_dir": str(self.out_dir),
         }
+
+    def _load_failure_summary(self) -> dict[str, Any]:
+        """Per split: images replaced by placeholders, images loaded and the share (plus the mode and limit)."""
+        counts = self._failure_counts()
+        out: dict[str, Any] = {"strict": self.cfg.data.strict, "limit": self.cfg.data.max_load_failures}
+        for split in ("train", "val"):
+            replaced, loaded = counts[split], counts[f"{split}_loaded"]
+            out[split] = {"replaced": replaced, "loaded": loaded, "share": replaced / loaded if loaded else 0.0,
+                          "examples": [f"{n}: {r}" for n, r in self.replaced[split].failures.examples[:5]]}
+        return out
+
+    def _finish(self, wall_s: float) -> dict[str, Any]:
+        """Write summary.json (strict JSON), print the final table."""
+        summary = self._summary(wall_s)
+        if self.write_files:
+            text = json.dumps(strict_json(summary), indent=2, allow_nan=False, default=str)
+            (self.out_dir / "summary.json").write_text(text)
+        if self.is_main:
+            print(format_summary(summary), flush=True)
+        barrier()
+        return summary
 
     # ------------------------------------------------------------------------------------ checkpoints
 
@@ -773,11 +898,15 @@ class Trainer:
     def save(self) -> Path | None:
         """Checkpoint at the current step (rank 0 writes; others wait)."""
         path = None
+        failures = self._failure_counts()  # summed over processes: every rank takes part
         if self.write_files:
             payload = self.checkpoint_state()
+            payload["load_failures"] = {s: {"replaced": failures[s], "loaded": failures[f"{s}_loaded"]}
+                                        for s in ("train", "val")}
             path = ckpt.save_checkpoint(payload, ckpt.step_path(self.ckpt_dir, self.state.step))
             ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.checkpoint.keep)
             log.debug("checkpoint %s", path)
+        self._saved_step = self.state.step
         barrier()
         return path
 
@@ -785,15 +914,14 @@ class Trainer:
         if payload.get("world_size") != self.dist.world_size:
             log.warning("resuming a %s-process run with %d processes: samplers shard differently, so the run "
                         "continues but not bit for bit", payload.get("world_size"), self.dist.world_size)
-        saved_cfg = payload.get("config", {})
-        mine = config_to_dict(self.cfg)
-        changed = [f"{sec}.{k}" for sec in mine if isinstance(mine[sec], dict) and isinstance(saved_cfg.get(sec), dict)
-                   for k in mine[sec] if mine[sec][k] != saved_cfg[sec].get(k) and (sec, k) != ("train", "out_dir")]
+        source = payload.get("loaded_from", str(where))
+        changed = _config_changes(payload.get("config", {}), config_to_dict(self.cfg))
         if changed and self.is_main:
-            log.warning("resuming with config changes: %s", ", ".join(changed))
+            log.warning("resuming with config changes: %s", ", ".join(f"{k} ({a!r} -> {b!r})" for k, a, b in changed))
         if payload["sampler"]["batch_size"] != self.batch_size:
             raise ckpt.CheckpointError(f"checkpoint was trained with batch size {payload['sampler']['batch_size']}, "
                                        f"this run resolves {self.batch_size}; set train.batch_size to match")
+        _check_model_fits(self.model, payload["model"], source, changed)
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
@@ -809,13 +937,101 @@ class Trainer:
         if saved_rank != self.group_rank:
             self.group_rank, self.sampler = saved_rank, self._build_sampler(saved_rank)
         ckpt.restore_rng(payload["rng"], self.device)
-        self.resumed_from = Path(where)
+        if self.dist.rank == 0:  # totals are global: one process carries them on
+            for split, saved in payload.get("load_failures", {}).items():
+                self.replaced[split].base, self.replaced[split].loaded = saved["replaced"], saved["loaded"]
+        self.resumed_from, self._saved_step = Path(where), self.state.step
         if self.is_main:
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", where, self.state.step, self.state.epoch,
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", source, self.state.step, self.state.epoch,
                      self.state.batch_in_epoch)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _config_changes(saved: dict[str, Any], mine: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, checkpoint value, current value)`` for every config value that differs (out_dir aside)."""
+    return [(f"{sec}.{k}", saved[sec].get(k), v) for sec, values in mine.items()
+            if isinstance(values, dict) and isinstance(saved.get(sec), dict)
+            for k, v in values.items() if v != saved[sec].get(k) and (sec, k) != ("train", "out_dir")]
+
+
+def _check_model_fits(model: nn.Module, saved: dict[str, torch.Tensor], source: str,
+                      changed: Sequence[tuple[str, Any, Any]]) -> None:
+    """A one-line `CheckpointError` naming the first mismatching parameter and the config keys likely behind it."""
+    mine = model.state_dict()
+    shape = {k: tuple(getattr(v, "shape", ())) for k, v in saved.items()}  # non-tensor entries count as scalars
+    shapes = [k for k in mine if k in saved and shape[k] != tuple(getattr(mine[k], "shape", ()))]
+    missing, unexpected = [k for k in mine if k not in saved], [k for k in saved if k not in mine]
+    if not (shapes or missing or unexpected):
+        return
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{k} has shape {shape[k]} in the checkpoint, {tuple(mine[k].shape)} in this model"
+                     + (f" ({len(shapes) - 1} more shapes differ)" if len(shapes) > 1 else ""))
+    for keys, where in ((unexpected, "only in the checkpoint"), (missing, "only in this model")):
+        if keys:
+            parts.append(f"{len(keys)} parameter(s) {where} (first {keys[0]})")
+    suspects = [f"{k} ({a!r} in the checkpoint, {b!r} now)" for k, a, b in changed if k.startswith(("model.", "data."))]
+    hint = (f"likely because of {', '.join(suspects)}" if suspects
+            else "the model settings (model.*) or the data's classes (data.labels, data.ranks) differ")
+    raise ckpt.CheckpointError(f"checkpoint {source!r} does not fit this model: {', '.join(parts)}; {hint}; resume with the "
+                               "checkpoint's settings, or start a new run in another train.out_dir")
+
+
+def _algorithm_configs(algorithms: Sequence[Any]) -> list[dict[str, Any]]:
+    """The registry's ``to_config`` of each algorithm (an unregistered one is recorded by class name)."""
+    out = []
+    for a in algorithms:
+        try:
+            out.append(to_config(a))
+        except ValueError:
+            out.append({"name": type(a).__name__})
+    return out
+
+
+_NEVER = 2**62  # "no step" in an all-reduced minimum
+
+
+class _FitState:
+    """What the epochs of one `fit` share: the loss window, the progress bar and the stop flags."""
+
+    def __init__(self, num_ranks: int, stop_after: int | None):
+        self.window = _Window(num_ranks)
+        self.bar: Any = None
+        self.stop_after = stop_after
+        self.last_eval_step = -1
+        self.stopped = self.interrupted = False
+
+
+class _Replaced:
+    """Images of one split replaced by placeholders (permissive mode): run totals and the current pass.
+
+    The dataset's ``failures.count`` grows in the loader threads of this process; `base` is what a
+    resumed checkpoint carried; a pass (an epoch, an evaluation) counts from its `start_pass` mark.
+    """
+
+    def __init__(self, dataset: Any):
+        self.failures = dataset.failures
+        self.base = 0
+        self.loaded = 0  # images read by finished evaluations (the training split uses samples_seen)
+        self.size = 0
+        self.label = ""
+        self._mark = self.failures.count
+
+    def start_pass(self, size: int, label: str) -> None:
+        self._mark, self.size, self.label = self.failures.count, size, label
+
+    def in_pass(self) -> int:
+        return self.failures.count - self._mark
+
+    def total(self) -> int:
+        return self.base + self.failures.count
+
+    def example(self) -> str:
+        examples = self.failures.examples
+        return f"{examples[-1][0]}: {examples[-1][1]}" if examples else ""
 
 
 def _seed_everything(seed: int) -> None:
@@ -835,13 +1051,24 @@ class _Window:
         self.sums: list[torch.Tensor] = []
         self.samples = 0
         self.steps = 0
+        self.first_step = 0
         self.started = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, rank_losses: Sequence[torch.Tensor], n: int, _seconds: float) -> None:
+    def add(self, step: int, loss: torch.Tensor, rank_losses: Sequence[torch.Tensor], n: int) -> None:
         # stays on the training device: no host sync until the next log line
+        if not self.sums:
+            self.first_step = step
         self.sums.append(torch.stack([loss.float(), *[r.float() for r in rank_losses]]))
         self.samples += n
         self.steps += 1
+
+    def first_nonfinite_step(self) -> int | None:
+        """Step of the window's first nan or inf loss, None if all are finite (one host sync)."""
+        if not self.sums:
+            return None
+        bad = ~torch.isfinite(torch.stack([s[0] for s in self.sums]))
+        first = int(torch.where(bad.any(), bad.int().argmax(), -1))
+        return None if first < 0 else self.first_step + first
 
     def flush(self, step: int, epoch: int, lr: float, ranks: Sequence[str]) -> dict[str, Any]:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
@@ -867,16 +1094,18 @@ def format_summary(summary: dict[str, Any]) -> str:
     for r, m in summary["ranks"].items():
         lines.append(f"{rank_label(r):<20} {m['classes']:>7d} {m['chance']:>7.1%} {m['top1']:>7.1%} "
                      f"{m['top5']:>7.1%} {m['severity']:>9.2f} {m['n']:>6d}")
+    lines += _replaced_lines(summary.get("load_failures"))
     lines += ["", "top-1/top-5: validation accuracy (null labels excluded); chance: 1/classes; severity: mean "
               "taxonomic distance of wrong top-1 predictions (1 = right parent, wrong class)",
               f"metrics: {summary['out_dir']}/metrics.jsonl, checkpoints: {summary['out_dir']}/checkpoints/"]
     return "\n".join(lines)
 
 
-def run_training(cfg: TrainerConfig, *, resume: str | Path | None = None,
-                 on_ready: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
-    """Build a trainer for `cfg` and fit it (the CLI's entry)."""
-    trainer = Trainer(cfg, resume=resume)
-    if on_ready is not None:
-        on_ready(trainer)
-    return trainer.fit()
+def _replaced_lines(failures: dict[str, Any] | None) -> list[str]:
+    """The final table's line on images replaced by placeholders (permissive mode, or any replaced)."""
+    if not failures or (failures["strict"] and not failures["train"]["replaced"] and not failures["val"]["replaced"]):
+        return []
+    parts = [f"{s} {failures[s]['replaced']} of {failures[s]['loaded']} ({failures[s]['share']:.1%})"
+             for s in ("train", "val")]
+    return ["", f"images replaced by placeholders (data.strict: false): {', '.join(parts)}; "
+                f"limit {failures['limit']:.1%} per epoch or evaluation (data.max_load_failures)"]
