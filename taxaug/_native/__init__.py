@@ -26,6 +26,7 @@ __all__ = [
     "check_pointwise_ops",
     "device_strategy",
     "disabled",
+    "forced_strategy",
     "ingroup_perm",
     "kernel_isa",
     "mix",
@@ -121,21 +122,35 @@ def own_threads() -> Iterator[None]:
 
 STRATEGIES = ("auto", "cpu", "accelerator")
 STRATEGY_VARIABLE = "TAXAUG_DEVICE_STRATEGY"
+_forced_strategy = os.environ.get(STRATEGY_VARIABLE, "auto")  # read once: a lookup per op call is measurable
 
 
 def device_strategy(device: torch.device) -> str:
     """How the image ops run on `device`: "cpu" (grouped by op, C kernels, cache-sized blocks) or
     "accelerator" (one pass per op family over the whole batch, masks, no host sync).
 
-    ``TAXAUG_DEVICE_STRATEGY=cpu|accelerator`` forces one on any device (so CPU CI runs every branch a
-    GPU takes); ``auto`` (the default) picks "cpu" on CPU and "accelerator" elsewhere.
+    ``TAXAUG_DEVICE_STRATEGY=cpu|accelerator`` in the environment (read at import) or
+    :func:`forced_strategy` forces one on any device (so CPU CI runs every branch a GPU takes);
+    ``auto`` (the default) picks "cpu" on CPU and "accelerator" elsewhere.
     """
-    forced = os.environ.get(STRATEGY_VARIABLE, "auto")
-    if forced not in STRATEGIES:
-        raise ValueError(f"{STRATEGY_VARIABLE} must be one of {', '.join(STRATEGIES)}, got {forced!r}")
-    if forced != "auto":
-        return forced
-    return "cpu" if device.type == "cpu" else "accelerator"
+    if _forced_strategy == "auto":
+        return "cpu" if device.type == "cpu" else "accelerator"
+    if _forced_strategy not in STRATEGIES:
+        raise ValueError(f"{STRATEGY_VARIABLE} must be one of {', '.join(STRATEGIES)}, got {_forced_strategy!r}")
+    return _forced_strategy
+
+
+@contextlib.contextmanager
+def forced_strategy(name: str) -> Iterator[None]:
+    """Runs the block with every device on strategy `name` ("auto", "cpu" or "accelerator")."""
+    global _forced_strategy
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    previous, _forced_strategy = _forced_strategy, name
+    try:
+        yield
+    finally:
+        _forced_strategy = previous
 
 
 def sample_blocks_match(x: torch.Tensor, out: torch.Tensor) -> bool:
