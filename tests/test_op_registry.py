@@ -142,6 +142,7 @@ POLICIES = {
     "trivial_augment_wide": lambda x, g: F.trivial_augment_wide(x, generator=g),
     "augmix": lambda x, g: F.augmix(x, generator=g),
     "color_jitter": lambda x, g: ColorJitter(0.4, 0.4, 0.4, 0.1, generator=g)(x),
+    "random_erasing": lambda x, g: F.random_erasing(x, p=0.8, count=2, value=(9, 99, 199)[: x.shape[1]], generator=g),
 }
 
 
