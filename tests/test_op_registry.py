@@ -173,3 +173,17 @@ def test_both_strategies_run_every_op_alike(seed, ops, dtype):
     cpu = _dispatch(x, op, value, ops, fill, "nearest", strategy="cpu")
     accelerator = _dispatch(x, op, value, ops, fill, "nearest", strategy="accelerator")
     assert torch.equal(cpu, accelerator)
+
+
+@settings(deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), layers=st.integers(1, 3),
+       ops=st.lists(st.sampled_from(F.DIFF_OP_NAMES), min_size=1, max_size=8, unique=True))
+def test_both_strategies_give_the_same_learned_draws(seed, layers, ops):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (6, 3, 11, 13), dtype=torch.uint8, generator=gen)
+    logits = torch.randn(len(ops), generator=gen)
+    magnitudes = torch.tensor([TWINS[o][0] or 0.0 for o in ops]) * 0.7 + 0.1
+    noise = F.draw_policy_noise(layers, 6, len(ops), generator=gen)
+    grouped = F.apply_sampled_ops(x, logits, magnitudes, ops=ops, num_layers=layers, noise=noise, dispatch="grouped")
+    masked = F.apply_sampled_ops(x, logits, magnitudes, ops=ops, num_layers=layers, noise=noise, dispatch="masked")
+    assert torch.equal(grouped, masked)
