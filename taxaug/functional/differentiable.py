@@ -5,10 +5,10 @@ is a float, a 0-d tensor or a ``(B,)`` tensor (one value per sample), and is
 differentiable in that magnitude:
 
 - geometric ops (rotate, translate, shear) build one affine sampling grid per
-  sample and resample bilinearly, so the gradient reaches the angle, shift or
-  shear factor through the grid;
-- enhance ops (brightness, color, contrast, sharpness) blend the image with a
-  degenerate image, ``degenerate + factor * (x - degenerate)``, as PIL does;
+  sample from the policy ops' Pillow affine data and resample bilinearly, so
+  the gradient reaches the angle, shift or shear factor through the grid;
+- enhance ops (brightness, color, contrast, sharpness) are the policy float
+  kernels, ``degenerate + factor * (x - degenerate)`` as Pillow blends;
 - posterize, solarize, equalize and autocontrast are not differentiable in
   their magnitude (or their input) as written, so they use straight-through
   estimators: the forward pass is the exact op, the backward pass uses a
@@ -17,7 +17,7 @@ differentiable in that magnitude:
 ``relaxed_augment`` chooses one op per sample and layer with a Gumbel-softmax
 (straight-through when ``hard=True``), so op logits receive gradients through
 the images themselves. ``apply_sampled_ops`` runs the same choice without
-gradients, fused so that each op family costs one pass over the batch; with
+gradients through the op dispatcher (``taxaug.functional.dispatch``); with
 the same ``PolicyNoise`` both give the same images.
 
 Conventions are the policy ops' (one op registry, ``taxaug.functional.registry``):
