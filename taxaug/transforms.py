@@ -29,6 +29,7 @@ from taxaug.functional import policies as P
 from taxaug.functional import random as R
 from taxaug.functional._validate import describe
 from taxaug.functional.photometric import color_jitter
+from taxaug.functional.registry import jitter_neutral
 
 __all__ = [
     "AugMix",
@@ -259,7 +260,7 @@ class ColorJitter(_BatchTransform):
     def _apply(self, batch, generator):
         b, dev = batch.shape[0], batch.device
         params = []
-        neutral = (1.0, 1.0, 1.0, 0.0)
+        neutral = jitter_neutral()
         apply = R.rand((b,), generator=generator, device=dev) < self.p
         for (lo, hi), n in zip((self.brightness, self.contrast, self.saturation, self.hue), neutral):
             u = R.rand((b,), generator=generator, device=dev, dtype=torch.float64)

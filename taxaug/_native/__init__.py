@@ -3,6 +3,7 @@
 The C sources beside this file (``kernels.h`` lists them) are built into one
 library at install time when a C compiler is present, and loaded here through
 ctypes. Callers ask :func:`available` and otherwise run their torch code;
+the kernels serve the "cpu" strategy of :func:`device_strategy` only;
 ``TAXAUG_NATIVE=0`` in the environment, or :func:`disabled`, turns the kernels
 off (to compare, or to rule them out in a bug report).
 """
@@ -13,7 +14,7 @@ import contextlib
 import ctypes
 import importlib.machinery
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -22,7 +23,10 @@ __all__ = [
     "MIX_DTYPES",
     "POINTWISE_OPS",
     "available",
+    "check_pointwise_ops",
+    "device_strategy",
     "disabled",
+    "forced_strategy",
     "ingroup_perm",
     "kernel_isa",
     "mix",
@@ -45,6 +49,11 @@ def _load() -> ctypes.CDLL | None:
                 library = ctypes.CDLL(str(path))
             except OSError:
                 return None
+            if not hasattr(library, "taxaug_pointwise_op_count"):
+                if not _enabled:
+                    return None
+                raise ImportError(f"{path} is older than taxaug's sources (no taxaug_pointwise_op_count); rebuild "
+                                  "it (python setup.py build_ext --inplace) or set TAXAUG_NATIVE=0")
             pointer, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
             library.taxaug_mix.argtypes = [pointer, pointer, pointer, pointer, i64, i64, i32, i32]
             library.taxaug_paste_boxes.argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64, i64,
@@ -56,6 +65,8 @@ def _load() -> ctypes.CDLL | None:
             library.taxaug_kernel_isa.restype = ctypes.c_char_p
             library.taxaug_thread_pool.argtypes = [i32]
             library.taxaug_ingroup_perm.argtypes = [pointer, pointer, pointer, i64, i64]
+            library.taxaug_pointwise_op_name.argtypes = [i32]
+            library.taxaug_pointwise_op_name.restype = ctypes.c_char_p
             return library
     return None
 
@@ -109,9 +120,42 @@ def own_threads() -> Iterator[None]:
             _library.taxaug_thread_pool(int(previous))
 
 
+STRATEGIES = ("auto", "cpu", "accelerator")
+STRATEGY_VARIABLE = "TAXAUG_DEVICE_STRATEGY"
+_forced_strategy = os.environ.get(STRATEGY_VARIABLE, "auto")  # read once: a lookup per op call is measurable
+
+
+def device_strategy(device: torch.device) -> str:
+    """How the image ops run on `device`: "cpu" (grouped by op, C kernels, cache-sized blocks) or
+    "accelerator" (one pass per op family over the whole batch, masks, no host sync).
+
+    ``TAXAUG_DEVICE_STRATEGY=cpu|accelerator`` in the environment (read at import) or
+    :func:`forced_strategy` forces one on any device (so CPU CI runs every branch a GPU takes);
+    ``auto`` (the default) picks "cpu" on CPU and "accelerator" elsewhere.
+    """
+    if _forced_strategy == "auto":
+        return "cpu" if device.type == "cpu" else "accelerator"
+    if _forced_strategy not in STRATEGIES:
+        raise ValueError(f"{STRATEGY_VARIABLE} must be one of {', '.join(STRATEGIES)}, got {_forced_strategy!r}")
+    return _forced_strategy
+
+
+@contextlib.contextmanager
+def forced_strategy(name: str) -> Iterator[None]:
+    """Runs the block with every device on strategy `name` ("auto", "cpu" or "accelerator")."""
+    global _forced_strategy
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    previous, _forced_strategy = _forced_strategy, name
+    try:
+        yield
+    finally:
+        _forced_strategy = previous
+
+
 def sample_blocks_match(x: torch.Tensor, out: torch.Tensor) -> bool:
     """Whether each sample of x (and out, laid out alike) is one dense block of memory the kernels can walk."""
-    if x.device.type != "cpu" or out.stride() != x.stride() or x.ndim != 4:
+    if device_strategy(x.device) != "cpu" or out.stride() != x.stride() or x.ndim != 4:
         return False
     return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
 
@@ -172,15 +216,35 @@ def paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: t
 
 def _contiguous_cpu_pair(x: torch.Tensor, out: torch.Tensor) -> bool:
     """Kernels on, and x and out contiguous (B, C, H, W) CPU batches of one dtype and shape (out may be x)."""
-    return (available() and x.device.type == "cpu" and x.ndim == 4 and x.is_contiguous() and out.is_contiguous()
+    return (available() and device_strategy(x.device) == "cpu" and x.ndim == 4 and x.is_contiguous() and out.is_contiguous()
             and out.dtype == x.dtype and out.shape == x.shape)
 
 
-POINTWISE_OPS = {"brightness": 0, "posterize": 1, "solarize": 2, "invert": 3, "color": 4, "contrast": 5, "hue": 6,
-                 "autocontrast": 7, "equalize": 8, "sharpness": 9}
+def _pointwise_ids() -> dict[str, int]:
+    """Op name -> id of `taxaug_pointwise`, as the library numbers them (empty when not built)."""
+    if _library is None:
+        return {}
+    count = _library.taxaug_pointwise_op_count()
+    return {_library.taxaug_pointwise_op_name(i).decode(): i for i in range(count)}
+
+
+POINTWISE_OPS = _pointwise_ids()
 """The ops `pointwise` runs (per pixel, from per-sample parameters, statistics or, for sharpness, the 3x3
-neighbourhood); contrast on uint8 only (the float mean is a float64 torch reduction whose summation order C
-would not reproduce), hue on RGB. Source and output may be the same batch (in place)."""
+neighbourhood), name -> the library's op id; contrast on uint8 only (the float mean is a float64 torch
+reduction whose summation order C would not reproduce), hue on RGB. Source and output may be the same
+batch (in place). ``taxaug.functional.registry`` checks these names against its records at import."""
+
+
+def check_pointwise_ops(expected: Iterable[str]) -> None:
+    """Raise unless the library's pointwise ops are exactly `expected` (the registry's ops with a C kernel);
+    nothing to check when the library is not built."""
+    if _library is None or os.environ.get("TAXAUG_NATIVE", "1") == "0":
+        return
+    expected = set(expected)
+    if expected != set(POINTWISE_OPS):
+        raise ImportError(
+            f"taxaug's C kernels name the pointwise ops {sorted(POINTWISE_OPS)} but the op registry expects "
+            f"{sorted(expected)}; rebuild the kernels (python setup.py build_ext --inplace) or set TAXAUG_NATIVE=0")
 
 
 def pointwise_applies(name: str, x: torch.Tensor, out: torch.Tensor, values: torch.Tensor | None = None) -> bool:

@@ -42,15 +42,12 @@ from taxaug.algorithms.state import State
 from taxaug.functional import random as _random
 from taxaug.functional._validate import check_images, describe
 from taxaug.functional.differentiable import (
-    DIFF_OP_NAMES,
-    ENHANCE_OPS,
-    GEOMETRIC_OPS,
-    OP_NEUTRAL,
     PolicyNoise,
     apply_sampled_ops,
     draw_policy_noise,
     relaxed_augment,
 )
+from taxaug.functional.registry import DEFAULT_BOUNDS, DIFF_OP_NAMES, OP_NEUTRAL, OPS, VALID_RANGES
 
 __all__ = [
     "DEFAULT_BOUNDS",
@@ -69,26 +66,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: default magnitude bounds per op, in config units (degrees, pixels, factors, bits, 8-bit levels, strength)
-DEFAULT_BOUNDS: dict[str, tuple[float, float] | None] = {
-    "identity": None,
-    "hflip": None,
-    "vflip": None,
-    "rotate": (-30.0, 30.0),
-    "translate_x": (-20.0, 20.0),
-    "translate_y": (-20.0, 20.0),
-    "shear_x": (-0.3, 0.3),
-    "shear_y": (-0.3, 0.3),
-    "brightness": (0.1, 1.9),
-    "color": (0.1, 1.9),
-    "contrast": (0.1, 1.9),
-    "sharpness": (0.1, 1.9),
-    "posterize": (4.0, 8.0),
-    "solarize": (1.0, 256.0),
-    "equalize": (0.0, 1.0),
-    "autocontrast": (0.0, 1.0),
-}
-_SIGNABLE = frozenset(GEOMETRIC_OPS) | frozenset(ENHANCE_OPS)
+_SIGNABLE = frozenset(n for n in DIFF_OP_NAMES if OPS[n].signed)
 _OP_KEYS = frozenset({"min", "max", "init", "random_sign", "unit"})
 _POLICY_KEYS = frozenset({"ops", "num_layers", "temperature", "hard"})
 
@@ -185,13 +163,9 @@ def _real(value: object, name: str) -> float:
 
 
 def _check_op_range(name: str, low: float, high: float) -> None:
-    limits = {"posterize": (0.0, 8.0), "solarize": (0.0, 256.0), "equalize": (0.0, 1.0), "autocontrast": (0.0, 1.0)}
-    if name in ENHANCE_OPS:
-        limits[name] = (0.0, math.inf)
-    if name in limits:
-        lo, hi = limits[name]
-        if low < lo or high > hi:
-            raise ValueError(f"op {name!r}: bounds [{low}, {high}] leave the op's valid range [{lo}, {hi}]")
+    lo, hi = VALID_RANGES[name]
+    if low < lo or high > hi:
+        raise ValueError(f"op {name!r}: bounds [{low}, {high}] leave the op's valid range [{lo}, {hi}]")
 
 
 @attrs.frozen
@@ -283,6 +257,12 @@ class PolicyConfig:
         }
 
 
+def _unit_scale(ops: Sequence[OpSpec], height: int, width: int) -> list[float]:
+    """Per op, what turns its config magnitude into op units (the side for fractional translations)."""
+    return [float(width) if (o.unit == "fraction" and o.name == "translate_x") else
+            float(height) if (o.unit == "fraction" and o.name == "translate_y") else 1.0 for o in ops]
+
+
 def _logit(p: float) -> float:
     p = min(max(p, 1e-6), 1 - 1e-6)
     return math.log(p / (1 - p))
@@ -324,10 +304,7 @@ class AugmentPolicy(nn.Module):
     def op_magnitudes(self, height: int, width: int) -> torch.Tensor:
         """(K,) magnitudes in the units the ops take (fractional translations scaled to pixels)."""
         m = self.magnitudes()
-        scale = [float(width) if (o.unit == "fraction" and o.name == "translate_x") else
-                 float(height) if (o.unit == "fraction" and o.name == "translate_y") else 1.0
-                 for o in self.config.ops]
-        return m * m.new_tensor(scale)
+        return m * m.new_tensor(_unit_scale(self.config.ops, height, width))
 
     def draw_noise(self, batch: int, *, generator: torch.Generator | None = None,
                    device: torch.device | str | None = None) -> PolicyNoise:
@@ -419,11 +396,8 @@ class FixedPolicy:
         height, width = x.shape[-2:]
         probs = torch.tensor(self.probabilities, dtype=torch.float32, device=x.device)
         logits = torch.log(probs / probs.sum()).clamp_min(-1e4)
-        mags = torch.tensor([
-            m * (width if o.unit == "fraction" and o.name == "translate_x" else
-                 height if o.unit == "fraction" and o.name == "translate_y" else 1.0)
-            for o, m in zip(self.ops, self.magnitudes)
-        ], dtype=torch.float32, device=x.device)
+        mags = torch.tensor([m * s for m, s in zip(self.magnitudes, _unit_scale(self.ops, height, width))],
+                            dtype=torch.float32, device=x.device)
         random_sign = torch.tensor([o.random_sign for o in self.ops], device=x.device)
         return apply_sampled_ops(x, logits, mags, ops=self.names, random_sign=random_sign,
                                  num_layers=self.num_layers, noise=noise, generator=generator)
@@ -561,21 +535,38 @@ def meta_gradients(
     """
     if backend not in META_BACKENDS:
         raise ValueError(f"backend must be one of {META_BACKENDS}, got {backend!r}")
-    model = _unwrap(model)
-    x_train, y_train, train_kwargs = _unpack(train_batch, "train_batch")
-    x_val, y_val, val_kwargs = _unpack(val_batch, "val_batch")
-    if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or not 1 <= inner_steps <= x_train.shape[0]:
-        raise ValueError(f"inner_steps must be an integer in [1, train batch size {x_train.shape[0]}], "
-                         f"got {inner_steps!r}")
+    train, val = _unpack(train_batch, "train_batch"), _unpack(val_batch, "val_batch")
+    batch = train[0].shape[0]
+    if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or not 1 <= inner_steps <= batch:
+        raise ValueError(f"inner_steps must be an integer in [1, train batch size {batch}], got {inner_steps!r}")
     if noise is None:
-        noise = policy.draw_noise(x_train.shape[0], generator=generator, device=x_train.device)
-    chunks = list(torch.arange(x_train.shape[0], device=x_train.device).tensor_split(inner_steps))
+        noise = policy.draw_noise(batch, generator=generator, device=train[0].device)
     use_func = backend == "func"
+    outer = _outer_loss(policy, _unwrap(model), loss_fn, train, val, noise, inner_lr, inner_steps, use_func)
+    policy_params = {n: p.detach() if use_func else p.detach().requires_grad_(True)
+                     for n, p in policy.named_parameters()}
+    if use_func:
+        hypergrads, (train_loss, val_loss, augmented) = grad(outer, has_aux=True)(policy_params)
+    else:
+        with torch.enable_grad():  # works from inside a caller's no_grad block, as torch.func.grad does
+            val_loss, (train_loss, _, augmented) = outer(policy_params)
+            hypergrads = _autograd_grad(val_loss, policy_params, create_graph=False)
+    return hypergrads, train_loss.detach(), val_loss.detach(), augmented.detach()
+
+
+Unpacked = tuple[torch.Tensor, Any, dict[str, Any]]
+
+
+def _outer_loss(policy: AugmentPolicy, model: nn.Module, loss_fn: Callable[[Any, Any], Any], train: Unpacked,
+                val: Unpacked, noise: PolicyNoise, inner_lr: float, inner_steps: int, use_func: bool
+                ) -> Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+    """phi -> (validation loss after the unrolled inner SGD steps on the batch augmented with phi,
+    (mean train loss, validation loss, augmented images)), for `grad` or `autograd.grad` over phi."""
+    (x_train, y_train, train_kwargs), (x_val, y_val, val_kwargs) = train, val
+    chunks = list(torch.arange(x_train.shape[0], device=x_train.device).tensor_split(inner_steps))
     weights = {n: p.detach() if use_func else p.detach().requires_grad_(True)
                for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-    policy_params = {n: p.detach() if use_func else p.detach().requires_grad_(True)
-                     for n, p in policy.named_parameters()}
     policy_buffers = dict(policy.named_buffers())
 
     def buffers() -> dict[str, torch.Tensor]:
@@ -601,18 +592,11 @@ def meta_gradients(
                 grads = _autograd_grad(loss, updated, create_graph=True)
             updated = {n: updated[n] - inner_lr * grads[n] for n in updated}
             train_losses.append(loss)
-        train_loss = torch.stack(train_losses).mean()
         out = functional_call(model, {**updated, **frozen, **buffers()}, (x_val,), val_kwargs)
         val_loss = _mean_loss(loss_fn(out, y_val))
-        return val_loss, (train_loss, val_loss, augmented)
+        return val_loss, (torch.stack(train_losses).mean(), val_loss, augmented)
 
-    if use_func:
-        hypergrads, (train_loss, val_loss, augmented) = grad(outer, has_aux=True)(policy_params)
-    else:
-        with torch.enable_grad():  # works from inside a caller's no_grad block, as torch.func.grad does
-            val_loss, (train_loss, _, augmented) = outer(policy_params)
-            hypergrads = _autograd_grad(val_loss, policy_params, create_graph=False)
-    return hypergrads, train_loss.detach(), val_loss.detach(), augmented.detach()
+    return outer
 
 
 def _average_across_ranks(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -696,12 +680,6 @@ class MetaLearner:
 
 
 # ----------------------------------------------------------------------------- algorithms
-
-
-def _to_dtype(augmented: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if dtype == torch.uint8:
-        return torch.round(augmented * 255.0).clamp(0, 255).to(torch.uint8)
-    return augmented.to(dtype)
 
 
 class _PolicyAlgorithm(Algorithm):

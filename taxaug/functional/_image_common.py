@@ -16,6 +16,7 @@ from numbers import Real
 import torch
 
 from taxaug import _memory
+from taxaug._native import device_strategy
 from taxaug.functional._validate import check_images, describe
 
 Param = float | int | torch.Tensor
@@ -95,9 +96,9 @@ temporaries of an op stay in cache (one pass over DRAM instead of one per tempor
 
 
 def sample_blocks(x: torch.Tensor) -> list[slice]:
-    """Slices of the batch dimension: one block on accelerators, cache-sized blocks on CPU."""
+    """Slices of the batch dimension: one block under the accelerator strategy, cache-sized blocks on CPU."""
     b = x.shape[0]
-    if x.device.type != "cpu" or b == 0:
+    if b == 0 or device_strategy(x.device) == "accelerator":
         return [slice(0, b)]
     per = max(1, BLOCK_ELEMENTS // max(1, x[0].numel()))
     return [slice(s, min(b, s + per)) for s in range(0, b, per)]
@@ -176,11 +177,6 @@ def apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     idx = x.reshape(b * c, h * w).long()
     return lut.reshape(b * c, 256).gather(1, idx).reshape(b, c, h, w)
-
-
-def to_levels_float(x: torch.Tensor) -> torch.Tensor:
-    """x in 8-bit levels as float32 (uint8) or its own float dtype scaled by 255."""
-    return x.float() if x.dtype == torch.uint8 else x * 255.0
 
 
 def quantize_uint8(x: torch.Tensor) -> torch.Tensor:

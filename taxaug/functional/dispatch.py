@@ -1,9 +1,18 @@
-"""Grouped dispatch: run a different op with a different parameter on every sample of a batch.
+"""The dispatcher: run a different op with a different parameter on every sample of a batch.
 
-The samples that drew the same op are gathered (index_select), the op runs once over them and the
-results are scattered back (index_put_); all geometric ops of one call share one affine warp. One
-host sync per call reads the group sizes; there is no Python loop over samples. On CPU each group
-is processed in cache-sized blocks of samples.
+One entry point (`_dispatch`) serves the policies, `color_jitter` and learned augmentation, with two
+strategies (`device_strategy`; ``TAXAUG_DEVICE_STRATEGY`` forces one):
+
+- ``cpu``: grouped. The samples that drew the same op are found with one host sync per call (the group
+  sizes); each op runs once over its group, through its C kernel where there is one (in place, no
+  gather) or in cache-sized blocks of samples otherwise (gather the block's rows, run the op, copy the
+  rows into the output, so every row crosses memory once each way); each geometric op is its own warp.
+- ``accelerator``: masked, no host sync. Each op family runs once over the whole batch: one warp for
+  every geometric choice (per-sample affine data), one blend for every enhance choice (per-sample
+  degenerate image), one pass per other op; ``torch.where`` keeps each sample's own result.
+
+Both give the same bytes for the same draws: every op computes each sample on its own.
+Ops and their kernels come from the op registry (`taxaug.functional.registry`).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from taxaug import _memory, _native
+from taxaug.functional import _diff_ops
 from taxaug.functional import geometry as _geometry
 from taxaug.functional import photometric as _color
 from taxaug.functional._image_common import (
@@ -20,39 +30,18 @@ from taxaug.functional._image_common import (
     as_param,
     check_image_batch,
     compute_dtype,
+    device_strategy,
     fill_tensor,
     memory_format,
     row_view,
     update_rows_,
 )
 from taxaug.functional._validate import describe
-from taxaug.functional.op_tables import OP_NAMES
+from taxaug.functional.registry import OP_NAMES, OPS
 
 __all__ = ["apply_ops_per_sample"]
 
-
-def _hflip_kernel(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    return x.flip(-1)
-
-
-_KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "brightness": _color._k_brightness,
-    "color": _color._k_color,
-    "contrast": _color._k_contrast,
-    "sharpness": _color._k_sharpness,
-    "posterize": _color._k_posterize,
-    "solarize": _color._k_solarize,
-    "solarize_add": _color._k_solarize_add,
-    "autocontrast": _color._k_autocontrast,
-    "equalize": _color._k_equalize,
-    "invert": _color._k_invert,
-    "hflip": _hflip_kernel,
-}
-# the dispatcher's gathered blocks are its own copies, so float kernels may overwrite them
-_KERNELS.update({name: _color._float_in_place(_KERNELS[name], kernel_)
-                 for name, kernel_ in _color.IN_PLACE_KERNELS.items()})
-_GEOMETRIC = {k: v for k, v in _geometry.GEOMETRIC_DATA.items() if k != "hflip"}
-assert set(OP_NAMES) == {"identity", *_KERNELS, *_GEOMETRIC}, "op_tables.OP_NAMES out of sync with the kernels"
+Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _dispatch(
@@ -64,83 +53,156 @@ def _dispatch(
     interpolation: str,
     *,
     inplace: bool = False,
+    learned: bool = False,
+    strategy: str | None = None,
 ) -> torch.Tensor:
-    """Run op `names[op_indices[i]]` with `params[i]` on sample i, each op once over its group.
+    """Run op `names[op_indices[i]]` with `params[i]` on sample i.
 
-    Writes into one output buffer: a fresh one (huge pages, see ``taxaug._memory``), or `x` itself
-    with ``inplace=True`` (for buffers the policy owns, e.g. the result of its previous round).
-    Each group is processed in cache-sized blocks of samples: gather the block's rows from `x`, run
-    the op, copy the rows into the output, so every row crosses memory once each way.
+    Policy ops (`learned=False`) take uint8 or float x and float64 (B,) params; learned ops take float x
+    and (B, 2) params (magnitude, posterize dither) and run their differentiable forwards (bilinear
+    warps with a zero fill; `fill` and `interpolation` are unused). ``inplace=True`` lets the grouped
+    strategy write into `x` (a buffer the caller owns, e.g. its previous round's result). `strategy`
+    ("cpu" or "accelerator") overrides `device_strategy`.
     """
-    n_ops = len(names)
-    if x.device.type == "cpu":
-        # one warp per geometric op: groups are processed block by block anyway, and a group of
-        # translations (or shears) gets the cheaper separable index of _warp_nearest
-        group = op_indices
-    else:  # all geometric samples share one warp (fewer kernel launches)
-        geo = torch.tensor([n in _GEOMETRIC for n in names], device=x.device)
-        group = torch.where(geo[op_indices], n_ops, op_indices)
-    counts = torch.bincount(group, minlength=n_ops + 1).tolist()  # the one host sync of the round
+    strategy = strategy or device_strategy(x.device)
+    if x.shape[0] == 0:
+        return x
+    if strategy == "accelerator":
+        return _masked(x, op_indices, params, names, fill, interpolation, learned)
+    return _grouped(x, op_indices, params, names, fill, interpolation, inplace, learned)
+
+
+def _output(x: torch.Tensor, inplace: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, its row view, the source's row view): `x` itself in place, else a fresh buffer (from the
+    buffer cache, see ``taxaug._memory``) that every row is written into once, with no copy of x first."""
+    if inplace:
+        out = x if x.is_contiguous() else x.contiguous()
+        rows = row_view(out)
+        return out, rows, rows
+    out = _memory.empty_like(x, memory_format=torch.contiguous_format)
+    return out, row_view(out), row_view(x if x.is_contiguous() else x.contiguous())
+
+
+def _grouped(x: torch.Tensor, op_indices: torch.Tensor, params: torch.Tensor, names: Sequence[str], fill: Fill,
+             interpolation: str, inplace: bool, learned: bool) -> torch.Tensor:
+    """The cpu strategy: each op once over the samples that drew it (see the module docstring)."""
+    counts = torch.bincount(op_indices, minlength=len(names)).tolist()  # the one host sync of the call
     identity = names.index("identity") if "identity" in names else -1
     if identity >= 0 and counts[identity] == x.shape[0]:
         return x
-    if inplace:
-        out = x if x.is_contiguous() else x.contiguous()
-        source_rows = out_rows = row_view(out)
-    else:  # every row is written once from the source: no full copy of the batch first
-        out = _memory.empty_like(x, memory_format=torch.contiguous_format)
-        out_rows = row_view(out)
-        source_rows = row_view(x if x.is_contiguous() else x.contiguous())
+    out, out_rows, source_rows = _output(x, inplace)
     source = source_rows.view(out.dtype).view(out.shape)
-    order = torch.argsort(group, stable=True)
-    warps = counts[n_ops] or any(counts[k] for k, n in enumerate(names) if n in _GEOMETRIC)
-    fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if warps else None
-    zero_fill = warps and _geometry.is_zero_fill(fill)
-    padded = None  # the torch warp's padded buffer, made when first needed and reused over blocks
+    order = torch.argsort(op_indices, stable=True)
+    warps = any(c and OPS[n].family == "geometric" for n, c in zip(names, counts))
+    fill_t = fill_tensor(fill, x.shape[1], x.dtype, x.device) if warps and not learned else None
+    padded = None  # the torch nearest warp's padded buffer, made once and reused over groups and blocks
+    if fill_t is not None and interpolation == "nearest" and not _native.warp_applies(source, out):
+        padded = _geometry.warp_workspace(x, fill_t)
     start = 0
-    for gid, count in enumerate(counts):
-        group_idx = order[start : start + count]
+    for k, count in enumerate(counts):
+        idx = order[start : start + count]
         start += count
-        if count == 0 or (gid == identity and inplace):
+        if count == 0 or (k == identity and inplace):
             continue
-        if gid < n_ops and _native.pointwise_applies(names[gid], source, out):
-            _native.pointwise(names[gid], source, group_idx, params.index_select(0, group_idx), out)
+        if learned:
+            run = _learned_run(names[k], params)
+        elif _native_group(names[k], source, idx, params, out, fill_t, interpolation):
             continue
-        geometric = gid == n_ops or names[gid] in _GEOMETRIC
-        if geometric and gid < n_ops and interpolation == "nearest" and _native.warp_applies(source, out):
-            # one geometric op per group on CPU: its affine data for just the group's rows
-            data = _GEOMETRIC[names[gid]](params.index_select(0, group_idx), x.shape[2], x.shape[3])
-            _native.warp_nearest(source, group_idx, data, fill_t, out)
-            continue
-        if gid == identity:
-            def run(sub: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-                return sub
-        elif gid == n_ops or names[gid] in _GEOMETRIC:
-            data = _warp_data(op_indices, params, names, x.shape[2], x.shape[3])
-
-            if interpolation == "nearest" and padded is None and not _native.available():
-                padded = _geometry.warp_workspace(x, fill_t)
-
-            def run(sub: torch.Tensor, idx: torch.Tensor, data: torch.Tensor = data,
-                    padded: torch.Tensor | None = padded) -> torch.Tensor:
-                if interpolation == "nearest":
-                    return _geometry._warp_nearest(sub, data.index_select(0, idx), fill_t, padded=padded)
-                return _geometry._warp_bilinear(sub, data.index_select(0, idx), fill_t, zero_fill)
         else:
-            def run(sub: torch.Tensor, idx: torch.Tensor, kernel=_KERNELS[names[gid]]) -> torch.Tensor:
-                return kernel(sub, params.index_select(0, idx))
-        update_rows_(out, group_idx, run, out_rows, source_rows)
+            run = _policy_run(names[k], params, fill, fill_t, interpolation, padded, x.shape)
+        update_rows_(out, idx, run, out_rows, source_rows)
     return out
 
 
-def _warp_data(ops: torch.Tensor, p: torch.Tensor, names: Sequence[str], height: int, width: int) -> torch.Tensor:
-    """(B, 6) Pillow affine data of each sample's geometric op (identity rows for the others), so that
-    the samples that drew different geometric ops share one warp."""
-    data = torch.zeros(ops.shape[0], 6, dtype=torch.float64, device=ops.device)
+def _native_group(name: str, source: torch.Tensor, idx: torch.Tensor, params: torch.Tensor, out: torch.Tensor,
+                  fill_t: torch.Tensor | None, interpolation: str) -> bool:
+    """Run one group through its C kernel, straight from `source` into `out`; False where none applies."""
+    op = OPS[name]
+    if op.c_id is not None:
+        values = params.index_select(0, idx)
+        if _native.pointwise_applies(name, source, out, values):
+            _native.pointwise(name, source, idx, values, out)
+            return True
+    elif op.family == "geometric" and interpolation == "nearest" and _native.warp_applies(source, out):
+        data = op.affine(params.index_select(0, idx), source.shape[2], source.shape[3])
+        _native.warp_nearest(source, idx, data, fill_t, out)
+        return True
+    return False
+
+
+def _policy_warp(x: torch.Tensor, data: torch.Tensor, fill: Fill, fill_t: torch.Tensor, interpolation: str,
+                 padded: torch.Tensor | None = None) -> torch.Tensor:
+    if interpolation == "nearest":
+        return _geometry._warp_nearest(x, data, fill_t, padded=padded)
+    return _geometry._warp_bilinear(x, data, fill_t, _geometry.is_zero_fill(fill))
+
+
+def _policy_run(name: str, params: torch.Tensor, fill: Fill, fill_t: torch.Tensor | None, interpolation: str,
+                padded: torch.Tensor | None, shape: torch.Size) -> Run:
+    """A block runner for `update_rows_`: (gathered samples, their indices) -> the op's result. The
+    gathered block is the dispatcher's own copy, so float kernels may overwrite it (`kernel_`)."""
+    op = OPS[name]
+    if op.family == "geometric":
+        def run(sub: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            data = op.affine(params.index_select(0, idx), shape[2], shape[3])
+            return _policy_warp(sub, data, fill, fill_t, interpolation, padded)
+        return run
+    kernel = op.kernel_ or op.kernel
+    return lambda sub, idx: kernel(sub, params.index_select(0, idx))
+
+
+def _learned_run(name: str, params: torch.Tensor) -> Run:
+    forward = OPS[name].diff
+
+    def run(sub: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        p = params.index_select(0, idx)
+        return forward(sub, p[:, 0], p[:, 1])
+
+    return run
+
+
+def _family(names: Sequence[str], family: str) -> list[int]:
+    return [k for k, n in enumerate(names) if OPS[n].family == family]
+
+
+def _masked(x: torch.Tensor, op_indices: torch.Tensor, params: torch.Tensor, names: Sequence[str], fill: Fill,
+            interpolation: str, learned: bool) -> torch.Tensor:
+    """The accelerator strategy: one pass per op family over the whole batch, kept by masks."""
+    magnitude = params[:, 0] if learned else params
+    out = x
+    geometric = _family(names, "geometric")
+    if geometric:
+        data = torch.tensor([1.0, 0, 0, 0, 1.0, 0], dtype=torch.float64, device=x.device).expand(x.shape[0], 6)
+        for k in geometric:
+            affine = _diff_ops.AFFINE[names[k]] if learned else OPS[names[k]].affine
+            data = torch.where((op_indices == k).unsqueeze(1), affine(magnitude, x.shape[2], x.shape[3]), data)
+        if learned:
+            warped = _diff_ops.warp(x, data)
+        else:
+            warped = _policy_warp(x, data, fill, fill_tensor(fill, x.shape[1], x.dtype, x.device), interpolation)
+        out = torch.where(_chose(op_indices, geometric), warped, out)
+    enhance = _family(names, "enhance")
+    if enhance:
+        blend_dtype = torch.float32 if x.dtype == torch.uint8 else x.dtype
+        degenerate = torch.zeros(x.shape, dtype=blend_dtype, device=x.device)
+        for k in enhance:
+            own = OPS[names[k]].degenerate(x).to(blend_dtype).expand_as(x)
+            degenerate = torch.where(_chose(op_indices, [k]), own, degenerate)
+        out = torch.where(_chose(op_indices, enhance), _color._blend(degenerate, x, magnitude), out)
     for k, name in enumerate(names):
-        if name in _GEOMETRIC:
-            data = torch.where((ops == k).unsqueeze(1), _GEOMETRIC[name](p, height, width), data)
-    return data
+        if OPS[name].family in ("geometric", "enhance", "identity"):
+            continue
+        result = OPS[name].diff(x, magnitude, params[:, 1]) if learned else OPS[name].kernel(x, params)
+        out = torch.where(_chose(op_indices, [k]), result, out)
+    return out
+
+
+def _chose(op_indices: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    """(B, 1, 1, 1) mask of the samples whose op is one of `ks`."""
+    mask = op_indices == ks[0]
+    for k in ks[1:]:
+        mask = mask | (op_indices == k)
+    return mask.view(-1, 1, 1, 1)
 
 
 def _finish(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -170,10 +232,10 @@ def apply_ops_per_sample(
     interpolation: str = "nearest",
     clamp: bool = False,
 ) -> torch.Tensor:
-    """Apply op ``op_names[op_indices[i]]`` with parameter ``magnitudes[i]`` to sample i, by grouped dispatch.
+    """Apply op ``op_names[op_indices[i]]`` with parameter ``magnitudes[i]`` to sample i, by the dispatcher.
 
     `magnitudes` are the ops' own parameters (degrees, shear factor, pixels, enhance factor, bits,
-    threshold levels; ignored by parameter-free ops). Valid names: ``OP_NAMES``.
+    threshold levels, hue turns; ignored by parameter-free ops). Valid names: ``OP_NAMES``.
     """
     x, work = _prepare(images, clamp, fill, interpolation)
     unknown = [n for n in op_names if n not in OP_NAMES]

@@ -9,7 +9,7 @@ import torch
 
 from taxaug import _memory
 from taxaug.functional import random as _random
-from taxaug.functional._image_common import memory_format
+from taxaug.functional._image_common import device_strategy, memory_format
 from taxaug.functional._validate import check_images, check_probability
 
 __all__ = ["random_erasing"]
@@ -94,15 +94,24 @@ def random_erasing(
     for name, v in (("count", count), ("max_attempts", max_attempts)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    b, c, h, w = x.shape
-    dev = x.device
     fmt = memory_format(x)
+    chosen, top, left, bh, bw = _draw_boxes(x.shape, p, (s_lo, s_hi), (r_lo, r_hi), count, max_attempts, generator,
+                                            x.device)
+    if mode == "const" and device_strategy(x.device) == "cpu":
+        return _erase_boxes_cpu(x, chosen, top, left, bh, bw, value, fmt)
+    return _erase_masked(x, chosen, top, left, bh, bw, mode, value, generator).contiguous(memory_format=fmt)
+
+
+def _draw_boxes(shape: torch.Size, p: float, scale: tuple[float, float], ratio: tuple[float, float], count: int,
+                max_attempts: int, generator: torch.Generator | None, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """(chosen (B, count) bool: erased and fitting, top, left, height, width (B, count) float64) of the boxes."""
+    b, _, h, w = shape
     apply = _random.rand((b,), generator=generator, device=dev) < p
-    shape = (b, count, max_attempts)
-    area = (s_lo + (s_hi - s_lo) * _random.rand(shape, generator=generator, device=dev, dtype=torch.float64))
+    draws = (b, count, max_attempts)
+    area = scale[0] + (scale[1] - scale[0]) * _random.rand(draws, generator=generator, device=dev, dtype=torch.float64)
     area = area * (h * w / count)
-    log_r = math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * _random.rand(
-        shape, generator=generator, device=dev, dtype=torch.float64)
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * _random.rand(
+        draws, generator=generator, device=dev, dtype=torch.float64)
     aspect = torch.exp(log_r)
     bh = torch.round(torch.sqrt(area * aspect))
     bw = torch.round(torch.sqrt(area / aspect))
@@ -115,9 +124,16 @@ def random_erasing(
     u_left = _random.rand((b, count), generator=generator, device=dev, dtype=torch.float64)
     top = torch.floor(u_top * (h - bh + 1))
     left = torch.floor(u_left * (w - bw + 1))
-    if mode == "const" and dev.type == "cpu":
-        return _erase_boxes_cpu(x, apply.unsqueeze(1) & found, top, left, bh, bw, value, fmt)
-    active = (apply.unsqueeze(1) & found).unsqueeze(2)
+    return apply.unsqueeze(1) & found, top, left, bh, bw
+
+
+def _erase_masked(x: torch.Tensor, chosen: torch.Tensor, top: torch.Tensor, left: torch.Tensor, bh: torch.Tensor,
+                  bw: torch.Tensor, mode: str, value: float | Sequence[float],
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """Erase the chosen boxes through a (B, 1, H, W) mask (the accelerator strategy, and the noise modes)."""
+    b, c, h, w = x.shape
+    dev = x.device
+    active = chosen.unsqueeze(2)
     rows = torch.arange(h, device=dev, dtype=torch.float64)
     cols = torch.arange(w, device=dev, dtype=torch.float64)
     in_rows = active & (rows >= top.unsqueeze(2)) & (rows < (top + bh).unsqueeze(2))
@@ -131,9 +147,9 @@ def random_erasing(
         else:
             for ch in range(c):  # per-channel value: one masked fill per channel
                 out[:, ch : ch + 1].masked_fill_(mask, fill[ch])
-        return out.contiguous(memory_format=fmt)
+        return out
     full = mask.expand(b, c, h, w)
-    n = int(full.sum())
+    n = int(full.sum())  # the noise modes' one host sync: how many values to draw
     if mode == "rand":
         noise = _random.rand((n,), generator=generator, device=dev)
         noise = (noise * 256).floor_().clamp_(0, 255) if x.dtype == torch.uint8 else noise
@@ -142,4 +158,4 @@ def random_erasing(
         noise = (128 + 64 * noise).round_().clamp_(0, 255) if x.dtype == torch.uint8 else noise
     out = _memory.clone(x, memory_format=torch.contiguous_format)
     out.masked_scatter_(full, noise.to(x.dtype))
-    return out.contiguous(memory_format=fmt)
+    return out

@@ -83,7 +83,7 @@ def _blend_images(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, out: t
     """out[i] = lam[i] * x[i] + (1 - lam[i]) * x[perm[i]], rounded to nearest (ties to even) for uint8."""
     compute = _compute_dtype(x)
     weight = lam.view(-1, 1, 1, 1).to(compute)
-    if x.device.type != "cpu":
+    if _native.device_strategy(x.device) != "cpu":
         mixed = torch.lerp(x.index_select(0, perm).to(compute), x.to(compute), weight)
         out.copy_(mixed if x.is_floating_point() else mixed.round_())
         return out
@@ -136,7 +136,7 @@ def _paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: 
     wrap-around arithmetic is exact as well.
     """
     height, width = x.shape[-2:]
-    if x.device.type != "cpu":
+    if _native.device_strategy(x.device) != "cpu":
         torch.where(box_masks(boxes, height, width), x.index_select(0, perm), x, out=out)
         return out
     if _native.available() and _native.sample_blocks_match(x, out):
@@ -276,7 +276,7 @@ def selective_cutmix(
     boxes = boxes * mixed_rows
     lam_eff = (1.0 - box_area(boxes).to(torch.float64) / (height * width)).to(torch.float32)
     target = _check_out(out, images)
-    torch_one_box = not per_sample_boxes and images.device.type == "cpu" and not (
+    torch_one_box = not per_sample_boxes and _native.device_strategy(images.device) == "cpu" and not (
         _native.available() and _native.sample_blocks_match(images, target))
     if torch_one_box:  # unmixed samples paste from themselves, a no-op, so the one box serves every row
         mixed_images = _paste_one_box(images, perm, batch_box[0], target)

@@ -1,6 +1,6 @@
-"""Op tables of the policies: which ops, their magnitude ranges and signs, and the published
-AutoAugment sub-policies. Pure data plus `op_parameters`, shared by the policies and by learned
-augmentation.
+"""Op tables of the policies: which ops each policy draws, their magnitude ranges and signs in that
+policy, and the published AutoAugment sub-policies. Pure data plus `op_parameters`. The ops
+themselves (names, kernels, neutral values, valid ranges) are the records of `registry.OPS`.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 
 import attrs
 import torch
+
+from taxaug.functional.registry import OP_NAMES
 
 __all__ = [
     "AUGMIX_OPS",
@@ -23,13 +25,6 @@ __all__ = [
     "OpSpec",
     "op_parameters",
 ]
-
-OP_NAMES = (
-    "identity", "brightness", "color", "contrast", "sharpness", "posterize", "solarize", "solarize_add",
-    "autocontrast", "equalize", "invert", "hflip", "rotate", "shear_x", "shear_y", "translate_x", "translate_y",
-)
-"""Every op the grouped dispatcher can run (`apply_ops_per_sample`)."""
-
 
 @attrs.frozen
 class OpSpec:

@@ -18,18 +18,15 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as nnf
 
-from taxaug import _memory, _native
+from taxaug import _memory
 from taxaug.functional._image_common import (
     Param,
     apply_lut,
     as_param,
     check_image_batch,
     compute_dtype,
-    memory_format,
     quantize_uint8,
-    row_view,
     run_op,
-    update_rows_,
     view4,
 )
 from taxaug.functional._validate import describe
@@ -444,16 +441,6 @@ def gaussian_blur(
     return run_op(x, _k_gaussian_blur, (s,), (int(kernel_size),), validate=False)
 
 
-_JITTER_NAMES = ("brightness", "contrast", "color", "hue")  # the names of taxaug._native's kernels
-# update_rows_ hands each kernel its own gathered copy, so the float ones may overwrite it
-_JITTER_KERNELS = (
-    _float_in_place(_k_brightness, IN_PLACE_KERNELS["brightness"]),
-    _float_in_place(_k_contrast, IN_PLACE_KERNELS["contrast"]),
-    _float_in_place(_k_color, IN_PLACE_KERNELS["color"]),
-    _k_hue,
-)
-
-
 def color_jitter(
     images: torch.Tensor,
     brightness: Param = 1.0,
@@ -467,17 +454,16 @@ def color_jitter(
     """Brightness, contrast, saturation factors and hue shift, each per sample, in a per-sample order.
 
     `order` is a (B, 4) long tensor whose rows are permutations of (0 brightness, 1 contrast,
-    2 saturation, 3 hue); None applies them in that fixed order. Each step runs every op once over
-    the samples that drew it at that step (grouped dispatch), so cost is four ops per sample.
+    2 saturation, 3 hue); None applies them in that fixed order. Each of the four steps is one round of
+    the op dispatcher (every op once over the samples that drew it at that step; samples whose value is
+    the op's neutral one are left alone), so cost is at most four ops per sample.
     """
+    from taxaug.functional import dispatch, registry  # both import this module
+
     x = check_image_batch(images, clamp=clamp)
     bsz = x.shape[0]
-    params = [
-        _p(x, brightness, "brightness"),
-        _p(x, contrast, "contrast"),
-        _p(x, saturation, "saturation"),
-        _p(x, hue, "hue"),
-    ]
+    params = torch.stack([_p(x, brightness, "brightness"), _p(x, contrast, "contrast"),
+                          _p(x, saturation, "saturation"), _p(x, hue, "hue")], dim=1)
     if order is None:
         order = torch.arange(4, device=x.device).expand(bsz, 4)
     elif not isinstance(order, torch.Tensor) or order.shape != (bsz, 4) or order.dtype != torch.long:
@@ -485,25 +471,13 @@ def color_jitter(
     elif order.device.type == "cpu" and not torch.equal(order.sort(dim=1).values, torch.arange(4).expand(bsz, 4)):
         raise ValueError("every row of order must be a permutation of 0, 1, 2, 3")
     order = order.to(x.device)
-    fmt = memory_format(x)
-    # one working copy, updated in place step by step: each (step, op) group of samples is gathered,
-    # transformed and written back in cache-sized blocks (every op is per sample, so the order of
-    # groups within a step does not matter)
-    out = _memory.clone(x.to(compute_dtype(x)), memory_format=torch.contiguous_format)
-    rows = row_view(out)
+    neutral = torch.tensor(registry.jitter_neutral(), dtype=torch.float64, device=x.device)
+    names = [*registry.JITTER_OPS, "identity"]
+    work, owned = x.to(compute_dtype(x)), False
     for step in range(4):
-        chosen = order[:, step]
-        for op in range(4):
-            sel = torch.nonzero((chosen == op) & (params[op] != _JITTER_NEUTRAL[op])).flatten()
-            if sel.numel() == 0:
-                continue
-            values = params[op].index_select(0, sel)
-            if _native.pointwise_applies(_JITTER_NAMES[op], out, out, values):  # in place, no gather and scatter
-                _native.pointwise(_JITTER_NAMES[op], out, sel, values, out)
-                continue
-            update_rows_(out, sel, lambda sub, idx, op=op: _JITTER_KERNELS[op](sub, params[op].index_select(0, idx)),
-                         rows)
-    return out.to(x.dtype).contiguous(memory_format=fmt)
-
-
-_JITTER_NEUTRAL = (1.0, 1.0, 1.0, 0.0)
+        op = order[:, step]
+        value = params.gather(1, op.unsqueeze(1)).squeeze(1)
+        op = torch.where(value == neutral[op], len(names) - 1, op)
+        out = dispatch._dispatch(work, op, value, names, None, "nearest", inplace=owned)
+        work, owned = out, owned or out is not work
+    return dispatch._finish(work, x)
