@@ -90,7 +90,14 @@ class GroupedBatchSampler:
             raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas=}, {rank=}")
         if min_group_size < 2:
             raise ValueError(f"min_group_size must be >= 2, got {min_group_size}")
-        self.group_ids = gids.astype(np.int64)
+        # Compact ids to 0..G-1 (order kept, -1 stays -1): sparse ids such as 2**40 would otherwise size
+        # per-group tables by the largest id.
+        gids = gids.astype(np.int64)
+        valid = gids >= 0
+        compact = np.full(gids.shape, -1, dtype=np.int64)
+        if valid.any():
+            compact[valid] = np.unique(gids[valid], return_inverse=True)[1].reshape(-1)
+        self.group_ids = compact
         self.batch_size = int(batch_size)
         self.mode: SamplerMode = mode
         self.seed = int(seed)
@@ -103,9 +110,7 @@ class GroupedBatchSampler:
         self.epoch = 0
 
         n = self.group_ids.shape[0]
-        valid = self.group_ids >= 0
-        sizes = np.zeros(int(self.group_ids.max()) + 1 if valid.any() else 0, dtype=np.int64)
-        np.add.at(sizes, self.group_ids[valid], 1)
+        sizes = np.bincount(self.group_ids[valid], minlength=0) if valid.any() else np.zeros(0, np.int64)
         self._pairable = valid.copy()
         self._pairable[valid] = sizes[self.group_ids[valid]] >= self.min_group_size
         if mode == "standard":
