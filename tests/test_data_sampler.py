@@ -188,3 +188,27 @@ def test_compacted_ids_give_the_same_batches_as_dense_ids():
         a, b = _build(dense, 3, mode=mode, seed=4), _build(sparse, 3, mode=mode, seed=4)
         a.set_epoch(2), b.set_epoch(2)
         assert list(a) == list(b)
+
+
+def test_a_distributed_sampler_argument_gives_the_replica_split():
+    from torch.utils.data import DistributedSampler
+
+    gids = _gids([5, 7, 4], 2, seed=0)
+    data = list(range(gids.size))
+    for rank in (0, 1):
+        given = _build(gids, 4, seed=3, sampler=DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False))
+        explicit = _build(gids, 4, seed=3, num_replicas=2, rank=rank)
+        assert (given.num_replicas, given.rank) == (2, rank)
+        assert list(given) == list(explicit)
+
+
+def test_a_sampler_in_place_of_group_ids_names_the_fix():
+    """What Lightning does under DDP with a loader built outside a *_dataloader hook: sampler passed positionally."""
+    from torch.utils.data import DistributedSampler
+
+    with pytest.raises(TypeError, match=r"group_ids must be the \(N,\) group ids, got a DistributedSampler; .*"
+                                        r"train_dataloader\(\) hook"):
+        GroupedBatchSampler(DistributedSampler(list(range(8)), num_replicas=2, rank=0), batch_size=4, drop_last=False)
+    with pytest.raises(ValueError, match=r"num_replicas=4, rank=1 disagree with the sampler's \(2, 0\)"):
+        GroupedBatchSampler(np.zeros(8, dtype=np.int64), 4, num_replicas=4, rank=1,
+                            sampler=DistributedSampler(list(range(8)), num_replicas=2, rank=0))
