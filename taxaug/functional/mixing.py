@@ -8,7 +8,9 @@ sample i's own pixels kept. Inputs are never mutated.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -384,24 +386,8 @@ def selective_mix(
     return selective_mixup(batch, group_ids, lam, **common)
 
 
-def mix(
-    batch: MixBatch,
-    group_ids: torch.Tensor | None = None,
-    *,
-    mixup_alpha: float = 0.8,
-    cutmix_alpha: float = 1.0,
-    switch_prob: float = 0.5,
-    per_sample_lam: bool = False,
-    per_sample_boxes: bool = True,
-    minmax: tuple[float, float] | None = None,
-    min_group_size: int = 2,
-    perm: torch.Tensor | None = None,
-    aux_chunks: Sequence[tuple[int, int]] | None = None,
-    num_classes: Mapping[str, int] | int | None = None,
-    generator: torch.Generator | None = None,
-    out: torch.Tensor | None = None,
-) -> MixResult:
-    """The group-agnostic twin of :func:`selective_mix`: same arguments, defaults and draws.
+def mix(batch: MixBatch, group_ids: torch.Tensor | None = None, **settings: Any) -> MixResult:
+    """The group-agnostic twin of :func:`selective_mix`: same keywords, defaults and draws.
 
     Every sample may pair with any other; only the ``-1`` entries of
     ``group_ids`` (optional) are read, and those samples stay unmixed exactly
@@ -415,10 +401,17 @@ def mix(
     if group_ids is not None:
         check_group_ids(group_ids, batch.batch_size)
         ids = ids.masked_fill(group_ids.to(batch.device) < 0, -1)
-    return selective_mix(batch, ids, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, switch_prob=switch_prob,
-                         per_sample_lam=per_sample_lam, per_sample_boxes=per_sample_boxes, minmax=minmax,
-                         min_group_size=min_group_size, perm=perm, aux_chunks=aux_chunks, num_classes=num_classes,
-                         generator=generator, out=out)
+    return selective_mix(batch, ids, **settings)
+
+
+def _twin_signature() -> inspect.Signature:
+    """selective_mix's signature with `group_ids` optional: what `help(mix)` shows."""
+    params = list(inspect.signature(selective_mix).parameters.values())
+    params[1] = params[1].replace(default=None, annotation="torch.Tensor | None")
+    return inspect.signature(selective_mix).replace(parameters=params)
+
+
+mix.__signature__ = _twin_signature()  # type: ignore[attr-defined]
 
 
 def _as_targets(y: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
