@@ -177,3 +177,28 @@ def test_ddp_on_cpu_with_two_processes_splits_the_grouped_batches(tmp_path):
     saved = torch.load(tmp_path / "ddp.ckpt", weights_only=False)
     engines = next(v for k, v in saved["callbacks"].items() if "TaxaugCallback" in k)["engines"]
     assert len(engines) == 2 and engines[0]["seed"] != engines[1]["seed"]
+
+
+def test_a_datamodule_batch_hook_runs_before_the_algorithms(tmp_path):
+    """Lightning calls a DataModule's on_after_batch_transfer instead of the module's: the callback wraps that one."""
+    from taxaug import MixBatch
+
+    class Data(pl.LightningDataModule):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def train_dataloader(self):
+            loader = self.module.make_loader()
+            loader.collate_fn = lambda idx: {"idx": idx}  # a plain dict batch, made a MixBatch in the hook
+            return loader
+
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            return self.module.data.collate(batch["idx"]) if isinstance(batch, dict) else batch
+
+    pl.seed_everything(0, verbose=False)
+    module = TinyModule()
+    callback = TaxaugCallback([MIX], num_classes=NUM_CLASSES)
+    trainer(1, [callback], str(tmp_path)).fit(module, datamodule=Data(module))
+    assert module.seen and isinstance(callback.state.batch, MixBatch)
+    assert any(not torch.equal(s["images"], module.data.images[s["indices"]]) for s in module.seen)

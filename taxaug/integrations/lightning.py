@@ -91,7 +91,7 @@ class TaxaugCallback(pl.Callback):
                               f"Trainer(callbacks=[...])")
         return found[0]
 
-    # --- setup: wrap the batch and dataloader hooks -----------------------------------------
+    # --- setup: wrap the batch hook -----------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -103,26 +103,24 @@ class TaxaugCallback(pl.Callback):
         owner = pl_module
         if trainer.datamodule is not None and is_overridden("on_after_batch_transfer", trainer.datamodule):
             owner = trainer.datamodule
-        self._wrap(owner, "on_after_batch_transfer", self._after_transfer_hook(trainer))
+        self._wrap_after_transfer(owner, trainer)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for owner, name in self._wrapped:
             owner.__dict__.pop(name, None)
         self._wrapped.clear()
 
-    def _wrap(self, owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
-        original = getattr(owner, name)
-        wrapper = functools.wraps(original)(make(original))
-        object.__setattr__(owner, name, wrapper)
-        self._wrapped.append((owner, name))
+    def _wrap_after_transfer(self, owner: Any, trainer: pl.Trainer) -> None:
+        """Replace `owner.on_after_batch_transfer` (an instance attribute, removed at teardown)."""
+        original = owner.on_after_batch_transfer
 
-    def _after_transfer_hook(self, trainer: pl.Trainer) -> Callable[[Callable], Callable]:
-        def make(original: Callable) -> Callable:
-            def hook(batch: Any, dataloader_idx: int = 0) -> Any:
-                batch = original(batch, dataloader_idx)
-                return self._after_dataloader(trainer, batch) if trainer.training else batch
-            return hook
-        return make
+        @functools.wraps(original)
+        def hook(batch: Any, dataloader_idx: int = 0) -> Any:
+            batch = original(batch, dataloader_idx)
+            return self._after_dataloader(trainer, batch) if trainer.training else batch
+
+        object.__setattr__(owner, "on_after_batch_transfer", hook)
+        self._wrapped.append((owner, "on_after_batch_transfer"))
 
     def _after_dataloader(self, trainer: pl.Trainer, batch: Any) -> MixBatch:
         if not isinstance(batch, MixBatch):
