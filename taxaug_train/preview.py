@@ -4,15 +4,18 @@ The batch is the first one the trainer would train on (same sampler, loader, dev
 algorithms, events fired as in training up to ``AFTER_DATALOADER``). Each cell shows the image
 as the model receives it, with:
 
-1. the sample's position in the batch and its labels, finest rank first (class indices, ``-``
-   for null; ``->`` and the partner's labels when mixed);
+1. the sample's position in the batch and its labels: the finest rank's taxon name when the
+   file carries ``taxon_names`` (as ``taxaug-data build`` writes them), else the class indices,
+   finest rank first (``-`` for null); ``->`` and the partner's label when mixed;
 2. the mixing partner and lam (the weight of the sample's own content), or ``not mixed``;
-3. what the finest rank's target is now (the top classes and their weights).
+3. what the finest rank's target is now (the top classes, named when names are known, and their
+   weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Sequence
@@ -25,7 +28,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from taxaug.algorithms import Event
 
-__all__ = ["HEADER_HEIGHT", "LINE_HEIGHT", "TEXT_LINES", "main", "preview_batch", "render_grid"]
+__all__ = ["HEADER_HEIGHT", "LINE_HEIGHT", "TEXT_LINES", "cell_lines", "class_names", "main", "preview_batch",
+           "render_grid"]
 
 LINE_HEIGHT = 12
 TEXT_LINES = 3
@@ -40,6 +44,25 @@ def _mixing_info(state: Any, n: int) -> tuple[torch.Tensor, torch.Tensor, str | 
             lam = torch.as_tensor(info["lam"], dtype=torch.float32).detach().cpu().expand(n).clone()
             mixer = f"{key} ({info.get('op', 'mix')}, level {info.get('level', '?')})"
     return perm, lam, mixer
+
+
+def class_names(dataset: Any) -> dict[str, list[str]]:
+    """Per rank, the taxon name of every class index (the null class is ``-``), from the file's
+    ``taxon_names`` (``metadata/config_json``); ranks without names are left out. A folder-built
+    name is its path (``family/genus/species``): the last part is shown."""
+    raw = getattr(dataset, "config_json", None)
+    try:
+        config = json.loads(raw) if raw else {}
+    except (TypeError, ValueError):
+        return {}
+    names = config.get("taxon_names") if isinstance(config, dict) else None
+    out: dict[str, list[str]] = {}
+    for rank, table in (names or {}).items():
+        ids = getattr(dataset, "class_to_taxon_id", {}).get(rank)
+        if not table or ids is None:
+            continue
+        out[rank] = ["-"] + [str(table.get(str(int(t)), f"#{int(t)}")).rsplit("/", 1)[-1] for t in ids[1:]]
+    return out
 
 
 def preview_batch(trainer: Any, *, max_batches: int = 10) -> dict[str, Any]:
@@ -77,7 +100,7 @@ def preview_batch(trainer: Any, *, max_batches: int = 10) -> dict[str, Any]:
         trainer.train_loader.close()
     return {"batch": state.batch, "labels": {r: t.cpu() for r, t in labels.items()}, "perm": perm, "lam": lam,
             "mixer": mixer, "ranks": list(trainer.ranks), "algorithms": [a.key for a in engine.algorithms],
-            "batch_index": batch_index}
+            "batch_index": batch_index, "names": class_names(trainer.train_set)}
 
 
 def _to_hwc_uint8(images: torch.Tensor) -> np.ndarray:
@@ -90,8 +113,43 @@ def _to_hwc_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
-def _label_text(labels: dict[str, torch.Tensor], ranks: Sequence[str], i: int) -> str:
+def _label_text(labels: dict[str, torch.Tensor], ranks: Sequence[str], i: int,
+                names: dict[str, list[str]] | None = None) -> str:
+    """The finest rank's taxon name when known, else the class indices of every rank ("-" for null)."""
+    if names and ranks[0] in names:
+        return names[ranks[0]][int(labels[ranks[0]][i])]
     return "/".join(str(int(labels[r][i])) if int(labels[r][i]) else "-" for r in ranks)
+
+
+def cell_lines(info: dict[str, Any], i: int) -> tuple[str, str, str]:
+    """The three text lines under sample i: labels (and partner's), partner and lam, the finest target."""
+    ranks, labels, perm, lam = info["ranks"], info["labels"], info["perm"], info["lam"]
+    names = info.get("names") or {}
+    finest = ranks[0]
+    own = _label_text(labels, ranks, i, names)
+    partner = int(perm[i])
+    if partner != i:
+        line1 = f"{i}: {own}->{_label_text(labels, ranks, partner, names)}"
+        line2 = f"w/ {partner} lam {float(lam[i]):.2f}"
+    else:
+        line1, line2 = f"{i}: {own}", "not mixed"
+    target = info["batch"].targets[finest][i]
+    label = names[finest].__getitem__ if finest in names else str
+    if target.ndim == 0:
+        line3 = f"{finest[-3:]}: {label(int(target))}"
+    else:
+        w, k = target.float().topk(min(2, target.shape[0]))
+        line3 = f"{finest[-3:]}: " + " ".join(f"{label(int(kk))}:{float(ww):.2f}" for ww, kk in zip(w, k) if ww > 0)
+    return line1, line2, line3
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: int, font: Any) -> str:
+    """`text` cut (with "~") to fit `width` pixels, so long taxon names stay inside their cell."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "~", font=font) > width:
+        text = text[:-1]
+    return text + "~"
 
 
 def render_grid(info: dict[str, Any], *, cols: int = 8, cell: int = 96, count: int | None = None) -> Image.Image:
@@ -109,28 +167,14 @@ def render_grid(info: dict[str, Any], *, cols: int = 8, cell: int = 96, count: i
               f"mixed by: {info['mixer'] or 'nothing this batch'}")
     draw.text((2, 2), header, fill=(0, 0, 0), font=font)
     pixels = _to_hwc_uint8(batch.images[:n])
-    ranks, labels, perm, lam = info["ranks"], info["labels"], info["perm"], info["lam"]
-    finest = ranks[0]
     for i in range(n):
         r, c = divmod(i, cols)
         x0, y0 = c * cell, HEADER_HEIGHT + r * (cell + text_h)
         tile = Image.fromarray(pixels[i]).resize((cell, cell), Image.NEAREST)
         canvas.paste(tile, (x0, y0))
-        own = _label_text(labels, ranks, i)
-        partner = int(perm[i])
-        if partner != i:
-            line1 = f"{i}: {own}->{_label_text(labels, ranks, partner)}"
-            line2 = f"w/ {partner} lam {float(lam[i]):.2f}"
-        else:
-            line1, line2 = f"{i}: {own}", "not mixed"
-        target = batch.targets[finest][i]
-        if target.ndim == 0:
-            line3 = f"{finest[-3:]}: {int(target)}"
-        else:
-            w, k = target.float().topk(min(2, target.shape[0]))
-            line3 = f"{finest[-3:]}: " + " ".join(f"{int(kk)}:{float(ww):.2f}" for ww, kk in zip(w, k) if ww > 0)
-        for j, line in enumerate((line1, line2, line3)):
-            draw.text((x0 + 2, y0 + cell + j * LINE_HEIGHT), line, fill=(0, 0, 0), font=font)
+        for j, line in enumerate(cell_lines(info, i)):
+            draw.text((x0 + 2, y0 + cell + j * LINE_HEIGHT), _fit(draw, line, cell - 4, font), fill=(0, 0, 0),
+                      font=font)
         draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell + text_h - 1], outline=(200, 200, 200))
     return canvas
 

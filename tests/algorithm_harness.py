@@ -148,6 +148,7 @@ CASES: dict[str, dict[str, Any]] = {
                          "disabled": {**SELECTIVE, "prob": 0.0}},
     "selective_mix": {"kwargs": {**SELECTIVE, "switch_prob": 0.5, "prob": 0.9},
                       "disabled": {**SELECTIVE, "prob": 0.0}},
+    "mix": {"kwargs": {**SELECTIVE, "switch_prob": 0.5, "prob": 0.9}, "disabled": {**SELECTIVE, "prob": 0.0}},
     "mixup": {"kwargs": {**MIX_COMMON, "alpha": 0.4, "prob": 0.8}, "disabled": {**MIX_COMMON, "prob": 0.0}},
     "cutmix": {"kwargs": {**MIX_COMMON, "alpha": 1.0}, "disabled": {**MIX_COMMON, "prob": 0.0}},
     "auto_augment": {"kwargs": {"policy": "imagenet", "prob": 0.8}, "disabled": {"prob": 0.0}},

@@ -156,3 +156,59 @@ def test_few_leftovers_across_replicas_are_skipped_with_warning():
         s = GroupedBatchSampler(gids, 2, mode="standard", num_replicas=4)
     assert s.num_skipped_per_epoch == 1
     assert len(s) == 1
+
+
+@pytest.mark.parametrize("mode", ["strict-group", "mixed-pairs"])
+def test_sparse_group_ids_are_compacted_within_a_memory_bound(mode):
+    import tracemalloc
+
+    # Groups 10**9 and 2**40 (3 and 4 members), one singleton group 7 and one unknown: tables sized by
+    # max(id) + 1 would need terabytes.
+    gids = np.array([10**9] * 3 + [2**40] * 4 + [7, -1], dtype=np.int64)
+    tracemalloc.start()
+    try:
+        s = _build(gids, 2, mode=mode, seed=1)
+        batches = list(s)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(gids.size))
+    assert s.num_unpairable == 2  # the singleton and the unknown
+    for b in batches:  # every full batch of a pairable group pairs within that group
+        if len(b) == 2 and all(gids[i] in (10**9, 2**40) for i in b) and mode == "strict-group":
+            assert gids[b[0]] == gids[b[1]]
+
+
+def test_compacted_ids_give_the_same_batches_as_dense_ids():
+    dense = np.array([0, 0, 1, 1, 1, 2, 2, -1, 0, 2], dtype=np.int64)
+    sparse = np.where(dense >= 0, (dense + 1) * 2**40, -1)
+    for mode in ("strict-group", "mixed-pairs"):
+        a, b = _build(dense, 3, mode=mode, seed=4), _build(sparse, 3, mode=mode, seed=4)
+        a.set_epoch(2), b.set_epoch(2)
+        assert list(a) == list(b)
+
+
+def test_a_distributed_sampler_argument_gives_the_replica_split():
+    from torch.utils.data import DistributedSampler
+
+    gids = _gids([5, 7, 4], 2, seed=0)
+    data = list(range(gids.size))
+    for rank in (0, 1):
+        given = _build(gids, 4, seed=3, sampler=DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False))
+        explicit = _build(gids, 4, seed=3, num_replicas=2, rank=rank)
+        assert (given.num_replicas, given.rank) == (2, rank)
+        assert list(given) == list(explicit)
+
+
+def test_a_sampler_in_place_of_group_ids_names_the_fix():
+    """What Lightning does under DDP with a loader built outside a *_dataloader hook: sampler passed positionally."""
+    from torch.utils.data import DistributedSampler
+
+    with pytest.raises(TypeError, match=r"group_ids must be the \(N,\) group ids, got a DistributedSampler; .*"
+                                        r"train_dataloader\(\) hook"):
+        GroupedBatchSampler(DistributedSampler(list(range(8)), num_replicas=2, rank=0), batch_size=4, drop_last=False)
+    with pytest.raises(ValueError, match=r"num_replicas=4, rank=1 disagree with the sampler's \(2, 0\)"):
+        GroupedBatchSampler(np.zeros(8, dtype=np.int64), 4, num_replicas=4, rank=1,
+                            sampler=DistributedSampler(list(range(8)), num_replicas=2, rank=0))

@@ -300,3 +300,101 @@ def test_mixup_matches_a_float64_reference(size, dtype, channels_last, seed):
     else:
         tolerance = {torch.float16: 1e-3, torch.bfloat16: 8e-3}.get(dtype, 1e-6)
         assert torch.allclose(result.batch.images.double(), reference, atol=tolerance)
+
+
+def _mix_batch(size: int = 8, seed: int = 0) -> MixBatch:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (size, 3, 6, 6), generator=g, dtype=torch.uint8)
+    targets = {"a": torch.randint(1, 4, (size,), generator=g), "b": torch.randint(0, 2, (size,), generator=g)}
+    aux = torch.rand(size, 3, generator=g)
+    return MixBatch(images, targets, aux=aux, aux_mask=torch.rand(size, 2, generator=g) > 0.3)
+
+
+def _same_result(a, b) -> None:
+    assert torch.equal(a.perm, b.perm) and torch.equal(a.lam, b.lam)
+    assert torch.equal(a.batch.images, b.batch.images) and torch.equal(a.batch.aux, b.batch.aux)
+    assert torch.equal(a.batch.aux_mask, b.batch.aux_mask)
+    assert (a.boxes is None) == (b.boxes is None)
+    assert a.boxes is None or torch.equal(a.boxes, b.boxes)
+    for k in a.batch.targets:
+        assert torch.equal(a.batch.targets[k], b.batch.targets[k])
+
+
+@given(seed=st.integers(0, 50), switch=st.sampled_from([0.0, 0.5, 1.0]), per_sample_lam=st.booleans(),
+       per_sample_boxes=st.booleans())
+def test_mix_takes_the_draws_of_selective_mix_with_one_group(seed, switch, per_sample_lam, per_sample_boxes):
+    batch = _mix_batch(seed=seed)
+    one_group = torch.zeros(8, dtype=torch.long)
+    kw = dict(switch_prob=switch, per_sample_lam=per_sample_lam, per_sample_boxes=per_sample_boxes,
+              aux_chunks=[(0, 2), (2, 3)], num_classes={"a": 4, "b": 2})
+    a = F.mix(batch, generator=torch.Generator().manual_seed(seed), **kw)
+    b = F.selective_mix(batch, one_group, generator=torch.Generator().manual_seed(seed), **kw)
+    _same_result(a, b)
+    assert bool(a.mixed.all())  # one group of 8: everybody has a partner
+
+
+def test_mix_reads_only_the_unknown_entries_of_group_ids():
+    batch = _mix_batch()
+    groups = torch.tensor([3, 3, 5, -1, 5, 9, -1, 9])
+    a = F.mix(batch, groups, switch_prob=0.0, num_classes={"a": 4, "b": 2}, generator=torch.Generator().manual_seed(1))
+    ref_ids = torch.where(groups < 0, groups, torch.zeros_like(groups))
+    b = F.selective_mix(batch, ref_ids, switch_prob=0.0, num_classes={"a": 4, "b": 2},
+                        generator=torch.Generator().manual_seed(1))
+    _same_result(a, b)
+    assert a.perm[3] == 3 and a.perm[6] == 6 and a.lam[3] == 1 and a.lam[6] == 1
+
+
+@pytest.mark.parametrize("per_sample_lam", [False, True])
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_plain_forms_follow_the_documented_draw_order(kind, per_sample_lam):
+    """mixup_batch / cutmix_batch: permutation, then lam (one or B Beta draws), then the mix itself."""
+    batch = _mix_batch(seed=3)
+    gen = torch.Generator().manual_seed(7)
+    if kind == "mixup":
+        x, y, lam, perm = F.mixup_batch(batch.images, batch.targets, num_classes={"a": 4, "b": 2},
+                                        per_sample_lam=per_sample_lam, generator=gen)
+        alpha = 0.8  # the selective default
+    else:
+        x, y, lam, _boxes, perm = F.cutmix_batch(batch.images, batch.targets, num_classes={"a": 4, "b": 2},
+                                                 per_sample_lam=per_sample_lam, generator=gen)
+        alpha = 1.0
+    ref = torch.Generator().manual_seed(7)
+    zeros = torch.zeros(8, dtype=torch.long)
+    ref_perm = F.ingroup_permutation(zeros, generator=ref)
+    draws = F.sample_beta(alpha, shape=(8 if per_sample_lam else 1,), generator=ref)
+    ref_lam = draws if per_sample_lam else float(draws[0])
+    fn = F.selective_mixup if kind == "mixup" else F.selective_cutmix
+    expected = fn(MixBatch(batch.images, batch.targets), zeros, ref_lam, perm=ref_perm,
+                  num_classes={"a": 4, "b": 2}, generator=ref)
+    assert torch.equal(perm, ref_perm) and torch.equal(x, expected.batch.images)
+    assert torch.equal(lam, expected.lam) and torch.equal(y["a"], expected.batch.targets["a"])
+    if kind == "mixup":
+        assert (lam.unique().numel() == 1) != per_sample_lam
+
+
+def test_mix_alpha_zero_for_the_drawn_op_leaves_the_batch():
+    batch = _mix_batch()
+    result = F.mix(batch, cutmix_alpha=0.0, switch_prob=1.0, num_classes={"a": 4, "b": 2})
+    assert torch.equal(result.batch.images, batch.images) and result.batch.images is not batch.images
+    assert torch.equal(result.boxes, torch.zeros(8, 4, dtype=torch.long)) and not bool(result.mixed.any())
+    assert torch.equal(result.batch.targets["a"], torch.nn.functional.one_hot(batch.targets["a"], 4).float())
+
+
+def test_mix_algorithm_is_selective_mix_with_one_word_changed():
+    from taxaug.algorithms import Engine, Event, State, create
+
+    def run(name, targets):
+        images = torch.randint(0, 256, (8, 3, 6, 6), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+        state = State(num_classes={"a": 4, "b": 2}, batch=MixBatch(images, targets))
+        Engine([create(name, group_levels="a", switch_prob=0.5, per_sample_lam=True)], seed=3).run(
+            Event.AFTER_DATALOADER, state)
+        return state
+    one_group = {"a": torch.full((8,), 2), "b": torch.tensor([1, 0, 1, 1, 1, 1, 0, 1])}
+    a, b = run("mix", one_group), run("selective_mix", one_group)
+    assert torch.equal(a.batch.images, b.batch.images)
+    assert all(torch.equal(a.batch.targets[k], b.batch.targets[k]) for k in one_group)
+    # With several groups in the batch `mix` pairs across them; null samples ("b" == 0) stay unmixed in both.
+    many = {"a": torch.tensor([1, 1, 2, 2, 3, 3, 1, 2]), "b": one_group["b"]}
+    perm = run("mix", many).scratch["0.mix"]["perm"]
+    assert perm[1] == 1 and perm[6] == 6
+    assert bool((many["a"][perm] != many["a"]).any())

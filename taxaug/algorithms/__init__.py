@@ -11,7 +11,7 @@ from taxaug.algorithms.engine import Engine, TraceEntry
 from taxaug.algorithms.events import EVAL_EVENTS, REVERSED_EVENTS, Event
 from taxaug.algorithms.image import AugMix, AutoAugment, RandAugment, RandomErasing, TrivialAugment
 from taxaug.algorithms.learned import FixedPolicyAugment, LearnedAugment, UniformAugment
-from taxaug.algorithms.mixing import CutMix, MixUp, SelectiveCutMix, SelectiveMix, SelectiveMixup
+from taxaug.algorithms.mixing import CutMix, Mix, MixUp, SelectiveCutMix, SelectiveMix, SelectiveMixup
 from taxaug.algorithms.registry import (
     ENTRY_POINT_GROUP,
     UnknownAlgorithmError,
@@ -51,6 +51,7 @@ __all__ = [
     "LabelSmoothing",
     "LearnedAugment",
     "Linear",
+    "Mix",
     "MixUp",
     "RandAugment",
     "RandomErasing",

@@ -32,7 +32,7 @@ from taxaug.algorithms.registry import register
 from taxaug.algorithms.schedules import Schedule, as_schedule
 from taxaug.algorithms.state import State
 
-__all__ = ["CutMix", "MixUp", "SelectiveCutMix", "SelectiveMix", "SelectiveMixup"]
+__all__ = ["CutMix", "Mix", "MixUp", "SelectiveCutMix", "SelectiveMix", "SelectiveMixup"]
 
 ProbSpec = float | dict | Schedule
 
@@ -148,12 +148,6 @@ class _Mixing(Algorithm):
             )
         info["loss_interpolated"] = True
 
-    def _mix_aux(self, batch: F.MixBatch, perm: torch.Tensor, lam: torch.Tensor):
-        if batch.aux is None or not self.aux_chunks:
-            return batch.aux, batch.aux_mask
-        return F.mix_aux_chunkwise(batch.aux, perm, self.aux_chunks, aux_mask=batch.aux_mask, lam=lam,
-                                   generator=self.generator)
-
     def extra_state(self) -> dict[str, Any]:
         return {"mixed_batches": self.mixed_batches}
 
@@ -228,30 +222,16 @@ class _Selective(_Mixing):
                                          null_index=self.null_index)
         return level, ids
 
-    def _lam(self, alpha: float, batch: F.MixBatch) -> float | torch.Tensor:
-        if self.per_sample_lam:
-            return F.sample_beta(alpha, shape=(batch.batch_size,), generator=self.generator).to(batch.device)
-        return float(F.sample_beta(alpha, shape=(1,), generator=self.generator)[0])
-
-    def _permutation(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.ingroup_permutation(ids, min_group_size=self.min_group_size, generator=self.generator)
-
-    def _selective_mixup(self, batch, state, num_classes, alpha):
+    def _mix_with(self, batch: F.MixBatch, state: State, num_classes: dict[str, int] | None, **op: Any):
+        """F.selective_mix on this batch's group ids; `op` picks alphas, switch_prob, boxes."""
         level, ids = self.group_ids(batch, state)
-        perm = self._permutation(ids)
-        result = F.selective_mixup(batch, ids, self._lam(alpha, batch), perm=perm, aux_chunks=self.aux_chunks,
-                                   num_classes=num_classes, generator=self.generator)
-        return result.batch, result.perm, result.lam, {"level": level, "op": "mixup"}
-
-    def _selective_cutmix(self, batch, state, num_classes, alpha, minmax, per_sample_boxes):
-        level, ids = self.group_ids(batch, state)
-        perm = self._permutation(ids)
-        lam = self._lam(alpha, batch) if per_sample_boxes else float(
-            F.sample_beta(alpha, shape=(1,), generator=self.generator)[0])
-        result = F.selective_cutmix(batch, ids, lam, perm=perm, per_sample_boxes=per_sample_boxes,
-                                    minmax=minmax, aux_chunks=self.aux_chunks, num_classes=num_classes,
-                                    generator=self.generator)
-        return result.batch, result.perm, result.lam, {"level": level, "op": "cutmix", "boxes": result.boxes}
+        result = F.selective_mix(batch, ids, per_sample_lam=self.per_sample_lam, min_group_size=self.min_group_size,
+                                 aux_chunks=self.aux_chunks, num_classes=num_classes, generator=self.generator,
+                                 **op)
+        extra: dict[str, Any] = {"level": level, "op": "mixup" if result.boxes is None else "cutmix"}
+        if result.boxes is not None:
+            extra["boxes"] = result.boxes
+        return result.batch, result.perm, result.lam, extra
 
 
 @register("selective_mixup")
@@ -285,7 +265,7 @@ class SelectiveMixup(_Selective):
                               null_task_keys=null_task_keys, null_index=null_index, per_sample_lam=per_sample_lam)
 
     def _mix(self, batch, state, num_classes):
-        return self._selective_mixup(batch, state, num_classes, self.alpha)
+        return self._mix_with(batch, state, num_classes, mixup_alpha=self.alpha, switch_prob=0.0)
 
 
 @register("selective_cutmix")
@@ -313,7 +293,8 @@ class SelectiveCutMix(_Selective):
                               null_task_keys=null_task_keys, null_index=null_index, per_sample_lam=per_sample_lam)
 
     def _mix(self, batch, state, num_classes):
-        return self._selective_cutmix(batch, state, num_classes, self.alpha, self.minmax, self.per_sample_boxes)
+        return self._mix_with(batch, state, num_classes, cutmix_alpha=self.alpha, switch_prob=1.0,
+                              minmax=self.minmax, per_sample_boxes=self.per_sample_boxes)
 
 
 @register("selective_mix")
@@ -341,54 +322,73 @@ class SelectiveMix(_Selective):
                               null_task_keys=null_task_keys, null_index=null_index, per_sample_lam=per_sample_lam)
 
     def _mix(self, batch, state, num_classes):
-        if self.switch_prob >= 1.0:
-            use_cutmix = True
-        elif self.switch_prob <= 0.0:
-            use_cutmix = False
-        else:
-            use_cutmix = float(F.rand((1,), generator=self.generator)[0]) < self.switch_prob
-        if use_cutmix:
-            return self._selective_cutmix(batch, state, num_classes, self.cutmix_alpha, self.cutmix_minmax,
-                                          self.per_sample_boxes)
-        return self._selective_mixup(batch, state, num_classes, self.mixup_alpha)
+        return self._mix_with(batch, state, num_classes, mixup_alpha=self.mixup_alpha,
+                              cutmix_alpha=self.cutmix_alpha, switch_prob=self.switch_prob,
+                              minmax=self.cutmix_minmax, per_sample_boxes=self.per_sample_boxes)
+
+
+@register("mix")
+class Mix(SelectiveMix):
+    """The group-agnostic twin of `selective_mix`: same arguments, defaults and draws, any partner.
+
+    Only null exclusion is kept (with `exclude_null`, samples null in `null_task_keys` stay unmixed,
+    as in `selective_mix`); `group_levels` and its switch points are accepted and not used, so an
+    A/B config changes one word. With every sample in one group both draw the same numbers.
+    """
+
+    def group_ids(self, batch: F.MixBatch, state: State) -> tuple[str | None, torch.Tensor]:
+        ids = torch.zeros(batch.batch_size, dtype=torch.long, device=batch.device)
+        if self.exclude_null:
+            ids = F.exclude_null_samples(ids, batch.targets, null_task_keys=self.null_task_keys,
+                                         null_index=self.null_index)
+        return None, ids
+
+
+class _Plain(_Mixing):
+    """Plain (group-agnostic) Mixup or CutMix through F.mix: one lam per batch unless `per_sample_lam`."""
+
+    def _mix_plain(self, batch: F.MixBatch, num_classes: dict[str, int] | None, **op: Any):
+        result = F.mix(batch, per_sample_lam=self.per_sample_lam, aux_chunks=self.aux_chunks,
+                       num_classes=num_classes, generator=self.generator, **op)
+        extra: dict[str, Any] = {"op": "mixup" if result.boxes is None else "cutmix"}
+        if result.boxes is not None:
+            extra["boxes"] = result.boxes
+        return result.batch, result.perm, result.lam, extra
 
 
 @register("mixup")
-class MixUp(_Mixing):
-    """Plain Mixup over the whole batch (partners form a derangement), one lam ~ Beta(alpha, alpha) per batch."""
+class MixUp(_Plain):
+    """Plain Mixup over the whole batch (partners form a derangement); alpha and lam per batch as
+    in `selective_mixup` (`per_sample_lam=True` draws one lam per sample)."""
 
-    def __init__(self, *, alpha: float = 0.2, prob: ProbSpec = 1.0, aux_components: list | None = None,
-                 interpolate_loss: bool = False, num_classes: dict[str, int] | None = None) -> None:
-        super().__init__()
-        self.alpha = check_real(alpha, "alpha", low=0.0, low_open=True)
-        self._setup_mixing(prob=prob, interpolate_loss=interpolate_loss, num_classes=num_classes,
-                           aux_components=aux_components)
-
-    def _mix(self, batch, state, num_classes):
-        images, targets, lam, perm = F.mixup_batch(batch.images, batch.targets, alpha=self.alpha,
-                                                   num_classes=num_classes, generator=self.generator)
-        aux, aux_mask = self._mix_aux(batch, perm, lam)
-        mixed = F.MixBatch(images=images, targets=targets, aux=aux, aux_mask=aux_mask, indices=batch.indices)
-        return mixed, perm, lam, {"op": "mixup"}
-
-
-@register("cutmix")
-class CutMix(_Mixing):
-    """Plain CutMix over the whole batch; targets mixed by the exact fraction of own pixels kept."""
-
-    def __init__(self, *, alpha: float = 1.0, prob: ProbSpec = 1.0, per_sample_boxes: bool = True,
+    def __init__(self, *, alpha: float = 0.8, prob: ProbSpec = 1.0, per_sample_lam: bool = False,
                  aux_components: list | None = None, interpolate_loss: bool = False,
                  num_classes: dict[str, int] | None = None) -> None:
         super().__init__()
         self.alpha = check_real(alpha, "alpha", low=0.0, low_open=True)
-        self.per_sample_boxes = check_bool(per_sample_boxes, "per_sample_boxes")
+        self.per_sample_lam = check_bool(per_sample_lam, "per_sample_lam")
         self._setup_mixing(prob=prob, interpolate_loss=interpolate_loss, num_classes=num_classes,
                            aux_components=aux_components)
 
     def _mix(self, batch, state, num_classes):
-        images, targets, lam, boxes, perm = F.cutmix_batch(
-            batch.images, batch.targets, alpha=self.alpha, num_classes=num_classes,
-            per_sample_boxes=self.per_sample_boxes, generator=self.generator)
-        aux, aux_mask = self._mix_aux(batch, perm, lam)
-        mixed = F.MixBatch(images=images, targets=targets, aux=aux, aux_mask=aux_mask, indices=batch.indices)
-        return mixed, perm, lam, {"op": "cutmix", "boxes": boxes}
+        return self._mix_plain(batch, num_classes, mixup_alpha=self.alpha, switch_prob=0.0)
+
+
+@register("cutmix")
+class CutMix(_Plain):
+    """Plain CutMix over the whole batch; targets mixed by the exact fraction of own pixels kept.
+    The requested lam is drawn once per batch as in `selective_cutmix` (`per_sample_lam=True`: per sample)."""
+
+    def __init__(self, *, alpha: float = 1.0, prob: ProbSpec = 1.0, per_sample_boxes: bool = True,
+                 per_sample_lam: bool = False, aux_components: list | None = None,
+                 interpolate_loss: bool = False, num_classes: dict[str, int] | None = None) -> None:
+        super().__init__()
+        self.alpha = check_real(alpha, "alpha", low=0.0, low_open=True)
+        self.per_sample_boxes = check_bool(per_sample_boxes, "per_sample_boxes")
+        self.per_sample_lam = check_bool(per_sample_lam, "per_sample_lam")
+        self._setup_mixing(prob=prob, interpolate_loss=interpolate_loss, num_classes=num_classes,
+                           aux_components=aux_components)
+
+    def _mix(self, batch, state, num_classes):
+        return self._mix_plain(batch, num_classes, cutmix_alpha=self.alpha, switch_prob=1.0,
+                               per_sample_boxes=self.per_sample_boxes)

@@ -29,15 +29,33 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch.utils.data import BatchSampler, Sampler
 
 __all__ = ["GroupedBatchSampler", "SamplerMode"]
+
+
+def _replicas_from(sampler: object, num_replicas: int, rank: int) -> tuple[int, int]:
+    """(num_replicas, rank) taken from a DistributedSampler-like `sampler`, else the given ones."""
+    if sampler is None:
+        return num_replicas, rank
+    theirs = (getattr(sampler, "num_replicas", None), getattr(sampler, "rank", None))
+    if not all(isinstance(v, int) for v in theirs):
+        raise TypeError(f"sampler must be a DistributedSampler (with num_replicas and rank) or None, got "
+                        f"{type(sampler).__name__}")
+    if num_replicas != 1 and (num_replicas, rank) != theirs:
+        raise ValueError(f"num_replicas={num_replicas}, rank={rank} disagree with the sampler's {theirs}; give one")
+    return theirs
 
 SamplerMode = Literal["strict-group", "mixed-pairs", "standard"]
 MODES = ("strict-group", "mixed-pairs", "standard")
 
 
-class GroupedBatchSampler:
+class GroupedBatchSampler(BatchSampler):
     """Yields lists of dataset positions; use as ``batch_sampler=`` or with the prefetching loader.
+
+    A ``torch.utils.data.BatchSampler`` subclass with a ``sampler`` argument, so a training framework
+    that re-creates batch samplers with a ``DistributedSampler`` (Lightning under DDP, when the loader
+    is built in a ``*_dataloader`` hook) gets a copy splitting batches over its replicas.
 
     Parameters
     ----------
@@ -50,6 +68,8 @@ class GroupedBatchSampler:
     unpairable: ``"fill"`` (default) or ``"exclude"``.
     min_group_size: groups smaller than this (in the whole dataset) are unpairable; >= 2.
     drop_last: drop the final smaller batch (its samples are then not seen that epoch).
+    sampler: optional ``DistributedSampler`` whose ``num_replicas`` and ``rank`` replace the defaults (its own
+        order is not used: every replica derives the same global batches from (seed, epoch)).
     """
 
     def __init__(
@@ -65,7 +85,15 @@ class GroupedBatchSampler:
         unpairable: Literal["fill", "exclude"] = "fill",
         min_group_size: int = 2,
         drop_last: bool = False,
+        sampler: Sampler | None = None,
     ):
+        if isinstance(group_ids, Sampler):
+            raise TypeError(
+                f"group_ids must be the (N,) group ids, got a {type(group_ids).__name__}; a framework re-created this "
+                f"sampler without its arguments: build the DataLoader inside the LightningModule/DataModule "
+                f"train_dataloader() hook (Lightning then passes sampler=...), or use Trainer(use_distributed_sampler="
+                f"False) and give num_replicas and rank")
+        num_replicas, rank = _replicas_from(sampler, num_replicas, rank)
         if isinstance(group_ids, torch.Tensor):
             group_ids = group_ids.detach().cpu().numpy()
         gids = np.asarray(group_ids)
@@ -90,7 +118,14 @@ class GroupedBatchSampler:
             raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas=}, {rank=}")
         if min_group_size < 2:
             raise ValueError(f"min_group_size must be >= 2, got {min_group_size}")
-        self.group_ids = gids.astype(np.int64)
+        # Compact ids to 0..G-1 (order kept, -1 stays -1): sparse ids such as 2**40 would otherwise size
+        # per-group tables by the largest id.
+        gids = gids.astype(np.int64)
+        valid = gids >= 0
+        compact = np.full(gids.shape, -1, dtype=np.int64)
+        if valid.any():
+            compact[valid] = np.unique(gids[valid], return_inverse=True)[1].reshape(-1)
+        self.group_ids = compact
         self.batch_size = int(batch_size)
         self.mode: SamplerMode = mode
         self.seed = int(seed)
@@ -101,11 +136,10 @@ class GroupedBatchSampler:
         self.min_group_size = int(min_group_size)
         self.drop_last = drop_last
         self.epoch = 0
+        self.iterated_epoch: int | None = None  # the epoch the latest iteration started with
 
         n = self.group_ids.shape[0]
-        valid = self.group_ids >= 0
-        sizes = np.zeros(int(self.group_ids.max()) + 1 if valid.any() else 0, dtype=np.int64)
-        np.add.at(sizes, self.group_ids[valid], 1)
+        sizes = np.bincount(self.group_ids[valid], minlength=0) if valid.any() else np.zeros(0, np.int64)
         self._pairable = valid.copy()
         self._pairable[valid] = sizes[self.group_ids[valid]] >= self.min_group_size
         if mode == "standard":
@@ -141,6 +175,7 @@ class GroupedBatchSampler:
         return self._per_rank_full + extra
 
     def __iter__(self) -> Iterator[list[int]]:
+        self.iterated_epoch = self.epoch
         for batch in self.batches(self.epoch):
             yield batch.tolist()
 

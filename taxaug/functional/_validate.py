@@ -24,9 +24,45 @@ def describe(x: object) -> str:
 
 
 def check_tensor(x: object, name: str) -> torch.Tensor:
+    """A tensor holding data: meta tensors (shape only) are refused by name, before any op touches them."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {describe(x)}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (a shape without data); move it to a real device "
+                         f"(cpu, cuda) first")
     return x
+
+
+def check_generator(generator: object, name: str = "generator") -> torch.Generator | None:
+    """None or a torch.Generator (an int seed is not accepted: seed one with torch.Generator().manual_seed)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {describe(generator)}; pass "
+                        f"torch.Generator().manual_seed(seed) to seed the draws")
+    return generator
+
+
+def _byte_span(x: torch.Tensor) -> tuple[int, int]:
+    """[first, last) bytes a tensor's elements can touch (its strided extent)."""
+    if x.numel() == 0:
+        return x.data_ptr(), x.data_ptr()
+    extent = sum((size - 1) * abs(stride) for size, stride in zip(x.shape, x.stride())) + 1
+    return x.data_ptr(), x.data_ptr() + extent * x.element_size()
+
+
+def check_no_overlap(out: torch.Tensor, x: torch.Tensor, out_name: str = "out", x_name: str = "images") -> None:
+    """Refuse an output buffer sharing any memory span with an input (inputs are never mutated).
+
+    Compares the strided byte extents, so two interleaved views that never touch the same element
+    are refused as well: pass a separate buffer.
+    """
+    if out.device != x.device:
+        return
+    a0, a1 = _byte_span(out)
+    b0, b1 = _byte_span(x)
+    if a0 < b1 and b0 < a1:
+        how = "is" if (a0, a1) == (b0, b1) else "partly overlaps"
+        raise ValueError(f"{out_name} {how} the memory of {x_name}; writing there would corrupt the input "
+                         f"(inputs are never mutated): pass a separate buffer or out=None")
 
 
 def check_images(x: object, name: str = "images") -> torch.Tensor:
@@ -51,11 +87,6 @@ def check_group_ids(group_ids: object, batch_size: int | None = None, name: str 
     if batch_size is not None and g.shape[0] != batch_size:
         raise ValueError(f"{name} has {g.shape[0]} entries but the batch has {batch_size} samples")
     return g
-
-
-def check_batch_dim(x: torch.Tensor, batch_size: int, name: str) -> None:
-    if x.ndim == 0 or x.shape[0] != batch_size:
-        raise ValueError(f"{name} must have batch size {batch_size} in dim 0, got {describe(x)}")
 
 
 def check_probability(value: object, name: str) -> float:

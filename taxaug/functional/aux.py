@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from taxaug.functional._validate import check_tensor, describe
+from taxaug.functional._validate import check_generator, check_tensor, describe
 from taxaug.functional.random import rand
 
 __all__ = ["aux_chunks_from_components", "check_aux_chunks", "mix_aux_chunkwise"]
@@ -69,6 +69,7 @@ def mix_aux_chunkwise(
     (None when no mask was given).
     """
     check_tensor(aux, "aux")
+    check_generator(generator)
     if aux.ndim != 2 or not aux.is_floating_point():
         raise ValueError(f"aux must be floating (B, D), got {describe(aux)}")
     size, width = aux.shape

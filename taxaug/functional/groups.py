@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from taxaug import _native
-from taxaug.functional._validate import check_group_ids, check_targets
+from taxaug.functional._validate import check_generator, check_group_ids, check_targets
 from taxaug.functional.random import randperm
 
 __all__ = ["exclude_null_samples", "ingroup_permutation"]
@@ -28,6 +28,7 @@ def ingroup_permutation(
     group); no host sync, any device.
     """
     check_group_ids(group_ids)
+    check_generator(generator)
     if isinstance(min_group_size, bool) or not isinstance(min_group_size, int) or min_group_size < 1:
         raise ValueError(f"min_group_size must be an int >= 1, got {min_group_size!r}")
     size = group_ids.shape[0]

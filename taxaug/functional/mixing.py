@@ -8,15 +8,20 @@ sample i's own pixels kept. Inputs are never mutated.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
 from taxaug import _memory, _native
 from taxaug.functional._validate import (
+    check_generator,
     check_group_ids,
     check_images,
     check_lam,
+    check_no_overlap,
+    check_probability,
     check_tensor,
     describe,
 )
@@ -24,15 +29,17 @@ from taxaug.functional.aux import mix_aux_chunkwise
 from taxaug.functional.batch import MixBatch, MixResult
 from taxaug.functional.boxes import box_area, box_masks, sample_boxes
 from taxaug.functional.groups import ingroup_permutation
-from taxaug.functional.random import sample_beta
+from taxaug.functional.random import rand, sample_beta
 from taxaug.functional.targets import mix_targets, to_dense_targets
 
 __all__ = [
     "MixBatch",
     "MixResult",
     "cutmix_batch",
+    "mix",
     "mixup_batch",
     "selective_cutmix",
+    "selective_mix",
     "selective_mixup",
 ]
 
@@ -59,8 +66,7 @@ def _check_out(out: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     check_tensor(out, "out")
     if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
         raise ValueError(f"out must match images ({describe(x)}), got {describe(out)}")
-    if out.data_ptr() == x.data_ptr():
-        raise ValueError("out must not be the images tensor itself: inputs are never mutated")
+    check_no_overlap(out, x, "out", "images")
     return out
 
 
@@ -166,15 +172,35 @@ def _paste_one_box(x: torch.Tensor, perm: torch.Tensor, box: torch.Tensor, out: 
     return out
 
 
+def _check_perm_groups(perm: torch.Tensor, group_ids: torch.Tensor) -> None:
+    """An explicit perm must pair samples of one group and leave group -1 alone (CPU tensors: no host sync)."""
+    if perm.device.type != "cpu" or group_ids.device.type != "cpu" or perm.numel() == 0:
+        return
+    mixed = perm != torch.arange(perm.shape[0])
+    bad = mixed & ((group_ids.index_select(0, perm) != group_ids) | (group_ids < 0))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        j = int(perm[i])
+        raise ValueError(
+            f"perm pairs sample {i} (group {int(group_ids[i])}) with sample {j} (group {int(group_ids[j])}); an "
+            f"explicit perm must pair samples of the same group_ids entry and leave group -1 unmixed "
+            f"(perm[i] == i); pass perm=None to draw one from group_ids"
+        )
+
+
 def _prepare(
-    batch: MixBatch, group_ids: torch.Tensor, perm: torch.Tensor | None, generator: torch.Generator | None
+    batch: MixBatch, group_ids: torch.Tensor, perm: torch.Tensor | None, generator: torch.Generator | None,
+    min_group_size: int = 2,
 ) -> torch.Tensor:
     if not isinstance(batch, MixBatch):
         raise TypeError(f"batch must be a taxaug.MixBatch, got {describe(batch)}")
     check_group_ids(group_ids, batch.batch_size)
+    check_generator(generator)
     if perm is None:
-        return ingroup_permutation(group_ids, generator=generator).to(batch.device)
-    return _check_perm(perm, batch.batch_size, batch.device)
+        return ingroup_permutation(group_ids, min_group_size=min_group_size, generator=generator).to(batch.device)
+    perm = _check_perm(perm, batch.batch_size, batch.device)
+    _check_perm_groups(perm, group_ids)
+    return perm
 
 
 def _mixed_batch(
@@ -199,6 +225,7 @@ def selective_mixup(
     lam: float | torch.Tensor,
     *,
     perm: torch.Tensor | None = None,
+    min_group_size: int = 2,
     aux_chunks: Sequence[tuple[int, int]] | None = None,
     num_classes: Mapping[str, int] | int | None = None,
     generator: torch.Generator | None = None,
@@ -207,13 +234,15 @@ def selective_mixup(
     """Mixup of each sample with a partner from its own group.
 
     ``lam`` is one float for the batch or a (B,) tensor, in [0, 1]. ``perm``
-    defaults to :func:`ingroup_permutation` of ``group_ids``; samples with
+    defaults to :func:`ingroup_permutation` of ``group_ids`` (groups smaller
+    than ``min_group_size`` stay unmixed); an explicit ``perm`` must pair
+    samples of the same group (checked for CPU tensors). Samples with
     ``perm[i] == i`` come back unchanged with lam 1. Targets come back dense
     (``num_classes`` is needed for index targets); metadata chunks
     (``aux_chunks``) are hard-picked, never interpolated. ``out`` is an
-    optional preallocated buffer for the images.
+    optional preallocated buffer for the images, sharing no memory with them.
     """
-    perm = _prepare(batch, group_ids, perm, generator)
+    perm = _prepare(batch, group_ids, perm, generator, min_group_size)
     images = batch.images
     size = batch.batch_size
     arange = torch.arange(size, device=images.device)
@@ -244,12 +273,13 @@ def selective_cutmix(
     perm: torch.Tensor | None = None,
     per_sample_boxes: bool = True,
     minmax: tuple[float, float] | None = None,
+    min_group_size: int = 2,
     aux_chunks: Sequence[tuple[int, int]] | None = None,
     num_classes: Mapping[str, int] | int | None = None,
     generator: torch.Generator | None = None,
     out: torch.Tensor | None = None,
 ) -> MixResult:
-    """CutMix of each sample with a partner from its own group.
+    """CutMix of each sample with a partner from its own group (``perm`` as in :func:`selective_mixup`).
 
     A box of about ``1 - lam`` of the image is pasted from ``perm[i]`` into i:
     one box per sample (default, vectorised with masks) or one box for the
@@ -258,7 +288,7 @@ def selective_cutmix(
     fraction of i's own pixels kept (1 where unmixed, whose box is empty), and
     targets are mixed with it.
     """
-    perm = _prepare(batch, group_ids, perm, generator)
+    perm = _prepare(batch, group_ids, perm, generator, min_group_size)
     images = batch.images
     size = batch.batch_size
     height, width = images.shape[-2:]
@@ -286,6 +316,104 @@ def selective_cutmix(
     return MixResult(batch=mixed, perm=perm, lam=lam_eff, boxes=boxes)
 
 
+def _check_alpha(alpha: float, name: str = "alpha") -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"{name} must be a number >= 0, got {describe(alpha)}")
+    if not alpha >= 0:
+        raise ValueError(f"{name} must be >= 0 (0 means no mixing), got {alpha}")
+    return float(alpha)
+
+
+def _draw_lam(alpha: float, size: int, per_sample: bool, generator: torch.Generator | None,
+              device: torch.device) -> float | torch.Tensor:
+    """lam ~ Beta(alpha, alpha): one (B,) tensor with `per_sample`, else one float for the batch."""
+    if per_sample:
+        return sample_beta(alpha, shape=(size,), generator=generator).to(device)
+    return float(sample_beta(alpha, shape=(1,), generator=generator)[0])
+
+
+def _unmixed_result(batch: MixBatch, num_classes: Mapping[str, int] | int | None, cutmix: bool) -> MixResult:
+    """The batch back unchanged (targets dense), as a mix with alpha 0 returns it."""
+    size, device = batch.batch_size, batch.device
+    targets = to_dense_targets(batch.targets, num_classes)
+    boxes = torch.zeros(size, 4, dtype=torch.long, device=device) if cutmix else None
+    return MixResult(batch=batch.replace(images=batch.images.clone(), targets=targets),
+                     perm=torch.arange(size, device=device), lam=torch.ones(size, device=device), boxes=boxes)
+
+
+def selective_mix(
+    batch: MixBatch,
+    group_ids: torch.Tensor,
+    *,
+    mixup_alpha: float = 0.8,
+    cutmix_alpha: float = 1.0,
+    switch_prob: float = 0.5,
+    per_sample_lam: bool = False,
+    per_sample_boxes: bool = True,
+    minmax: tuple[float, float] | None = None,
+    min_group_size: int = 2,
+    perm: torch.Tensor | None = None,
+    aux_chunks: Sequence[tuple[int, int]] | None = None,
+    num_classes: Mapping[str, int] | int | None = None,
+    generator: torch.Generator | None = None,
+    out: torch.Tensor | None = None,
+) -> MixResult:
+    """Selective Mixup or Selective CutMix of the batch, the op drawn per call; lam drawn here.
+
+    Draws from ``generator`` in this order: the op (CutMix with probability
+    ``switch_prob``; no draw when it is 0 or 1), the in-group permutation
+    (unless ``perm`` is given), ``lam ~ Beta(alpha, alpha)`` of the chosen op
+    (one per batch, or one per sample with ``per_sample_lam=True``; CutMix with
+    ``per_sample_boxes=False`` always draws one), then the boxes and the
+    metadata picks. An alpha of 0 makes that op a no-op (batch back unchanged,
+    targets dense). ``result.boxes`` is set exactly when CutMix ran.
+    """
+    check_generator(generator)
+    switch = check_probability(switch_prob, "switch_prob")
+    alphas = (_check_alpha(mixup_alpha, "mixup_alpha"), _check_alpha(cutmix_alpha, "cutmix_alpha"))
+    if not isinstance(per_sample_lam, bool):
+        raise TypeError(f"per_sample_lam must be True or False, got {describe(per_sample_lam)}")
+    use_cutmix = switch >= 1.0 or (switch > 0.0 and float(rand((1,), generator=generator)[0]) < switch)
+    perm = _prepare(batch, group_ids, perm, generator, min_group_size)
+    alpha = alphas[use_cutmix]
+    if alpha == 0.0:
+        return _unmixed_result(batch, num_classes, use_cutmix)
+    per_sample = per_sample_lam and (per_sample_boxes or not use_cutmix)
+    lam = _draw_lam(alpha, batch.batch_size, per_sample, generator, batch.device)
+    common = dict(perm=perm, aux_chunks=aux_chunks, num_classes=num_classes, generator=generator, out=out)
+    if use_cutmix:
+        return selective_cutmix(batch, group_ids, lam, per_sample_boxes=per_sample_boxes, minmax=minmax, **common)
+    return selective_mixup(batch, group_ids, lam, **common)
+
+
+def mix(batch: MixBatch, group_ids: torch.Tensor | None = None, **settings: Any) -> MixResult:
+    """The group-agnostic twin of :func:`selective_mix`: same keywords, defaults and draws.
+
+    Every sample may pair with any other; only the ``-1`` entries of
+    ``group_ids`` (optional) are read, and those samples stay unmixed exactly
+    as in :func:`selective_mix`. With every sample in one group the two
+    functions return the same result from the same generator state, so an
+    A/B comparison changes one word.
+    """
+    if not isinstance(batch, MixBatch):
+        raise TypeError(f"batch must be a taxaug.MixBatch, got {describe(batch)}")
+    ids = torch.zeros(batch.batch_size, dtype=torch.long, device=batch.device)
+    if group_ids is not None:
+        check_group_ids(group_ids, batch.batch_size)
+        ids = ids.masked_fill(group_ids.to(batch.device) < 0, -1)
+    return selective_mix(batch, ids, **settings)
+
+
+def _twin_signature() -> inspect.Signature:
+    """selective_mix's signature with `group_ids` optional: what `help(mix)` shows."""
+    params = list(inspect.signature(selective_mix).parameters.values())
+    params[1] = params[1].replace(default=None, annotation="torch.Tensor | None")
+    return inspect.signature(selective_mix).replace(parameters=params)
+
+
+mix.__signature__ = _twin_signature()  # type: ignore[attr-defined]
+
+
 def _as_targets(y: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
     if isinstance(y, torch.Tensor):
         return {"y": y}, True
@@ -294,49 +422,37 @@ def _as_targets(y: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[dict[str,
     raise TypeError(f"y must be a tensor or a dict of tensors, got {describe(y)}")
 
 
-def _check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"alpha must be a number >= 0, got {describe(alpha)}")
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0 (0 means no mixing), got {alpha}")
-    return float(alpha)
-
-
 def _task_classes(num_classes: int | Mapping[str, int] | None, single: bool) -> int | Mapping[str, int] | None:
     return {"y": num_classes} if single and isinstance(num_classes, int) else num_classes
 
 
-def _unmixed(x: torch.Tensor, targets: dict[str, torch.Tensor], num_classes, single: bool):
-    size = x.shape[0]
-    dense = to_dense_targets(targets, _task_classes(num_classes, single))
-    return (x.clone(), dense["y"] if single else dense, torch.ones(size, device=x.device),
-            torch.arange(size, device=x.device))
+def _plain_mix(x: torch.Tensor, y, num_classes, generator, **settings) -> tuple[MixResult, bool]:
+    check_images(x, "x")
+    targets, single = _as_targets(y)
+    result = mix(MixBatch(x, targets), num_classes=_task_classes(num_classes, single), generator=generator,
+                 **settings)
+    return result, single
 
 
 def mixup_batch(
     x: torch.Tensor,
     y: torch.Tensor | Mapping[str, torch.Tensor],
     *,
-    alpha: float = 0.2,
+    alpha: float = 0.8,
     num_classes: int | Mapping[str, int] | None = None,
+    per_sample_lam: bool = False,
     generator: torch.Generator | None = None,
 ):
     """Group-agnostic Mixup for any training loop: ``(x_mixed, y_dense, lam, perm)``.
 
-    One ``lam ~ Beta(alpha, alpha)`` per batch, returned per sample (B,), as
-    the weight of the original; partners form a derangement (nobody mixes with
-    itself). ``y`` is indices or dense, a tensor or a dict of tasks.
-    ``alpha=0`` means no mixing.
+    :func:`mix` with ``switch_prob=0``: the default alpha (0.8) and the one
+    lam per batch (``per_sample_lam=True`` draws one per sample) match the
+    selective forms; lam is returned per sample (B,), as the weight of the
+    original; partners form a derangement. ``y`` is indices or dense, a
+    tensor or a dict of tasks. ``alpha=0`` means no mixing.
     """
-    check_images(x, "x")
-    targets, single = _as_targets(y)
-    alpha = _check_alpha(alpha)
-    if alpha == 0:
-        return _unmixed(x, targets, num_classes, single)
-    lam = float(sample_beta(alpha, shape=(1,), generator=generator)[0])
-    groups = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    classes = _task_classes(num_classes, single)
-    result = selective_mixup(MixBatch(x, targets), groups, lam, num_classes=classes, generator=generator)
+    result, single = _plain_mix(x, y, num_classes, generator, mixup_alpha=_check_alpha(alpha), switch_prob=0.0,
+                                per_sample_lam=per_sample_lam)
     mixed = result.batch.targets
     return result.batch.images, mixed["y"] if single else mixed, result.lam, result.perm
 
@@ -348,30 +464,19 @@ def cutmix_batch(
     alpha: float = 1.0,
     num_classes: int | Mapping[str, int] | None = None,
     per_sample_boxes: bool = True,
+    per_sample_lam: bool = False,
     generator: torch.Generator | None = None,
 ):
     """Group-agnostic CutMix for any training loop: ``(x_mixed, y_dense, lam, boxes, perm)``.
 
-    ``lam ~ Beta(alpha, alpha)`` per sample (one per batch with
-    ``per_sample_boxes=False``); the returned (B,) lam is the exact kept
+    :func:`mix` with ``switch_prob=1``: one requested ``lam ~ Beta(alpha,
+    alpha)`` per batch as in the selective forms (``per_sample_lam=True``: one
+    per sample), each sample's box placed on its own (one box for the batch
+    with ``per_sample_boxes=False``); the returned (B,) lam is the exact kept
     fraction and boxes are ``y1, x1, y2, x2`` (half-open). ``alpha=0`` means
     no mixing.
     """
-    check_images(x, "x")
-    targets, single = _as_targets(y)
-    alpha = _check_alpha(alpha)
-    size = x.shape[0]
-    if alpha == 0:
-        images, dense, lam, perm = _unmixed(x, targets, num_classes, single)
-        return images, dense, lam, torch.zeros(size, 4, dtype=torch.long, device=x.device), perm
-    draws = size if per_sample_boxes else 1
-    lam = sample_beta(alpha, shape=(draws,), generator=generator).to(x.device)
-    groups = torch.zeros(size, dtype=torch.long, device=x.device)
-    classes = _task_classes(num_classes, single)
-    result = selective_cutmix(
-        MixBatch(x, targets), groups, lam if per_sample_boxes else float(lam[0]),
-        per_sample_boxes=per_sample_boxes, num_classes=classes, generator=generator,
-    )
+    result, single = _plain_mix(x, y, num_classes, generator, cutmix_alpha=_check_alpha(alpha), switch_prob=1.0,
+                                per_sample_boxes=per_sample_boxes, per_sample_lam=per_sample_lam)
     mixed = result.batch.targets
     return result.batch.images, mixed["y"] if single else mixed, result.lam, result.boxes, result.perm
-
