@@ -212,6 +212,8 @@ def _rss_bytes() -> int:
 def test_memory_stays_flat_over_200_meta_steps(gen):
     """Resident memory after 200 meta steps is within 8 MiB of where it was after 30, and no autograd graph
     survives a step. A graph kept alive per step would add ~0.5 MiB each (>80 MiB over the run)."""
+    gc.collect()
+    before = {id(t) for t in _graph_tensors()}  # tensors other tests left alive are not this test's concern
     model = tiny_model(size=12)
     learner = MetaLearner(AugmentPolicy({"num_layers": 2}), lr=0.05, inner_lr=0.1)
     x, y = batch(gen, 32)
@@ -225,10 +227,14 @@ def test_memory_stays_flat_over_200_meta_steps(gen):
     samples.append(_rss_bytes())
     growth = max(samples) - samples[0]
     assert growth < 8 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MiB over 170 meta steps"
+    live_graphs = [t for t in _graph_tensors() if id(t) not in before]
+    assert not live_graphs, f"{len(live_graphs)} tensors still hold an autograd graph"
+
+
+def _graph_tensors() -> list[torch.Tensor]:
     with warnings.catch_warnings():  # isinstance() on some torch module objects warns about deprecations
         warnings.simplefilter("ignore")
-        live_graphs = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None]
-    assert not live_graphs, f"{len(live_graphs)} tensors still hold an autograd graph"
+        return [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None]
 
 
 @pytest.mark.cuda
