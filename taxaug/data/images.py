@@ -331,11 +331,11 @@ def decode_image(data: bytes | np.ndarray, spec: DecodeSpec, *, name: str = "<by
             # one resampling pass over just the region that survives the crop
             img = img.resize((spec.size[1], spec.size[0]), Image.BILINEAR, box=_source_box(*img.size, spec))
         arr = np.array(img)  # writable copy: torch warns on read-only buffers
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the warning, when made an error
         raise ImageLoadError(name, f"decompression bomb ({exc}); raise max_pixels if the image is genuine") from exc
     except UnidentifiedImageError:
         raise ImageLoadError(name, "not a decodable image (unknown format or damaged header)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(name, f"not a decodable image ({type(exc).__name__}: {exc})") from exc
     # transpose in numpy: a torch copy here would start an OpenMP team per call, from every decode thread
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
