@@ -120,14 +120,10 @@ class ImageLocator:
         characters. The check is lexical (no symlink is followed), so a symlinked images folder works.
         """
         ids = np.asarray(identifiers)
-        if ids.dtype.kind == "S":
-            dot, sep, nul = b"..", b"/", b"\x00"
-        else:
-            ids = ids.astype(str)
-            dot, sep, nul = "..", "/", "\x00"
-        suspect = (np.char.find(ids, dot) >= 0) | np.char.startswith(ids, sep) | (np.char.find(ids, nul) >= 0)
-        cand = np.flatnonzero(suspect)
-        bad = [i for i in cand.tolist() if self._escapes(ids[i])]
+        if ids.dtype.kind != "S":
+            ids = np.char.encode(ids.astype(str), "utf-8", "surrogateescape")
+        suspect = (np.char.find(ids, b"..") >= 0) | np.char.startswith(ids, b"/") | _inner_nul(ids)
+        bad = [i for i in np.flatnonzero(suspect).tolist() if self._escapes(ids[i])]
         return np.asarray(bad, dtype=np.int64)
 
     def _escapes(self, identifier: bytes | str) -> bool:
@@ -153,6 +149,16 @@ class ImageLocator:
         raise ValueError(f"{source}: {bad.size} identifier(s) point outside images_dir {self.images_dir} "
                          f"({shown}); identifiers must be relative paths inside the images folder (no '..', "
                          "no absolute path): fix them in the labels file")
+
+
+def _inner_nul(ids: np.ndarray) -> np.ndarray:
+    """Rows of a fixed-width bytes array holding a NUL before their last byte (padding NULs do not count)."""
+    width = ids.dtype.itemsize
+    if ids.size == 0 or width == 0:
+        return np.zeros(ids.shape, dtype=bool)
+    nonzero = ids.view(np.uint8).reshape(-1, width) != 0
+    last = width - np.argmax(nonzero[:, ::-1], axis=1)  # one past the last non-NUL byte
+    return nonzero.sum(axis=1) < np.where(nonzero.any(axis=1), last, 0)
 
 
 def _text(value: bytes | str) -> str:

@@ -180,6 +180,27 @@ def _check_all(locator: ImageLocator, ids: IdentifierArray, spec: DecodeSpec | N
     return status, reasons
 
 
+def _report(ids: IdentifierArray, file_rows: np.ndarray, status: np.ndarray, reasons: dict[str, str],
+            problems: list[str], *, max_missing_ratio: float | None, max_missing_count: int | None,
+            **fields: object) -> VerifyReport:
+    """The report of one run: counts, the bad files by kind, and the verdict against the thresholds."""
+    missing, corrupt = np.flatnonzero(status == _MISSING), np.flatnonzero(status == _BAD)
+    total = len(ids)
+    bad = missing.size + corrupt.size
+    ratio = bad / total if total else 0.0
+    passed = not (problems or (max_missing_count is not None and bad > max_missing_count)
+                  or (max_missing_ratio is not None and ratio > max_missing_ratio))
+    return VerifyReport(
+        total_images_checked=total, missing_count=int(missing.size),
+        missing_ratio=missing.size / total if total else 0.0, corrupt_count=int(corrupt.size),
+        unusable_ratio=ratio, verification_timestamp=time.strftime("%Y-%m-%d %H:%M:%S"),
+        missing_identifiers=[ids[int(i)] for i in missing], missing_indices=file_rows[missing].tolist(),
+        corrupt_identifiers=[ids[int(i)] for i in corrupt], corrupt_indices=file_rows[corrupt].tolist(),
+        failure_reasons=reasons, labels_problems=problems, max_missing_ratio=max_missing_ratio,
+        max_missing_count=max_missing_count, passed=passed, **fields,  # type: ignore[arg-type]
+    )
+
+
 def _check_arguments(max_missing_ratio: float | None, max_missing_count: int | None, num_workers: int,
                      chunk_size: int, read_timeout: float | None) -> None:
     if max_missing_ratio is not None and not 0.0 <= max_missing_ratio <= 1.0:
@@ -235,22 +256,9 @@ def verify_images(
                                                              exif_transpose=exif_transpose)
     status, reasons = _check_all(locator, ids, spec, read_timeout, num_workers=num_workers, chunk_size=chunk_size,
                                  progress=progress)
-    missing, corrupt = np.flatnonzero(status == _MISSING), np.flatnonzero(status == _BAD)
-    total = len(ids)
-    bad = missing.size + corrupt.size
-    ratio = bad / total if total else 0.0
-    passed = not (problems or (max_missing_count is not None and bad > max_missing_count)
-                  or (max_missing_ratio is not None and ratio > max_missing_ratio))
-    report = VerifyReport(
-        total_images_checked=total, missing_count=int(missing.size),
-        missing_ratio=missing.size / total if total else 0.0, corrupt_count=int(corrupt.size),
-        unusable_ratio=ratio, images_dir=str(images_dir), labels_path=str(labels_path), decode_checked=decode,
-        verification_timestamp=time.strftime("%Y-%m-%d %H:%M:%S"),
-        missing_identifiers=[ids[int(i)] for i in missing], missing_indices=file_rows[missing].tolist(),
-        corrupt_identifiers=[ids[int(i)] for i in corrupt], corrupt_indices=file_rows[corrupt].tolist(),
-        failure_reasons=reasons, labels_problems=problems, max_missing_ratio=max_missing_ratio,
-        max_missing_count=max_missing_count, passed=passed, seconds=time.perf_counter() - start,
-    )
+    report = _report(ids, file_rows, status, reasons, problems, max_missing_ratio=max_missing_ratio,
+                     max_missing_count=max_missing_count, images_dir=str(images_dir), labels_path=str(labels_path),
+                     decode_checked=decode, seconds=time.perf_counter() - start)
     if report_path is not None:
         report.write(report_path)
     return report
