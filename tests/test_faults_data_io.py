@@ -368,3 +368,24 @@ def test_loader_closed_mid_epoch_by_a_second_thread_is_never_a_short_epoch(tmp_p
     consumer.join(10)
     assert errors == ["loader closed mid-epoch after 1 of 6 batches (close() was called); this pass is "
                       "incomplete: iterate the loader again for a full epoch"]
+
+
+# ------------------------------------------------------------------ a damaged HDF5 chunk (pure-HDF5 mode)
+
+
+def test_damaged_hdf5_chunk_names_file_and_row(tmp_path):
+    n = 4
+    pixels = np.random.default_rng(0).integers(0, 255, (n, 16, 16, 3), dtype=np.uint8)
+    path = write_labels(tmp_path / "p.h5", [f"s{i}" for i in range(n)], {"taxa_L10": np.arange(n) % 2 + 1})
+    with h5py.File(path, "a") as f:
+        f.create_dataset("images", data=pixels, chunks=(1, 16, 16, 3), compression="gzip")
+        info = f["images"].id.get_chunk_info(2)
+    data = bytearray(path.read_bytes())
+    data[info.byte_offset + 10: info.byte_offset + info.size - 4] = b"\xab" * (info.size - 14)
+    path.write_bytes(bytes(data))
+    strict = PureHDF5Dataset(path)
+    assert strict.load_image(1).shape == (3, 16, 16)
+    with pytest.raises(ImageLoadError, match=r"p\.h5:images\[2\] \(s2\): read failed \(.*filter returned failure"):
+        strict.load_image(2)
+    loose = PureHDF5Dataset(path, image_size=8, missing="permissive")
+    assert not loose.load_image(2).any() and loose.failures.count == 1
