@@ -158,6 +158,8 @@ def fifo_dataset(tmp_path):
 
 def test_fifo_read_times_out_strict_names_file(fifo_dataset):
     labels, img_dir, ids, _ = fifo_dataset
+    exists_only = verify_images(labels, img_dir, decode=False, read_timeout=0.2)  # stat does not open it
+    assert exists_only.failure_reasons == {ids[4]: "not a regular file"}
     ds = HybridDataset(labels, img_dir, image_size=8, read_timeout=0.2)
     with pytest.raises(ImageLoadError, match=rf"{ids[4]}: read failed \(timed out after 0.2 s\)"):
         ds.load_image(4)

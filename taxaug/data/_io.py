@@ -31,26 +31,28 @@ class ReadTimeout(OSError):
 
 
 class _Task:
-    __slots__ = ("cancelled", "done", "error", "fn", "value")
+    """One read: run by a reader thread, its outcome handed back through a one-slot queue."""
+
+    __slots__ = ("cancelled", "fn", "result")
 
     def __init__(self, fn: Callable[[], Any]):
         self.fn = fn
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
+        self.result: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
         self.cancelled = False
 
     def run(self) -> None:
         if self.cancelled:  # timed out while queued: never start it
-            self.done.set()
+            self.result.put((False, None))
             return
         try:
-            self.value = self.fn()
+            outcome = (True, self.fn())
         except BaseException as exc:
-            self.error = exc
-        finally:
-            self.fn = None  # type: ignore[assignment]
-            self.done.set()
+            outcome = (False, exc)
+        self.fn = None  # type: ignore[assignment]
+        self.result.put(outcome)
+
+    def finished(self) -> bool:
+        return self.fn is None or not self.result.empty()
 
 
 class _ReadPool:
@@ -81,21 +83,24 @@ class _ReadPool:
         self._tasks.put(task)
 
     def call(self, key: str, fn: Callable[[], Any], timeout: float) -> Any:
-        with self._lock:
-            earlier = self._hung.get(key)
-            if earlier is not None and not earlier.done.is_set():
-                raise ReadTimeout(f"timed out after {timeout:g} s (an earlier read of it is still blocked)")
-            self._hung.pop(key, None)
+        if self._hung:  # only after a timeout: the common path takes no lock here
+            with self._lock:
+                earlier = self._hung.get(key)
+                if earlier is not None and not earlier.finished():
+                    raise ReadTimeout(f"timed out after {timeout:g} s (an earlier read of it is still blocked)")
+                self._hung.pop(key, None)
         task = _Task(fn)
         self._submit(task)
-        if not task.done.wait(timeout):
+        try:
+            ok, value = task.result.get(timeout=timeout)
+        except queue.Empty:
             task.cancelled = True
             with self._lock:
                 self._hung[key] = task
-            raise ReadTimeout(f"timed out after {timeout:g} s")
-        if task.error is not None:
-            raise task.error
-        return task.value
+            raise ReadTimeout(f"timed out after {timeout:g} s") from None
+        if not ok:
+            raise value
+        return value
 
     def threads(self) -> int:
         with self._lock:
