@@ -391,3 +391,29 @@ def test_damaged_hdf5_chunk_names_file_and_row(tmp_path):
         strict.load_image(2)
     loose = PureHDF5Dataset(path, image_size=8, missing="permissive")
     assert not loose.load_image(2).any() and loose.failures.count == 1
+
+
+def test_reader_threads_are_bounded_when_every_read_hangs(tmp_path):
+    from taxaug.data._io import ReadTimeout, _ReadPool
+
+    pool = _ReadPool(max_threads=3)
+    fifos = [tmp_path / f"f{i}" for i in range(5)]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    try:
+        for fifo in fifos:  # five different hung files, three threads at most
+            with pytest.raises(ReadTimeout, match=r"timed out after 0\.1 s"):
+                pool.call(str(fifo), fifo.read_bytes, 0.1)
+        assert pool.threads() == 3
+        with pytest.raises(ReadTimeout, match="still blocked"):
+            pool.call(str(fifos[0]), fifos[0].read_bytes, 0.1)
+        assert pool.threads() == 3
+    finally:
+        for fifo in fifos[:3]:  # the three started reads: release them
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    # the queued reads of f3 and f4 were cancelled and never start; healthy reads work again
+    (tmp_path / "ok").write_bytes(b"data")
+    assert pool.call(str(tmp_path / "ok"), (tmp_path / "ok").read_bytes, 5.0) == b"data"
+    assert pool._hung[str(fifos[0])].result.get(timeout=5) == (True, b"")  # its blocked read saw end-of-file
+    assert pool.call(str(fifos[0]), lambda: b"retried", 5.0) == b"retried"  # so the file is read again
+    assert pool.threads() == 3
