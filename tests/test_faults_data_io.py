@@ -186,7 +186,7 @@ def test_pure_hdf5_read_timeout_argument_checked(tmp_path):
     path = write_labels(tmp_path / "p.h5", ["a"], {"taxa_L10": [1]}, images=[_jpeg(0)])
     assert PureHDF5Dataset(path, read_timeout=5).load_image(0).shape == (3, 24, 32)
     assert PureHDF5Dataset(path, read_timeout=None).read_timeout is None
-    for bad in (0, -1, float("inf"), "60"):
+    for bad in (0, -1, float("inf"), float("nan"), "60", True):
         with pytest.raises(ValueError, match="read_timeout must be a positive number"):
             PureHDF5Dataset(path, read_timeout=bad)
 

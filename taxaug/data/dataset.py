@@ -225,7 +225,8 @@ class LabelsDataset:
         """Check and store the per-sample options."""
         if missing not in ("strict", "permissive"):
             raise ValueError(f"missing must be 'strict' or 'permissive', got {missing!r}")
-        if read_timeout is not None and not (isinstance(read_timeout, (int, float)) and 0 < read_timeout < math.inf):
+        if read_timeout is not None and (isinstance(read_timeout, bool) or not isinstance(read_timeout, (int, float))
+                                         or not 0 < read_timeout < math.inf):
             raise ValueError(f"read_timeout must be a positive number of seconds or None (no limit), "
                              f"got {read_timeout!r}")
         self.missing: MissingMode = missing  # type: ignore[assignment]
