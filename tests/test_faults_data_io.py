@@ -417,3 +417,18 @@ def test_reader_threads_are_bounded_when_every_read_hangs(tmp_path):
     assert pool._hung[str(fifos[0])].result.get(timeout=5) == (True, b"")  # its blocked read saw end-of-file
     assert pool.call(str(fifos[0]), lambda: b"retried", 5.0) == b"retried"  # so the file is read again
     assert pool.threads() == 3
+
+
+def test_timed_reads_work_in_a_forked_worker(tmp_path):
+    labels, img_dir, _ = _folder(tmp_path)
+    ds = HybridDataset(labels, img_dir, image_size=8, read_timeout=5.0)
+    assert ds.load_image(0).shape == (3, 8, 8)  # the parent now holds an idle reader thread
+    pid = os.fork()
+    if pid == 0:  # the child has no reader threads: its pool must start its own
+        code = 1
+        try:
+            code = 0 if ds.load_image(1).shape == (3, 8, 8) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
