@@ -28,7 +28,7 @@ import torch
 from taxaug.data import schema
 from taxaug.data._io import ReadTimeout, call_with_timeout
 from taxaug.data.filters import FilterConfig, apply_filters
-from taxaug.data.images import DecodeSpec, ImageLoadError, ImageLocator, decode_image
+from taxaug.data.images import DecodeSpec, ImageLoadError, ImageLocator, decode_image, identifier_str
 from taxaug.data.split import split_indices
 
 __all__ = ["HybridDataset", "IdentifierArray", "LabelsDataset", "LoadFailures", "MissingImage", "PureHDF5Dataset",
@@ -103,14 +103,14 @@ class IdentifierArray:
 
     def __getitem__(self, key: Any) -> str | IdentifierArray:
         if isinstance(key, (int, np.integer)):
-            return _decode(self.array[key])
+            return identifier_str(self.array[key])
         return IdentifierArray(self.array[key])
 
     def __iter__(self) -> Iterator[str]:
-        return (_decode(b) for b in self.array)
+        return (identifier_str(b) for b in self.array)
 
     def tolist(self) -> list[str]:
-        return [_decode(b) for b in self.array]
+        return [identifier_str(b) for b in self.array]
 
     @property
     def nbytes(self) -> int:
@@ -118,10 +118,6 @@ class IdentifierArray:
 
     def __repr__(self) -> str:
         return f"IdentifierArray({len(self)} identifiers, {self.array.dtype})"
-
-
-def _decode(value: bytes) -> str:
-    return value.decode("utf-8", "surrogateescape")
 
 
 def read_identifiers(ds: h5py.Dataset) -> np.ndarray:

@@ -17,7 +17,8 @@ from PIL import Image, UnidentifiedImageError
 
 from taxaug.data._io import call_with_timeout
 
-__all__ = ["DecodeSpec", "ImageLoadError", "ImageLocator", "decode_image", "layout_path", "shard_name", "to_rgb"]
+__all__ = ["DecodeSpec", "ImageLoadError", "ImageLocator", "decode_image", "identifier_str", "layout_path", "shard_name",
+           "to_rgb"]
 
 log = logging.getLogger("taxaug.data")
 
@@ -127,7 +128,7 @@ class ImageLocator:
         return np.asarray(bad, dtype=np.int64)
 
     def _escapes(self, identifier: bytes | str) -> bool:
-        text = identifier.decode("utf-8", "surrogateescape") if isinstance(identifier, bytes) else str(identifier)
+        text = identifier_str(identifier)
         if "\x00" in text:
             return True
         name = self.filename(text)
@@ -145,7 +146,7 @@ class ImageLocator:
         if bad.size == 0:
             return
         rows = np.arange(len(identifiers)) if rows is None else np.asarray(rows)
-        shown = ", ".join(f"row {int(rows[i])}: {_text(identifiers[i])!r}" for i in bad[:3])
+        shown = ", ".join(f"row {int(rows[i])}: {identifier_str(identifiers[i])!r}" for i in bad[:3])
         raise ValueError(f"{source}: {bad.size} identifier(s) point outside images_dir {self.images_dir} "
                          f"({shown}); identifiers must be relative paths inside the images folder (no '..', "
                          "no absolute path): fix them in the labels file")
@@ -156,12 +157,13 @@ def _inner_nul(ids: np.ndarray) -> np.ndarray:
     width = ids.dtype.itemsize
     if ids.size == 0 or width == 0:
         return np.zeros(ids.shape, dtype=bool)
-    nonzero = ids.view(np.uint8).reshape(-1, width) != 0
+    nonzero = np.ascontiguousarray(ids).view(np.uint8).reshape(-1, width) != 0
     last = width - np.argmax(nonzero[:, ::-1], axis=1)  # one past the last non-NUL byte
     return nonzero.sum(axis=1) < np.where(nonzero.any(axis=1), last, 0)
 
 
-def _text(value: bytes | str) -> str:
+def identifier_str(value: bytes | str) -> str:
+    """An identifier as text: UTF-8 bytes decoded (undecodable bytes kept as surrogates), str as is."""
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
