@@ -231,7 +231,8 @@ def build_datasets(cfg: TrainerConfig) -> tuple[HybridDataset, HybridDataset]:
     kwargs: dict[str, Any] = dict(
         rank_names=list(d.ranks), metadata=tuple(d.metadata), image_size=d.image_size,
         filters=FilterConfig(partial_labels=d.partial_labels), missing="strict" if d.strict else "permissive",
-        file_extension=d.file_extension,
+        file_extension=d.file_extension, read_timeout=d.read_timeout, max_pixels=d.max_pixels,
+        exif_transpose=d.exif_transpose,
     )
     current = labels
     try:

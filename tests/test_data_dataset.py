@@ -280,3 +280,133 @@ def test_raw_columns_as_metadata_have_no_nan(hybrid):
     aux, mask = ds.aux(np.arange(N))
     assert torch.isfinite(aux).all()
     assert mask[:, 0].tolist() == (~np.isnan(lat)).tolist()
+
+
+# ------------------------------------------------------------------ decode as a viewer shows it
+
+
+def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _grey_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(grey[None], 3, axis=0)
+
+
+def _over_white_reference(rgba: np.ndarray) -> np.ndarray:
+    """Float reference of compositing over white, rounded: c * a/255 + 255 * (1 - a/255)."""
+    a = rgba[..., 3:4].astype(np.float64) / 255.0
+    out = rgba[..., :3].astype(np.float64) * a + 255.0 * (1.0 - a)
+    return np.floor(out + 0.5).astype(np.uint8).transpose(2, 0, 1)
+
+
+def _decoded(data: bytes, **spec) -> np.ndarray:
+    return decode_image(data, DecodeSpec(**spec)).numpy()
+
+
+def test_sixteen_bit_grey_scales_to_eight_bits():
+    values = np.array([[0, 1, 128, 129, 30000, 32767, 65534, 65535]], dtype="<u2")
+    values = np.concatenate([values, np.random.default_rng(0).integers(0, 65536, (3, 8)).astype("<u2")])
+    img = Image.frombytes("I;16", (8, 4), values.tobytes())
+    expected = _grey_rgb(np.floor(values.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8))
+    for fmt in ("PNG", "TIFF"):
+        data = _encode(img, fmt)
+        assert Image.open(io.BytesIO(data)).mode.startswith("I;16")
+        out = _decoded(data)
+        np.testing.assert_array_equal(out, expected)
+        assert out[0, 0, 4] == 117  # 30000 of 65535, not white
+
+
+def test_int32_and_float_images():
+    ints = np.array([[-5, 0, 30000, 65535, 70000, 2**31 - 1]], dtype=np.int32)
+    data = _encode(Image.fromarray(ints), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "I"
+    clipped = np.clip(ints.astype(np.float64), 0, 65535)
+    np.testing.assert_array_equal(_decoded(data), _grey_rgb(np.floor(clipped * 255 / 65535 + 0.5).astype(np.uint8)))
+    floats = np.array([[-0.5, 0.0, 0.25, 0.5, 1.0, 1.5, np.nan]], dtype=np.float32)
+    data = _encode(Image.fromarray(floats), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "F"
+    ref = np.floor(np.clip(np.nan_to_num(floats.astype(np.float64)), 0, 1) * 255 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(_decoded(data), _grey_rgb(ref))
+
+
+def test_transparent_images_are_composited_over_white():
+    rng = np.random.default_rng(1)
+    la = rng.integers(0, 256, (5, 6, 2), dtype=np.uint8)
+    la[0, :, 1] = [0, 1, 127, 128, 254, 255]
+    data = _encode(Image.frombytes("LA", (6, 5), la.tobytes()), "PNG")
+    assert Image.open(io.BytesIO(data)).mode == "LA"
+    rgba = np.concatenate([np.repeat(la[..., :1], 3, axis=2), la[..., 1:]], axis=2)
+    np.testing.assert_array_equal(_decoded(data), _over_white_reference(rgba))
+    # palette image with a transparent index: that colour shows the background
+    pal = Image.new("P", (4, 2))
+    pal.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30] + [0] * 756)
+    pal.putdata([0, 1, 2, 3, 3, 2, 1, 0])
+    data = _encode(pal, "PNG", transparency=1)
+    opened = Image.open(io.BytesIO(data))
+    assert opened.mode == "P" and "transparency" in opened.info
+    np.testing.assert_array_equal(_decoded(data), _over_white_reference(np.asarray(opened.convert("RGBA"))))
+    assert _decoded(data)[:, 0, 1].tolist() == [255, 255, 255]  # the green index is transparent
+    rgba_img = rng.integers(0, 256, (3, 4, 4), dtype=np.uint8)
+    data = _encode(Image.fromarray(rgba_img), "PNG")
+    np.testing.assert_array_equal(_decoded(data), _over_white_reference(rgba_img))
+
+
+def test_cmyk_matches_pillows_conversion():
+    cmyk = Image.frombytes("CMYK", (8, 8), np.random.default_rng(2).integers(0, 256, 256, dtype=np.uint8).tobytes())
+    for fmt in ("JPEG", "TIFF"):
+        data = _encode(cmyk, fmt)
+        opened = Image.open(io.BytesIO(data))
+        assert opened.mode == "CMYK"
+        np.testing.assert_array_equal(_decoded(data), np.asarray(opened.convert("RGB")).transpose(2, 0, 1))
+
+
+def _rotated_jpeg(orientation: int, size=(40, 30)) -> bytes:
+    rng = np.random.default_rng(orientation)
+    arr = np.repeat(np.repeat(rng.integers(0, 256, (size[1] // 10, size[0] // 10, 3), dtype=np.uint8), 10, 0), 10, 1)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _encode(Image.fromarray(arr), "JPEG", quality=95, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_exif_orientation_applied_by_default(orientation):
+    from PIL import ImageOps
+
+    data = _rotated_jpeg(orientation)
+    reference = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")).transpose(2, 0, 1)
+    np.testing.assert_array_equal(_decoded(data), reference)
+    stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).transpose(2, 0, 1)
+    np.testing.assert_array_equal(_decoded(data, exif_transpose=False), stored)
+    assert _decoded(data).shape[1:] == ((40, 30) if orientation >= 5 else (30, 40))
+
+
+def test_exif_orientation_with_draft_and_resize():
+    yy, xx = np.mgrid[0:300, 0:400]
+    smooth = np.stack([xx * 255 // 399, yy * 255 // 299, (xx * yy) * 255 // (399 * 299)], axis=2).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(Image.fromarray(smooth), "JPEG", quality=95, exif=exif.tobytes())  # shown 300 wide, 400 high
+    drafted = _decoded(data, size=(80, 60)).astype(np.float64)
+    full = _decoded(data, size=(80, 60), draft=False).astype(np.float64)
+    assert drafted.shape == (3, 80, 60)
+    assert np.abs(drafted - full).mean() < 4.0  # draft decoding sized in the displayed orientation
+    unrotated = _decoded(data, size=(80, 60), draft=False, exif_transpose=False).astype(np.float64)
+    assert np.abs(unrotated - full).mean() > 4 * np.abs(drafted - full).mean()
+
+
+def test_dataset_decode_options_reach_the_decoder(tmp_path):
+    img_dir = tmp_path / "img"
+    img_dir.mkdir()
+    (img_dir / "r.jpg").write_bytes(_rotated_jpeg(6))
+    (img_dir / "g.png").write_bytes(_encode(Image.frombytes("I;16", (2, 1), np.array([30000, 0], "<u2").tobytes()),
+                                            "PNG"))
+    path = write_labels(tmp_path / "l.h5", ["r.jpg", "g.png"], {"taxa_L10": [1, 2]})
+    ds = HybridDataset(path, img_dir)
+    assert ds.load_image(0).shape == (3, 40, 30) and ds.load_image(1)[:, 0, 0].tolist() == [117] * 3
+    assert HybridDataset(path, img_dir, exif_transpose=False).load_image(0).shape == (3, 30, 40)
+    with pytest.raises(ImageLoadError, match=r"r\.jpg: decompression bomb: 40x30 = 1200 pixels exceeds the limit "
+                                             r"of 1000"):
+        HybridDataset(path, img_dir, max_pixels=1000).load_image(0)

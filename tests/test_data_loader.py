@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import queue
 import threading
 import time
 
@@ -47,7 +48,8 @@ def dataset(tmp_path):
 
 
 def _taxaug_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("taxaug-")]
+    """The loader's threads; the process-wide reader pool (``taxaug-read``, bounded, kept) is not one."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("taxaug-") and t.name != "taxaug-read"]
 
 
 def test_every_sample_exactly_once_per_epoch_in_sampler_order(dataset):
@@ -104,9 +106,81 @@ def test_early_close_stops_threads_and_next_epoch_is_complete(dataset):
     loader.close()  # explicit close mid-epoch
     assert first.indices.tolist() == expected[0]
     assert _taxaug_threads() == []
-    with pytest.raises(StopIteration):
-        next(it)
+    with pytest.raises(RuntimeError, match=f"closed mid-epoch after 1 of {len(expected)} batches"):
+        next(it)  # never a silently short epoch
     assert [b.indices.tolist() for b in loader] == expected  # reusable after close
+
+
+def test_second_iter_while_live_fails_the_first_consumer(dataset):
+    sampler = GroupedBatchSampler(dataset.group_ids("taxa_L10"), 4, mode="standard", shuffle=False)
+    loader = PrefetchLoader(dataset, sampler, monitor_interval=None)
+    first = iter(loader)
+    got = [next(first), next(first)]
+    second = [b.indices.tolist() for b in loader]  # a new pass while `first` is live
+    assert second == list(sampler)
+    with pytest.raises(RuntimeError, match=r"after 2 of 10 batches \(a second iter\(\) started a new pass\)"):
+        next(first)
+    assert [b.indices.tolist() for b in got] == list(sampler)[:2]
+    never_started = iter(loader)
+    loader.close()
+    with pytest.raises(RuntimeError, match="after 0 of 10 batches"):
+        next(never_started)
+
+
+class _Gated:
+    """Wraps a dataset: the read of position `blocked` waits for `gate` and announces itself on `reached`."""
+
+    def __init__(self, dataset, blocked: int):
+        self.dataset, self.blocked = dataset, blocked
+        self.reached, self.gate = threading.Event(), threading.Event()
+        self.file_rows = dataset.file_rows
+
+    def read_raw(self, index):
+        if index == self.blocked:
+            self.reached.set()
+            self.gate.wait()
+        return self.dataset.read_raw(index)
+
+    def decode(self, raw, index):
+        return self.dataset.decode(raw, index)
+
+    def make_batch(self, images, indices):
+        return self.dataset.make_batch(images, indices)
+
+
+def test_close_from_another_thread_while_consumer_waits_raises_in_consumer(dataset):
+    gated = _Gated(dataset, blocked=9)  # batch 2 (positions 8..11) cannot finish until the gate opens
+    sampler = GroupedBatchSampler(dataset.group_ids("taxa_L10"), 4, mode="standard", shuffle=False)
+    loader = PrefetchLoader(gated, sampler, num_io_threads=2, batch_concurrency=3, monitor_interval=None,
+                            cache_bytes=0)
+    outcome: queue.Queue = queue.Queue()
+    two_received = threading.Event()
+
+    def consume():
+        got = 0
+        try:
+            for _ in loader:
+                got += 1
+                if got == 2:
+                    two_received.set()
+            outcome.put(("completed", got))
+        except RuntimeError as exc:
+            outcome.put((str(exc), got))
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    assert gated.reached.wait(10) and two_received.wait(10)  # the consumer now waits for batch 2
+    run = loader._run
+    closer = threading.Thread(target=loader.close)
+    closer.start()
+    assert run.stop.wait(10)  # close() has stopped the pass; let the blocked read return
+    gated.gate.set()
+    closer.join(10)
+    consumer.join(10)
+    message, got = outcome.get(timeout=10)
+    assert got == 2
+    assert "closed mid-epoch after 2 of 10 batches (close() was called)" in message
+    assert _taxaug_threads() == []
 
 
 def test_transforms_run_per_sample_and_per_batch(dataset):

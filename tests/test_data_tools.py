@@ -130,7 +130,7 @@ def test_verify_thresholds_and_report(built, tmp_path):
     assert verify_images(built.labels_path, built.images_dir, max_missing_count=2).passed
     assert verify_images(built.labels_path, built.images_dir, max_missing_ratio=0.2).passed
     assert not verify_images(built.labels_path, built.images_dir, max_missing_ratio=0.1).passed
-    assert verify_images(built.labels_path, built.images_dir).passed  # no threshold: report only
+    assert not verify_images(built.labels_path, built.images_dir).passed  # no threshold: none may fail
     exists_only = verify_images(built.labels_path, built.images_dir, decode=False)
     assert exists_only.missing_count == 1 and exists_only.corrupt_count == 0
 

@@ -70,8 +70,26 @@ def _run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float | None:
+    value = float(text)
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0 (0 = no limit), got {text}")
+    return value or None
+
+
+def _pixels(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {text}")
+    return value
+
+
 def _add_verify(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check that every image exists and decodes; exit 1 past a threshold")
+    p = sub.add_parser("verify", help="check the labels file and that every image reads and decodes; exit 1 on any "
+                                      "problem (thresholds opt in)",
+                       description="Exit codes: 0 all good; 1 labels-file problems (schema, taxonomy tree, "
+                                   "unreadable file) or more bad images than allowed (none unless a threshold is "
+                                   "given); 2 bad arguments.")
     p.add_argument("labels", type=Path)
     p.add_argument("images_dir", type=Path)
     p.add_argument("--file-extension", default="")
@@ -80,27 +98,59 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--chunk-size", type=int, default=1000)
     p.add_argument("--max-missing-ratio", type=_ratio, default=None,
-                   help="fail above this fraction of missing+corrupt images (0 = none allowed)")
+                   help="allow up to this fraction of missing+corrupt images (default: none allowed)")
     p.add_argument("--max-missing-count", type=_count, default=None,
-                   help="fail above this many missing+corrupt images (0 = none allowed)")
+                   help="allow up to this many missing+corrupt images (default: none allowed)")
+    p.add_argument("--read-timeout", type=_seconds, default=60.0,
+                   help="seconds one image read may take before it counts as corrupt (default 60; 0 = no limit)")
+    p.add_argument("--max-pixels", type=_pixels, default=None,
+                   help="decompression-bomb limit in pixels (default: Pillow's PIL.Image.MAX_IMAGE_PIXELS)")
     p.add_argument("--report", type=Path, default=None, help="write the JSON report here (always, pass or fail)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_verify)
 
 
+def _verify_error(message: str, code: int) -> int:
+    print(f"taxaug-data verify: error: {message}", file=sys.stderr)
+    return code
+
+
+def _print_verify(report) -> None:
+    print(report.summary())
+    for problem in report.labels_problems[:10]:
+        print(f"  labels: {problem}")
+    for kind, names in (("missing", report.missing_identifiers), ("corrupt", report.corrupt_identifiers)):
+        for name in names[:10]:
+            reason = report.failure_reasons.get(name, "")
+            print(f"  {kind}: {name}" + (f" ({reason})" if reason and kind == "corrupt" else ""))
+
+
 def _run_verify(args: argparse.Namespace) -> int:
+    from taxaug.data.schema import SchemaError
     from taxaug.data.verify import verify_images
 
-    report = verify_images(args.labels, args.images_dir, file_extension=args.file_extension, shard_k=args.shard_k,
-                           decode=not args.no_decode, num_workers=args.workers, chunk_size=args.chunk_size,
-                           max_missing_ratio=args.max_missing_ratio, max_missing_count=args.max_missing_count,
-                           report_path=args.report, progress=None if not args.no_progress else False)
-    print(report.summary())
-    for name in (report.missing_identifiers[:10]):
-        print(f"  missing: {name}")
-    for name in (report.corrupt_identifiers[:10]):
-        print(f"  corrupt: {name}")
+    if args.report is not None and args.report.is_dir():
+        return _verify_error(f"--report {args.report} is a folder; give a file path such as "
+                             f"{args.report / 'verify.json'}", 2)
+    try:
+        report = verify_images(args.labels, args.images_dir, file_extension=args.file_extension,
+                               shard_k=args.shard_k, decode=not args.no_decode, num_workers=args.workers,
+                               chunk_size=args.chunk_size, max_missing_ratio=args.max_missing_ratio,
+                               max_missing_count=args.max_missing_count, read_timeout=args.read_timeout,
+                               max_pixels=args.max_pixels, progress=None if not args.no_progress else False)
+    except SchemaError as exc:
+        return _verify_error(f"{exc.path} cannot be verified: {'; '.join(exc.problems)}; rebuild or fix the "
+                             "labels file (`taxaug-data inspect` lists its problems)", 1)
+    except FileNotFoundError as exc:  # images_dir
+        return _verify_error(str(exc), 2)
+    except OSError as exc:
+        return _verify_error(f"cannot read {args.labels}: {exc}; the file may be damaged: rebuild it", 1)
+    _print_verify(report)
     if args.report is not None:
+        try:
+            report.write(args.report)
+        except OSError as exc:
+            return _verify_error(f"cannot write --report {args.report}: {exc}", 2)
         print(f"report written to {args.report}")
     return 0 if report.passed else 1
 

@@ -13,22 +13,26 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import attrs
 import h5py
 import numpy as np
 import torch
 
 from taxaug.data import schema
+from taxaug.data._io import ReadTimeout, call_with_timeout
 from taxaug.data.filters import FilterConfig, apply_filters
-from taxaug.data.images import DecodeSpec, ImageLoadError, ImageLocator, decode_image
+from taxaug.data.images import DecodeSpec, ImageLoadError, ImageLocator, decode_image, identifier_str
 from taxaug.data.split import split_indices
 
-__all__ = ["HybridDataset", "LabelsDataset", "LoadFailures", "MissingImage", "PureHDF5Dataset"]
+__all__ = ["HybridDataset", "IdentifierArray", "LabelsDataset", "LoadFailures", "MissingImage", "PureHDF5Dataset",
+           "read_identifiers"]
 
 log = logging.getLogger("taxaug.data")
 
@@ -80,10 +84,51 @@ class LoadFailures:
             return f"{self.count} image(s) replaced by placeholders:\n  {shown}"
 
 
-def _read_strings(ds: h5py.Dataset) -> np.ndarray:
-    if h5py.check_string_dtype(ds.dtype) is not None:
-        return np.asarray(ds.asstr()[()], dtype=object)
-    return ds[()].astype(str).astype(object)
+class IdentifierArray:
+    """Identifiers held as one fixed-width UTF-8 bytes array (no Python object per row).
+
+    Forked DataLoader workers share its buffer instead of copying one refcounted string per row.
+    Indexing with an int gives a ``str``; with a slice, mask or index array, another IdentifierArray.
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray):
+        if array.dtype.kind != "S":
+            raise TypeError(f"IdentifierArray holds a fixed-width bytes array, got dtype {array.dtype}")
+        self.array = array
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def __getitem__(self, key: Any) -> str | IdentifierArray:
+        if isinstance(key, (int, np.integer)):
+            return identifier_str(self.array[key])
+        return IdentifierArray(self.array[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return (identifier_str(b) for b in self.array)
+
+    def tolist(self) -> list[str]:
+        return [identifier_str(b) for b in self.array]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.array.nbytes)
+
+    def __repr__(self) -> str:
+        return f"IdentifierArray({len(self)} identifiers, {self.array.dtype})"
+
+
+def read_identifiers(ds: h5py.Dataset) -> np.ndarray:
+    """``img_identifiers`` as a fixed-width bytes array (UTF-8), read once."""
+    if ds.dtype.kind == "S":
+        return ds[()]
+    if h5py.check_string_dtype(ds.dtype) is None:
+        raise schema.SchemaError(ds.file.filename, [f"{schema.IDENTIFIERS}: dtype must be variable-length string, "
+                                                    f"got {ds.dtype}"])
+    raw = ds[()]  # vlen strings arrive as bytes objects; the object array lives only for this call
+    return raw.astype(np.bytes_) if raw.size else np.zeros(0, dtype="S1")
 
 
 def _map_ids(raw: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, int]:
@@ -97,6 +142,16 @@ def _map_ids(raw: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, int]:
     idx = np.where(found, pos_c + 1, 0).astype(np.int64)
     unseen = int(((raw != 0) & ~found).sum())
     return idx, unseen
+
+
+@attrs.frozen
+class _Columns:
+    """What one open of the labels file reads: row count, raw rank ids, feature columns, identifiers."""
+
+    num_rows: int
+    ranks: dict[str, np.ndarray]
+    columns: dict[str, np.ndarray]
+    identifiers: np.ndarray
 
 
 class LabelsDataset:
@@ -116,6 +171,12 @@ class LabelsDataset:
         training set's ``class_to_taxon_id``, so a pre-split validation file shares class indices;
         default: built from the rows kept here.
     rows: restrict to these file rows (after filtering they are intersected).
+    read_timeout: seconds one image read may take before it counts as a load failure (a FIFO, a
+        dead mount); None waits forever. Reads then run on a bounded pool of reader threads
+        (:mod:`taxaug.data._io`).
+    max_pixels / exif_transpose: decompression-bomb limit and EXIF orientation (:class:`DecodeSpec`).
+
+    ``identifiers`` is an :class:`IdentifierArray` (fixed-width bytes, ``str`` per element).
     """
 
     def __init__(
@@ -132,40 +193,73 @@ class LabelsDataset:
         class_maps: Mapping[str, np.ndarray] | None = None,
         rows: Sequence[int] | np.ndarray | None = None,
         taxonomy_conflicts: Literal["raise", "majority"] = "raise",
+        read_timeout: float | None = 60.0,
+        max_pixels: int | None = None,
+        exif_transpose: bool = True,
     ):
         self.labels_path = Path(labels_path)
         metadata = (metadata,) if isinstance(metadata, str) else tuple(metadata)
+        self._configure(missing=missing, read_timeout=read_timeout, filters=filters,
+                        decode_spec=DecodeSpec(size=image_size, resize=resize if image_size is not None else "none",
+                                               draft=draft, max_pixels=max_pixels, exif_transpose=exif_transpose))
         report = schema.validate(self.labels_path, required_ranks=tuple(rank_names or ()),
                                  required_datasets=metadata)
         report.raise_if_invalid()
+        cols = self._read_columns(list(rank_names or report.rank_names), metadata)
+        self._select_rows(cols, rows)
+        self._build_targets(cols.ranks, class_maps)
+        self._build_aux(cols.columns, metadata, cols.num_rows)
+
+        from taxaug.taxonomy import Taxonomy
+
+        self.taxonomy = Taxonomy.from_labels(dict(self._targets), null_index=0, num_classes=self.num_classes,
+                                             on_conflict=taxonomy_conflicts)
+        self._check_rows()
+
+    def _configure(self, *, missing: str, read_timeout: float | None, filters: FilterConfig | None,
+                   decode_spec: DecodeSpec) -> None:
+        """Check and store the per-sample options."""
         if missing not in ("strict", "permissive"):
             raise ValueError(f"missing must be 'strict' or 'permissive', got {missing!r}")
-        self.missing: MissingMode = missing
-        self.decode_spec = DecodeSpec(size=image_size, resize=resize if image_size is not None else "none",
-                                      draft=draft)
-        if missing == "permissive" and self.decode_spec.size is None:
+        if read_timeout is not None and (isinstance(read_timeout, bool) or not isinstance(read_timeout, (int, float))
+                                         or not 0 < read_timeout < math.inf):
+            raise ValueError(f"read_timeout must be a positive number of seconds or None (no limit), "
+                             f"got {read_timeout!r}")
+        self.missing: MissingMode = missing  # type: ignore[assignment]
+        self.read_timeout = None if read_timeout is None else float(read_timeout)
+        self.decode_spec = decode_spec
+        if missing == "permissive" and decode_spec.size is None:
             raise ValueError("missing='permissive' needs image_size, so placeholders have the batch's shape")
         self.filters = filters or FilterConfig()
         self.failures = LoadFailures()
 
+    def _read_columns(self, ranks: list[str], metadata: tuple[str, ...]) -> _Columns:
+        """Every array the dataset needs, read once with the file open (ranks sorted finest first)."""
+        for name in ranks:
+            schema.rank_level(name)
+        ranks.sort(key=schema.rank_level)
+        needed = set(metadata) | set(self.filters.required_metadata)
+        if self.filters.in_region_only:
+            needed.add("in_region")
+        if self.filters.max_anomaly_score is not None:
+            needed.add("anomaly_score")
         with h5py.File(self.labels_path, "r") as f:
-            n_file = f[schema.IDENTIFIERS].shape[0]
-            ranks = list(rank_names) if rank_names else list(report.rank_names)
-            for name in ranks:
-                schema.rank_level(name)
-            ranks.sort(key=schema.rank_level)
-            raw_ranks = {r: f[r][()].astype(np.int64) for r in ranks}
-            needed = set(metadata) | set(self.filters.required_metadata)
-            if self.filters.in_region_only:
-                needed.add("in_region")
-            if self.filters.max_anomaly_score is not None:
-                needed.add("anomaly_score")
-            columns = {c: f[c][()] for c in needed if c in f}
-            identifiers = _read_strings(f[schema.IDENTIFIERS])
-            config_json = f[schema.METADATA_GROUP].attrs.get("config_json") if schema.METADATA_GROUP in f else None
+            cols = _Columns(
+                num_rows=f[schema.IDENTIFIERS].shape[0],
+                ranks={r: f[r][()].astype(np.int64) for r in ranks},
+                columns={c: f[c][()] for c in needed if c in f},
+                identifiers=read_identifiers(f[schema.IDENTIFIERS]),
+            )
+            self.config_json = (f[schema.METADATA_GROUP].attrs.get("config_json")
+                                if schema.METADATA_GROUP in f else None)
             self._init_source(f)
+        self.rank_names: tuple[str, ...] = tuple(ranks)
+        return cols
 
-        keep, removed = apply_filters(self.filters, ranks=raw_ranks, columns=columns, num_rows=n_file)
+    def _select_rows(self, cols: _Columns, rows: Sequence[int] | np.ndarray | None) -> None:
+        """Apply the filters (and `rows`); sets ``file_rows`` and the kept identifiers."""
+        n_file = cols.num_rows
+        keep, removed = apply_filters(self.filters, ranks=cols.ranks, columns=cols.columns, num_rows=n_file)
         if rows is not None:
             chosen = np.zeros(n_file, dtype=bool)
             chosen[np.asarray(rows, dtype=np.int64)] = True
@@ -178,13 +272,14 @@ class LabelsDataset:
         if self.file_rows.size == 0:
             raise ValueError(f"no rows of {self.labels_path} remain after filtering ({removed}); "
                              "relax the filters (FilterConfig) or check the file")
-        self.identifiers = identifiers[self.file_rows]
-        self.rank_names: tuple[str, ...] = tuple(ranks)
-        self.config_json = config_json
+        ids = cols.identifiers
+        self.identifiers = IdentifierArray(ids if self.file_rows.size == n_file else ids[self.file_rows])
 
+    def _build_targets(self, raw_ranks: dict[str, np.ndarray], class_maps: Mapping[str, np.ndarray] | None) -> None:
+        """Contiguous class indices per rank (0 = null), from `class_maps` or the kept rows."""
         self.class_to_taxon_id: dict[str, np.ndarray] = {}
         self._targets: dict[str, np.ndarray] = {}
-        for r in ranks:
+        for r in self.rank_names:
             raw = raw_ranks[r][self.file_rows]
             if class_maps is not None and r in class_maps:
                 table = np.asarray(class_maps[r], dtype=np.int64)
@@ -199,6 +294,8 @@ class LabelsDataset:
             self._targets[r] = idx
         self.num_classes: dict[str, int] = {r: int(t.shape[0]) for r, t in self.class_to_taxon_id.items()}
 
+    def _build_aux(self, columns: dict[str, np.ndarray], metadata: tuple[str, ...], n_file: int) -> None:
+        """``aux`` (kept rows, metadata concatenated, non-finite -> 0) and its per-component validity mask."""
         self.aux_components: list[tuple[str, int]] = []
         blocks, masks = [], []
         for name in metadata:
@@ -209,15 +306,19 @@ class LabelsDataset:
         self._aux = np.concatenate(blocks, axis=1) if blocks else None
         self._aux_mask = np.stack(masks, axis=1) if masks else None
 
-        from taxaug.taxonomy import Taxonomy
-
-        self.taxonomy = Taxonomy.from_labels({r: self._targets[r] for r in ranks}, null_index=0,
-                                             num_classes=self.num_classes, on_conflict=taxonomy_conflicts)
+    def _failed(self, name: str, reason: str) -> MissingImage:
+        """A read failure: raised in strict mode, a MissingImage (decoded to a counted placeholder) otherwise."""
+        if self.missing == "strict":
+            raise ImageLoadError(name, reason)
+        return MissingImage(name, reason)
 
     # ------------------------------------------------------------------ source hooks (subclasses)
 
     def _init_source(self, f: h5py.File) -> None:
         """Called once with the open labels file; subclasses record what they need to read images."""
+
+    def _check_rows(self) -> None:
+        """Called once the rows are chosen; subclasses refuse rows they could not read safely."""
 
     def read_raw(self, index: int) -> bytes | np.ndarray | MissingImage:
         """IO stage: the encoded bytes (or pixel array) of sample `index` (a position in this dataset).
@@ -372,9 +473,10 @@ class HybridDataset(LabelsDataset):
     def verify(self, *, max_missing_ratio: float | None = None, max_missing_count: int | None = None,
                report_path: str | Path | None = None, decode: bool = True, num_workers: int = 8,
                raise_on_failure: bool = True, progress: bool | None = None):
-        """Check this dataset's images (only the rows kept after filtering) exist and decode.
+        """Check this dataset's images (only the rows kept after filtering) read and decode as in training.
 
-        Thresholds: None = no limit, 0 = none allowed. Raises ``VerificationError`` past a threshold
+        Reads use this dataset's ``read_timeout``, decoding its :class:`DecodeSpec`. Thresholds: with
+        neither given none may fail, 0 = none allowed. Raises ``VerificationError`` past a threshold
         when `raise_on_failure`; the JSON report is written to `report_path` either way. Returns the
         :class:`~taxaug.data.verify.VerifyReport`.
         """
@@ -383,18 +485,21 @@ class HybridDataset(LabelsDataset):
         report = verify_images(self.labels_path, self.locator.images_dir, file_extension=self.locator.file_extension,
                                shard_k=self.locator.shard_k, decode=decode, num_workers=num_workers,
                                max_missing_ratio=max_missing_ratio, max_missing_count=max_missing_count,
-                               report_path=report_path, progress=progress, rows=self.file_rows)
+                               report_path=report_path, progress=progress, rows=self.file_rows,
+                               read_timeout=self.read_timeout, decode_spec=self.decode_spec, check_labels=False)
         if raise_on_failure:
             report.raise_if_failed()
         return report
 
     def read_raw(self, index: int) -> bytes | MissingImage:
         try:
-            return self.locator.read(str(self.identifiers[index]))
+            return self.locator.read(self.identifiers[index], self.read_timeout)
         except ImageLoadError as exc:
-            if self.missing == "strict":
-                raise
-            return MissingImage(exc.path, exc.reason)
+            return self._failed(exc.path, exc.reason)
+
+    def _check_rows(self) -> None:
+        """Refuse identifiers whose file would lie outside ``images_dir`` (vectorised, once at open)."""
+        self.locator.check_identifiers(self.identifiers.array, self.file_rows)
 
 
 class PureHDF5Dataset(LabelsDataset):
@@ -431,12 +536,15 @@ class PureHDF5Dataset(LabelsDataset):
         return f"{self.labels_path}:{schema.IMAGES}[{int(self.file_rows[index])}] ({self.identifiers[index]})"
 
     def read_raw(self, index: int) -> bytes | np.ndarray | MissingImage:
-        data = self._images()[int(self.file_rows[index])]
+        row = int(self.file_rows[index])
+        try:
+            data = call_with_timeout(f"{self.labels_path}:{row}", lambda: self._images()[row], self.read_timeout)
+        except ReadTimeout as exc:
+            return self._failed(self.describe_source(index), str(exc))
+        except OSError as exc:  # a damaged chunk: h5py's message names neither file nor row
+            return self._failed(self.describe_source(index), f"read failed ({exc})")
         if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1:
             if data.size == 0:
-                reason = "empty entry in the images dataset"
-                if self.missing == "strict":
-                    raise ImageLoadError(self.describe_source(index), reason)
-                return MissingImage(self.describe_source(index), reason)
+                return self._failed(self.describe_source(index), "empty entry in the images dataset")
             return data.tobytes()
         return data

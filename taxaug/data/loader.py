@@ -11,7 +11,9 @@ Stages of one epoch::
 
 Every batch the sampler yields is delivered once, whole and in order; at most ``batch_concurrency``
 batches are being read/decoded and at most ``max_ready_batches`` wait for you. Breaking out of the
-loop or calling :meth:`PrefetchLoader.close` stops and joins every thread.
+loop or calling :meth:`PrefetchLoader.close` stops and joins every thread; a loop still running
+over a pass that was closed (by ``close()`` or a second ``iter()``) raises ``RuntimeError`` at its
+next step instead of ending as if the epoch were complete.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class _EpochRun:
         self.main_wait = 0.0
         self.threads: list[threading.Thread] = []
         self.started = time.perf_counter()
+        self.finished = False
+        self.closed_reason: str | None = None
 
     def start(self) -> None:
         self._spawn("taxaug-planner", self._plan)
@@ -248,25 +252,37 @@ class _EpochRun:
 
     # ------------------------------------------------------------------ consumer side
 
+    def _closed_error(self) -> RuntimeError:
+        total = len(self.batches) if hasattr(self.batches, "__len__") else "?"  # type: ignore[arg-type]
+        return RuntimeError(f"loader closed mid-epoch after {self.out_batches} of {total} batches "
+                            f"({self.closed_reason or 'close() was called'}); this pass is incomplete: iterate the "
+                            "loader again for a full epoch")
+
+    def _next_item(self) -> Any:
+        """The next ready item; raises when the run was closed before the epoch ended."""
+        while not self.stop.is_set():
+            start = time.perf_counter()
+            try:
+                return self.ready_queue.get(timeout=_POLL)
+            except queue.Empty:
+                if self.stop.is_set():  # closed while waiting: the threads exit because of it
+                    break
+                if not any(t.is_alive() for t in self.threads) and self.ready_queue.empty():
+                    raise RuntimeError("loader threads exited before the epoch finished "
+                                       f"({self.out_batches} batches delivered); this is a bug") from None
+            finally:
+                self.main_wait += time.perf_counter() - start
+        raise self._closed_error()
+
     def __iter__(self) -> Iterator[Any]:
         if self.stop.is_set():
-            return
+            raise self._closed_error()
         self.start()
         try:
             while True:
-                item = _END
-                while not self.stop.is_set():
-                    start = time.perf_counter()
-                    try:
-                        item = self.ready_queue.get(timeout=_POLL)
-                        break
-                    except queue.Empty:
-                        if not any(t.is_alive() for t in self.threads) and self.ready_queue.empty():
-                            raise RuntimeError("loader threads exited before the epoch finished "
-                                               f"({self.out_batches} batches delivered); this is a bug") from None
-                    finally:
-                        self.main_wait += time.perf_counter() - start
+                item = self._next_item()
                 if item is _END:
+                    self.finished = True
                     return
                 if isinstance(item, BaseException):
                     raise item
@@ -276,7 +292,10 @@ class _EpochRun:
         finally:
             self.shutdown()
 
-    def shutdown(self) -> None:
+    def shutdown(self, reason: str | None = None) -> None:
+        """Stop and join the threads; `reason` is what a consumer still iterating is told."""
+        if reason is not None and self.closed_reason is None and not self.finished:
+            self.closed_reason = reason
         self.stop.set()
         with self.jobs_cond:
             self.jobs_cond.notify_all()
@@ -408,7 +427,8 @@ class PrefetchLoader:
             self.batch_sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Any]:
-        self.close()
+        """A new pass. A pass still live is stopped: its consumer gets a RuntimeError, not a short epoch."""
+        self._close("a second iter() started a new pass")
         run = _EpochRun(self, self.batch_sampler)
         with self._lock:
             self._run = run
@@ -416,11 +436,18 @@ class PrefetchLoader:
         return iter(run)
 
     def close(self) -> None:
-        """Stop the current pass (if any) and join its threads; the loader can be iterated again."""
+        """Stop the current pass (if any) and join its threads; the loader can be iterated again.
+
+        A consumer still iterating that pass gets ``RuntimeError("loader closed mid-epoch after N of M
+        batches ...")`` at its next step, never a silently short epoch.
+        """
+        self._close("close() was called")
+
+    def _close(self, reason: str) -> None:
         with self._lock:
             run = self._run
         if run is not None:
-            run.shutdown()
+            run.shutdown(reason)
 
     def _on_run_closed(self, run: _EpochRun) -> None:
         with self._lock:
