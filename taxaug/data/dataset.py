@@ -136,7 +136,7 @@ class LabelsDataset:
         self.labels_path = Path(labels_path)
         metadata = (metadata,) if isinstance(metadata, str) else tuple(metadata)
         report = schema.validate(self.labels_path, required_ranks=tuple(rank_names or ()),
-                                 required_datasets=metadata)
+                                 required_datasets=metadata, check_tree=False)  # the Taxonomy below checks it
         report.raise_if_invalid()
         if missing not in ("strict", "permissive"):
             raise ValueError(f"missing must be 'strict' or 'permissive', got {missing!r}")
