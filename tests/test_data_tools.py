@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from taxaug.data import FilterConfig, HybridDataset, validate
-from taxaug.data.build import build_from_csv, build_from_folder
+from taxaug.data.build import BuildError, build_from_csv, build_from_folder
 from taxaug.data.cli import main
 from taxaug.data.inspect import inspect_labels
 from taxaug.data.shard import shard_directory
@@ -97,7 +97,7 @@ def test_build_from_csv_with_metadata(tmp_path):
     np.testing.assert_array_equal(ds.taxon_ids("taxa_L10", ds.class_targets("taxa_L10")), [5, 5, 0, 7])
     bad = tmp_path / "bad.csv"
     bad.write_text("identifier,taxa_L10\nnope.jpg,1\n")
-    with pytest.raises(FileNotFoundError, match=r"nope\.jpg"):
+    with pytest.raises(BuildError, match=r"no such file in the images folder at row 2 \('nope\.jpg'\)"):
         build_from_csv(bad, tmp_path / "o2", images_dir=src)
     with pytest.raises(ValueError, match="no identifier column"):
         build_from_csv(bad, tmp_path / "o3", images_dir=src, identifier_column="id")

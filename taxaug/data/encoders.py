@@ -97,11 +97,15 @@ def _text_array(values: Sequence[str | bytes | None] | np.ndarray) -> np.ndarray
                      for v in values], dtype=str).reshape(-1)
 
 
-def _digits(codes: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ASCII number in columns [start, stop) of a code-point matrix, and whether all were digits."""
-    block = codes[:, start:stop].astype(np.int64) - ord("0")
-    ok = ((block >= 0) & (block <= 9)).all(axis=1)
-    return (block * 10 ** np.arange(stop - start - 1, -1, -1)).sum(axis=1), ok
+def _number(cols: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ASCII number in character columns [start, stop) (`cols` is (width, N)), and whether all were digits."""
+    value = np.zeros(cols.shape[1], np.int64)
+    ok = np.ones(cols.shape[1], dtype=bool)
+    for j in range(start, stop):
+        digit = cols[j] - np.uint32(ord("0"))  # wraps around below "0"
+        ok &= digit <= 9
+        value = value * 10 + digit
+    return value, ok
 
 
 def _fast_dates(text: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -109,32 +113,31 @@ def _fast_dates(text: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
     Returns (handled, day, month, hour); rows not handled (other forms) go to the per-row reference.
     """
-    n, width = text.shape[0], max(text.dtype.itemsize // 4, 19) + 6
-    codes = np.zeros((n, width), np.uint32)
-    if n and text.dtype.itemsize:
-        codes[:, : text.dtype.itemsize // 4] = text.view(np.uint32).reshape(n, -1)
+    n, chars = text.shape[0], text.dtype.itemsize // 4
+    cols = np.zeros((max(chars, 19) + 6, n), np.uint32)  # one row per character position
+    if n and chars:
+        cols[:chars] = text.view(np.uint32).reshape(n, chars).T
     length = np.strings.str_len(text)
-    year, ok_y = _digits(codes, 0, 4)
-    month, ok_m = _digits(codes, 5, 7)
-    day, ok_d = _digits(codes, 8, 10)
+    year, ok_y = _number(cols, 0, 4)
+    month, ok_m = _number(cols, 5, 7)
+    day, ok_d = _number(cols, 8, 10)
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     month0 = np.clip(month - 1, 0, 11)
-    month_len = _MONTH_DAYS[month0] + (leap & (month == 2))
-    handled = (ok_y & ok_m & ok_d & (codes[:, 4] == ord("-")) & (codes[:, 7] == ord("-")) & (year >= 1)
-               & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_len))
-    hh, ok_h = _digits(codes, 11, 13)
-    mi, ok_mi = _digits(codes, 14, 16)
-    ss, ok_s = _digits(codes, 17, 19)
-    clock = (((codes[:, 10] == ord("T")) | (codes[:, 10] == ord(" "))) & ok_h & ok_mi & (codes[:, 13] == ord(":"))
+    handled = (ok_y & ok_m & ok_d & (cols[4] == ord("-")) & (cols[7] == ord("-")) & (year >= 1) & (month >= 1)
+               & (month <= 12) & (day >= 1) & (day <= _MONTH_DAYS[month0] + (leap & (month == 2))))
+    hh, ok_h = _number(cols, 11, 13)
+    mi, ok_mi = _number(cols, 14, 16)
+    ss, ok_s = _number(cols, 17, 19)
+    clock = (((cols[10] == ord("T")) | (cols[10] == ord(" "))) & ok_h & ok_mi & (cols[13] == ord(":"))
              & (hh <= 23) & (mi <= 59))
-    seconds = (codes[:, 16] == ord(":")) & ok_s & (ss <= 59)
+    seconds = (cols[16] == ord(":")) & ok_s & (ss <= 59)
     end = np.where(seconds, 19, 16)
-    tail = codes[np.arange(n)[:, None], end[:, None] + np.arange(6)]  # what follows the clock
-    oh, ok_oh = _digits(tail, 1, 3)
-    om, ok_om = _digits(tail, 4, 6)
-    offset = ((tail[:, 0] == ord("+")) | (tail[:, 0] == ord("-"))) & (tail[:, 3] == ord(":")) & ok_oh & ok_om
+    tail = np.where(seconds, cols[19:25], cols[16:22])  # the 6 characters after the clock
+    oh, ok_oh = _number(tail, 1, 3)
+    om, ok_om = _number(tail, 4, 6)
+    offset = ((tail[0] == ord("+")) | (tail[0] == ord("-"))) & (tail[3] == ord(":")) & ok_oh & ok_om
     offset &= (oh <= 23) & (om <= 59)
-    timed = clock & ((length == end) | ((length == end + 1) & (tail[:, 0] == ord("Z")))
+    timed = clock & ((length == end) | ((length == end + 1) & (tail[0] == ord("Z")))
                      | ((length == end + 6) & offset))
     handled &= (length == 10) | timed
     doy = (_MONTH_START[month0] + (leap & (month > 2)) + day - 1).astype(np.float64)

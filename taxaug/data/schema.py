@@ -420,11 +420,9 @@ def _column(values: object, n: int, name: str, dtype: np.dtype) -> np.ndarray:
 
 
 def _str_block(values: Sequence[str | bytes | None] | np.ndarray) -> np.ndarray:
-    """An object array of str for one slice (None -> "", bytes decoded as UTF-8)."""
-    if isinstance(values, np.ndarray) and values.dtype.kind == "S":
-        values = np.strings.decode(values, "utf-8")
-    if isinstance(values, np.ndarray) and values.dtype.kind == "U":
-        return values.astype(object)
+    """An object array of str or UTF-8 bytes for one slice (None -> "")."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "SU":
+        return values.astype(object)  # h5py stores bytes objects in a UTF-8 string dataset as they are
     return np.array(["" if v is None else v.decode() if isinstance(v, bytes) else str(v) for v in values],
                     dtype=object)
 
