@@ -86,8 +86,16 @@ class _Layout:
     metadata: dict[str, int]
 
 
-def _strip(cells: Sequence[str]) -> np.ndarray:
-    return np.strings.strip(np.array(cells, dtype=str))
+def _cells(cells: Sequence[str], column: str, rows: np.ndarray, problems: Problems) -> np.ndarray:
+    """One column's cells, stripped; bytes that were not UTF-8 are a problem (and the cell is blanked)."""
+    a = np.strings.strip(np.array(cells, dtype=str))
+    if a.dtype.itemsize == 0 or a.view(np.uint32).max(initial=0) < 0xD800:
+        return a
+    codes = a.view(np.uint32).reshape(a.shape[0], -1)
+    bad = np.flatnonzero(((codes >= 0xD800) & (codes <= 0xDFFF)).any(axis=1))  # undecodable bytes, escaped
+    problems.add(f"{column}: not valid UTF-8", "save the CSV as UTF-8 text", rows[bad])
+    a[bad] = ""
+    return a
 
 
 def utf8_bytes(a: np.ndarray) -> np.ndarray:
@@ -145,7 +153,7 @@ def _has_nul(a: np.ndarray) -> np.ndarray:
 
 def _identifiers(cells: Sequence[str], rows: np.ndarray, problems: Problems) -> np.ndarray:
     """Identifiers as UTF-8 bytes; empty ones and ones leaving the images folder are problems."""
-    a = _strip(cells)
+    a = _cells(cells, "identifier", rows, problems)
     problems.add("identifier: empty", "every row needs the image's file name", rows[a == ""])
     wrapped = np.strings.add(np.strings.add("/", np.strings.replace(a, "\\", "/")), "/")
     escapes = np.strings.startswith(a, "/") | (np.strings.find(wrapped, "/../") >= 0) | _has_nul(a)
@@ -157,7 +165,7 @@ def _identifiers(cells: Sequence[str], rows: np.ndarray, problems: Problems) -> 
 
 def _taxon_ids(cells: Sequence[str], rank: str, rows: np.ndarray, problems: Problems) -> np.ndarray:
     """uint32 ids from integer cells; empty and 0 are unknown (0); anything else is a problem."""
-    a = _strip(cells)
+    a = _cells(cells, rank, rows, problems)
     unknown = np.isin(a, ("", "0"))
     digits = _digits_only(a) & (np.strings.str_len(a) <= 19)
     values = np.zeros(a.shape[0], np.uint64)
@@ -168,9 +176,10 @@ def _taxon_ids(cells: Sequence[str], rank: str, rows: np.ndarray, problems: Prob
     return values.astype(np.uint32)
 
 
-def _taxon_names(cells: Sequence[str], lookup: dict[str, int]) -> np.ndarray:
+def _taxon_names(cells: Sequence[str], rank: str, lookup: dict[str, int], rows: np.ndarray,
+                 problems: Problems) -> np.ndarray:
     """Provisional uint32 ids (order of first appearance, from 1) for names; unknown cells give 0."""
-    a = _strip(cells)
+    a = _cells(cells, rank, rows, problems)
     uniq, inverse = np.unique(a, return_inverse=True)
     ids = np.array([0 if u in UNKNOWN_CELLS else lookup.setdefault(str(u), len(lookup) + 1) for u in uniq],
                    dtype=np.uint32)
@@ -179,7 +188,7 @@ def _taxon_names(cells: Sequence[str], lookup: dict[str, int]) -> np.ndarray:
 
 def _floats(cells: Sequence[str], column: str, rows: np.ndarray, problems: Problems) -> np.ndarray:
     """float32 values; empty and ``nan`` are NaN; non-numbers and values out of range are problems."""
-    a = _strip(cells)
+    a = _cells(cells, column, rows, problems)
     values = np.full(a.shape[0], np.nan)
     filled = np.flatnonzero(a != "")
     try:
@@ -201,7 +210,7 @@ def _floats(cells: Sequence[str], column: str, rows: np.ndarray, problems: Probl
 
 
 def _observer_ids(cells: Sequence[str], rows: np.ndarray, problems: Problems) -> np.ndarray:
-    a = _strip(cells)
+    a = _cells(cells, "observer_id", rows, problems)
     body = np.where(np.strings.startswith(a, "-"), np.strings.slice(a, 1, None), a)
     ok = _digits_only(body) & (np.strings.str_len(body) <= 10)
     values = np.zeros(a.shape[0], np.int64)
@@ -215,7 +224,7 @@ def _observer_ids(cells: Sequence[str], rows: np.ndarray, problems: Problems) ->
 
 
 def _in_region(cells: Sequence[str], rows: np.ndarray, problems: Problems) -> np.ndarray:
-    a = _strip(cells)
+    a = _cells(cells, "in_region", rows, problems)
     bad = np.flatnonzero(~np.isin(a, ("", "0", "1")))
     problems.add("in_region: not 0 or 1", "write 1 (inside), 0 (outside) or leave the cell empty (= 0)",
                  rows[bad], a[bad])
@@ -223,7 +232,7 @@ def _in_region(cells: Sequence[str], rows: np.ndarray, problems: Problems) -> np
 
 
 def _dates(cells: Sequence[str], rows: np.ndarray, problems: Problems) -> np.ndarray:
-    a = _strip(cells)
+    a = _cells(cells, "date", rows, problems)
     bad = np.flatnonzero((a != "") & ~encoders.parse_iso_dates(a)["parsed"])
     problems.add("date: not an ISO 8601 date", "write e.g. 2021-05-03 or 2021-05-03T14:30:00, or leave it empty",
                  rows[bad], a[bad])
@@ -247,7 +256,7 @@ class _Columns:
         self._keep("rows", rows)
         self._keep("identifiers", _identifiers(cols[self.layout.identifier], rows, problems))
         for rank, j in self.layout.ranks.items():
-            ids = (_taxon_names(cols[j], self.lookups[rank]) if self.taxon_names
+            ids = (_taxon_names(cols[j], rank, self.lookups[rank], rows, problems) if self.taxon_names
                    else _taxon_ids(cols[j], rank, rows, problems))
             self._keep(rank, ids)
         for name, j in self.layout.metadata.items():
@@ -304,20 +313,21 @@ def read_csv(path: str | Path, *, identifier_column: str = "identifier", rank_co
     """
     path = Path(path)
     problems = Problems()
-    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a UTF-8 BOM is accepted
+    # utf-8-sig accepts a BOM; bytes that are not UTF-8 become lone surrogates that _cells reports by row
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         reader = csv.reader(handle)
         try:
             header = [c.strip() for c in next(reader)]
         except StopIteration:
             raise ValueError(f"{path} is empty; it needs a header row and one row per image") from None
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise ValueError(f"{path}: row 1 cannot be read ({exc}); save the CSV as UTF-8 text") from None
+        except csv.Error as exc:
+            raise ValueError(f"{path}: row 1 cannot be read ({exc})") from None
         layout = _layout(header, identifier_column, rank_columns, problems)
         columns = _Columns(layout, taxon_names)
         try:
             _stream(reader, layout, columns, problems)
-        except (UnicodeDecodeError, csv.Error) as exc:
-            problems.note(f"line {reader.line_num + 1}: cannot be read ({exc}); save the CSV as UTF-8 text")
+        except csv.Error as exc:
+            problems.note(f"line {reader.line_num + 1}: cannot be read ({exc})")
     table = columns.table() if columns.blocks else _empty_table(layout)
     if table.identifiers.shape[0] == 0 and not problems:
         problems.note(f"{path} has a header but no rows")
