@@ -178,9 +178,12 @@ def test_inspect_counts_and_cli(built, capsys):
     assert info["ranks"]["taxa_L10"]["unknown"] == 2
     assert info["ranks"]["taxa_L10"]["groups"] == 4 and info["ranks"]["taxa_L10"]["max"] == 3
     assert info["ranks"]["taxa_L30"]["groups"] == 2
+    assert info["ranks"]["taxa_L10"]["most_frequent"][0] == {"id": 3, "count": 3, "name": "Fagaceae/Quercus/robur"}
+    assert [t["name"] for t in info["ranks"]["taxa_L30"]["most_frequent"]] == ["Fagaceae", "Pinaceae"]
     assert main(["inspect", str(built.labels_path)]) == 0
     out = capsys.readouterr().out
     assert "taxa_L10" in out and "valid" in out
+    assert "taxa_L30   Fagaceae (7), Pinaceae (4)" in out  # names, not class indices
     assert main(["inspect", str(built.labels_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["num_samples"] == 11
 

@@ -493,6 +493,17 @@ def _write_images(f: h5py.File, images: Sequence[bytes] | np.ndarray, n: int) ->
         ds[start:start + len(chunk)] = block
 
 
+def _check_write_args(path: Path, taxa: Mapping[str, object], no_lat: bool, no_lon: bool, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    if not taxa:
+        raise ValueError("taxa must hold at least one rank, e.g. {'taxa_L10': species_ids}")
+    for name in taxa:
+        rank_level(name)
+    if no_lat != no_lon:
+        raise ValueError("lat and lon must be given together")
+
+
 def write_labels(
     path: str | Path,
     identifiers: Sequence[str] | np.ndarray,
@@ -525,15 +536,8 @@ def write_labels(
     written in slices.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    _check_write_args(path, taxa, lat is None, lon is None, overwrite)
     n = len(identifiers)
-    if not taxa:
-        raise ValueError("taxa must hold at least one rank, e.g. {'taxa_L10': species_ids}")
-    for name in taxa:
-        rank_level(name)
-    if (lat is None) != (lon is None):
-        raise ValueError("lat and lon must be given together")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     with h5py.File(tmp, "w") as f:
