@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -81,11 +82,11 @@ def test_build_from_csv_with_metadata(tmp_path):
         _img(src / f"{i}.jpg", i)
     csv_path = tmp_path / "data.csv"
     csv_path.write_text(
-        "identifier,taxa_L10,taxa_L20,lat,lon,date,elevation,in_region\n"
-        "0.jpg,5,50,10.5,20,2021-03-01,100,1\n"
-        "1.jpg,5,50,,,,,0\n"
-        "2.jpg,,60,-5,100,2021-08-01T10:00:00,2500,1\n"
-        "3.jpg,7,60,0,0,2022-01-01,0,1\n"
+        "identifier,taxa_L10,taxa_L20,lat,lon,date,elevation,in_region,anomaly_score,observer_id\n"
+        "0.jpg,5,50,10.5,20,2021-03-01,100,1,0.25,7\n"
+        "1.jpg,5,50,,,,,0,,\n"
+        "2.jpg,,60,-5,100,2021-08-01T10:00:00,2500,1,1.5,-3\n"
+        "3.jpg,7,60,0,0,2022-01-01,0,,0,12\n"
     )
     result = build_from_csv(csv_path, tmp_path / "out", images_dir=src, images="copy",
                             temporal_features=["month"], elevation_sets={"coarse": [1000]})
@@ -95,6 +96,10 @@ def test_build_from_csv_with_metadata(tmp_path):
     assert ds.aux(np.arange(4))[1].tolist() == [[True, True, True], [False, False, False],
                                                  [True, True, True], [True, True, True]]
     np.testing.assert_array_equal(ds.taxon_ids("taxa_L10", ds.class_targets("taxa_L10")), [5, 5, 0, 7])
+    with h5py.File(result.labels_path) as f:  # empty cells: NaN where NaN means unknown, else 0
+        assert f["anomaly_score"][()].tolist() == [0.25, 0.0, 1.5, 0.0]
+        assert f["observer_id"][()].tolist() == [7, 0, -3, 12] and f["in_region"][()].tolist() == [1, 0, 1, 0]
+        assert np.isnan(f["raw_lat"][1]) and f["raw_date_observed"].asstr()[1] == ""
     bad = tmp_path / "bad.csv"
     bad.write_text("identifier,taxa_L10\nnope.jpg,1\n")
     with pytest.raises(BuildError, match=r"no such file in the images folder at row 2 \('nope\.jpg'\)"):

@@ -131,8 +131,10 @@ def _scan_folder(source: Path, extensions: Sequence[str]) -> list[Path]:
         raise ValueError(f"no image files ({', '.join(sorted(exts))}) under {source}")
     undecodable = [f for f in files if not _is_utf8(str(f))]
     if undecodable:
+        shown = schema.MAX_CONFLICTS_SHOWN
+        more = [f"... and {len(undecodable) - shown} more such paths"] if len(undecodable) > shown else []
         raise BuildError(source, [f"path {os.fsencode(source / f)!r}: the name is not valid UTF-8; rename it "
-                                  "(identifiers and taxon names are UTF-8)" for f in undecodable])
+                                  "(identifiers and taxon names are UTF-8)" for f in undecodable[:shown]] + more)
     depths = {len(f.parts) - 1 for f in files}
     if len(depths) != 1 or 0 in depths:
         examples = {d: next(str(f) for f in files if len(f.parts) - 1 == d) for d in sorted(depths)}

@@ -279,7 +279,9 @@ class _Columns:
             remap[[lookup[n] for n in ordered]] = np.arange(1, len(ordered) + 1, dtype=np.uint32)
             taxa[rank] = remap[taxa[rank]]
             names[rank] = {str(i + 1): n for i, n in enumerate(ordered)}
-        meta = {{"date": "dates", "elevation": "elevation"}.get(k, k): joined[k] for k in self.layout.metadata}
+        if "anomaly_score" in joined:  # an empty cell is 0 (the dataset holds no NaN)
+            joined["anomaly_score"] = np.nan_to_num(joined["anomaly_score"], nan=0.0)
+        meta = {{"date": "dates"}.get(k, k): joined[k] for k in self.layout.metadata}
         return CsvTable(joined["identifiers"], joined["rows"], taxa, names, meta)
 
 
