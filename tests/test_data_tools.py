@@ -234,3 +234,30 @@ def test_dataset_verify_counts_only_its_rows(built, tmp_path):
     data = json.loads(report_path.read_text())
     assert data["missing_indices"] == [int(ds.file_rows[4])]  # file rows, as in the labels file
     assert not ds.verify(max_missing_ratio=0.0, raise_on_failure=False).passed
+
+
+def test_csv_build_memory_is_bounded_by_the_label_columns(tmp_path, monkeypatch):
+    """Streamed in blocks: peak traced memory stays within a few times the converted columns (a dict per
+    row, as csv.DictReader keeps, is ~10x them)."""
+    import tracemalloc
+
+    from taxaug.data import csv_source
+
+    n = 20_000
+    rng = np.random.default_rng(0)
+    species = rng.integers(0, 500, n)
+    lines = [f"{i:08d}_x.jpg,{s or ''},{s // 7 + 1},{s // 50 + 1},{rng.uniform(-60, 60):.5f},12.5,2021-05-03,"
+             f"{i % 900}.5,{i % 2}" for i, s in enumerate(species.tolist())]
+    path = tmp_path / "big.csv"
+    path.write_text("identifier,taxa_L10,taxa_L20,taxa_L30,lat,lon,date,elevation,in_region\n" + "\n".join(lines))
+    monkeypatch.setattr(csv_source, "CHUNK_ROWS", 2_000)
+    tracemalloc.start()
+    try:
+        table, problems = csv_source.read_csv(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not problems and table.identifiers.shape == (n,)
+    columns = sum(a.nbytes for a in (table.identifiers, table.rows, *table.taxa.values(), *table.metadata.values()))
+    assert peak < 4 * columns, (peak, columns)
+    np.testing.assert_array_equal(table.taxa["taxa_L10"], species)

@@ -22,7 +22,7 @@ from taxaug.data import encoders, schema
 __all__ = ["METADATA_COLUMNS", "CsvTable", "Problems", "check_table", "read_csv", "utf8_bytes", "utf8_text"]
 
 METADATA_COLUMNS = ("lat", "lon", "date", "elevation", "anomaly_score", "observer_id", "in_region")
-CHUNK_ROWS = 1 << 16
+CHUNK_ROWS = 1 << 14
 #: Rows named per problem line; the rest are counted.
 ROWS_SHOWN = 10
 #: Cells meaning "unknown at this rank" in a taxon column (ids or names).
