@@ -160,20 +160,19 @@ def _check_finite(ds: h5py.Dataset, problems: list[str], *, allow_nan: bool = Fa
 
 
 def _check_identifiers(ds: h5py.Dataset, problems: list[str]) -> None:
-    """Non-empty, unique strings: a set over the raw bytes, no object-array sort."""
+    """Non-empty, unique strings: a sorted fixed-width bytes array, no object-array unique."""
     if not _is_string(ds):
         problems.append(f"{IDENTIFIERS}: dtype must be variable-length string, got {ds.dtype}")
         return
-    raw = ds[()].tolist()  # bytes (vlen or fixed-width str datasets)
-    if len(set(raw)) == len(raw) and b"" not in raw:
-        return
-    fixed = np.array(raw, dtype=bytes)  # HDF5 strings hold no NUL, so fixed width is exact
-    empty = np.flatnonzero(fixed == b"")
-    if empty.size:
+    raw = ds[()]
+    fixed = raw if raw.dtype.kind == "S" else np.array(raw.tolist(), dtype=bytes)  # HDF5 strings hold no NUL
+    ordered = np.sort(fixed)  # UTF-8 byte order is code point order
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if ordered.size and ordered[0] == b"":
+        empty = np.flatnonzero(fixed == b"")
         problems.append(f"{IDENTIFIERS}: {empty.size} empty identifier(s) (first rows {empty[:5].tolist()})")
-    uniq, counts = np.unique(fixed, return_counts=True)
-    dup = uniq[counts > 1]
-    if dup.size:
+    if repeated.size:
+        dup = np.unique(repeated)
         shown = [d.decode("utf-8", "replace") for d in dup[:3]]
         problems.append(f"{IDENTIFIERS}: {dup.size} duplicated identifier(s), e.g. {shown}")
 
