@@ -1,7 +1,8 @@
 """Faults a user meets building and checking a dataset: each reproduced with real files and the CLI.
 
-Every case runs ``python -m taxaug.data.cli`` in a subprocess and asserts the exit code and the
-one-line message naming the row (or path) at fault.
+Each case runs the CLI, ``python -m taxaug.data.cli`` in a subprocess (or its ``main`` in-process
+where a subprocess adds only start-up time), and asserts the exit code and the one-line message
+naming the row (or path) at fault.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PIL import Image
 
 import taxaug
 from taxaug.data import build, validate, write_labels
+from taxaug.data.cli import main
 
 REPO = Path(taxaug.__file__).resolve().parents[1]
 
@@ -27,6 +29,13 @@ def cli(*args: object) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "taxaug.data.cli", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
+
+
+def cli_here(capsys, *args: object) -> subprocess.CompletedProcess:
+    """The same CLI entry point in this process: exit code, stdout and stderr."""
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
 def problem_lines(err: str) -> list[str]:
@@ -64,13 +73,13 @@ def test_identifier_escaping_the_images_folder_is_refused_and_nothing_is_written
     assert files_under(tmp_path) == before  # nothing created, nothing replaced, inside --out or outside
 
 
-def test_identifier_linking_outside_the_images_folder_is_refused(tmp_path):
+def test_identifier_linking_outside_the_images_folder_is_refused(tmp_path, capsys):
     src = photos(tmp_path / "photos", 1)
     jpeg(tmp_path / "elsewhere.jpg", 5)
     os.symlink(tmp_path / "elsewhere.jpg", src / "link.jpg")
     csv = tmp_path / "obs.csv"
     csv.write_text("identifier,taxa_L10\n0.jpg,1\nlink.jpg,2\n")
-    proc = cli("build", "--from-csv", csv, "--images-dir", src, "--out", tmp_path / "out")
+    proc = cli_here(capsys, "build", "--from-csv", csv, "--images-dir", src, "--out", tmp_path / "out")
     assert proc.returncode == 2
     assert any("outside the images folder at row 3 ('link.jpg')" in p for p in problem_lines(proc.stderr))
     assert not (tmp_path / "out").exists()
@@ -155,27 +164,27 @@ def test_utf8_bom_is_accepted_and_bytes_that_are_not_utf8_are_reported(tmp_path)
     assert problem_lines(bad.stderr) == ["taxa_L10: not valid UTF-8 at row 3; save the CSV as UTF-8 text"]
 
 
-def test_folder_file_names_that_are_not_utf8_are_reported_by_path(tmp_path):
+def test_folder_file_names_that_are_not_utf8_are_reported_by_path(tmp_path, capsys):
     root = tmp_path / "tree"
     jpeg(root / "Fagaceae" / "Quercus" / "a.jpg")
     jpeg(root / "Fagaceae" / "Quercus" / "b.jpg", 1)
     bad = os.fsencode(root / "Fagaceae" / "Quercus") + b"/caf\xe9.jpg"
     with open(bad, "wb") as handle:
         handle.write((root / "Fagaceae" / "Quercus" / "a.jpg").read_bytes())
-    proc = cli("build", "--from-folder", root, "--out", tmp_path / "out")
+    proc = cli_here(capsys, "build", "--from-folder", root, "--out", tmp_path / "out")
     assert proc.returncode == 2
     (line,) = problem_lines(proc.stderr)
     assert line.startswith(f"path {bad!r}: the name is not valid UTF-8")
     assert not (tmp_path / "out").exists()
 
 
-def test_validate_and_inspect_report_a_species_under_two_genera(tmp_path):
+def test_validate_and_inspect_report_a_species_under_two_genera(tmp_path, capsys):
     path = write_labels(tmp_path / "labels.h5", ["a", "b", "c", "d"],
                         {"taxa_L10": [7, 7, 7, 8], "taxa_L20": [50, 50, 60, 60], "taxa_L30": [1, 1, 1, 1]})
     expected = "tree: taxa_L10 taxon 7 sits under 2 parents at taxa_L20: 50 (2 rows), 60 (1 row)"
     proc = cli("validate", path)
     assert proc.returncode == 1 and expected in proc.stderr
-    shown = cli("inspect", path)
+    shown = cli_here(capsys, "inspect", path)
     assert shown.returncode == 1 and f"! {expected}" in shown.stdout and "INVALID (1 problem(s))" in shown.stdout
     good = write_labels(tmp_path / "good.h5", ["a", "b"], {"taxa_L10": [7, 8], "taxa_L20": [50, 50]})
     assert validate(good).ok and validate(path, check_tree=False).ok
