@@ -92,7 +92,10 @@ def _text_array(values: Sequence[str | bytes | None] | np.ndarray) -> np.ndarray
     if isinstance(values, np.ndarray) and values.dtype.kind == "U":
         return values.reshape(-1)
     if isinstance(values, np.ndarray) and values.dtype.kind == "S":
-        return np.strings.decode(values.reshape(-1), "utf-8", "replace")
+        try:
+            return values.reshape(-1).astype(np.str_)  # all ASCII: a plain cast
+        except UnicodeDecodeError:
+            return np.strings.decode(values.reshape(-1), "utf-8", "replace")
     return np.array(["" if v is None else v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
                      for v in values], dtype=str).reshape(-1)
 
