@@ -259,3 +259,19 @@ def test_validate_reports_tree_conflicts_with_raw_ids(tmp_path):
     assert report.problems == ("tree: taxa_L10 taxon 4 sits under 2 parents at taxa_L20: 70 (2 rows), 80 (1 row); "
                                "a taxon has one parent, fix the rows",)
     assert not report.ok and validate(path, check_tree=False).ok
+
+
+def test_strings_and_encoded_images_written_in_slices_round_trip(tmp_path, monkeypatch):
+    from taxaug.data import schema
+
+    monkeypatch.setattr(schema, "WRITE_BLOCK", 3)  # 10 rows: slices of 3, 3, 3 and 1
+    ids = [f"{i}_\u00e9.jpg" for i in range(10)]
+    blobs = [bytes([i]) * (i // 3 + 1) for i in range(10)]  # equal lengths inside a slice, one-row last slice
+    dates = ["2021-01-01", None, "", *(f"2021-02-{d:02d}" for d in range(1, 8))]
+    path = write_labels(tmp_path / "l.h5", np.array(ids), {"taxa_L10": np.arange(10) + 1}, images=blobs,
+                        dates=np.array([(d or "").encode() for d in dates]))
+    with h5py.File(path) as f:
+        assert f["img_identifiers"].asstr()[()].tolist() == ids
+        assert [bytes(b) for b in f["images"][()]] == blobs
+        assert f["raw_date_observed"].asstr()[()].tolist() == [d or "" for d in dates]
+    assert validate(path).ok

@@ -489,7 +489,8 @@ def _write_images(f: h5py.File, images: Sequence[bytes] | np.ndarray, n: int) ->
         block = np.empty(len(chunk), dtype=object)
         for i, blob in enumerate(chunk):
             block[i] = np.frombuffer(blob, dtype=np.uint8)
-        ds[start:start + len(chunk)] = block
+        # write_direct keeps the object array 1-D (setitem reads equal-length blobs as a 2-D block)
+        ds.write_direct(block, dest_sel=np.s_[start:start + len(chunk)])
 
 
 def _check_write_args(path: Path, taxa: Mapping[str, object], no_lat: bool, no_lon: bool, overwrite: bool) -> None:
