@@ -199,6 +199,12 @@ def test_cli_build_and_shard(tree, tmp_path, capsys):
     assert validate(tmp_path / "c" / "labels.h5").ok
     assert main(["build", "--from-folder", str(tree), "--out", str(tmp_path / "c")]) == 2  # exists
     assert "overwrite" in capsys.readouterr().err
+    assert main(["build", "--from-folder", str(tree), "--out", str(tmp_path / "d"), "--taxon-names"]) == 2
+    assert "--taxon-names applies to --from-csv" in capsys.readouterr().err
+    csv_path = tmp_path / "no_id.csv"
+    csv_path.write_text("file,taxa_L10\na.jpg,1\n")
+    assert main(["build", "--from-csv", str(csv_path), "--images-dir", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert f"error: {csv_path}: row 1: no identifier column 'identifier'" in capsys.readouterr().err
     flat = tmp_path / "flat"
     flat.mkdir()
     for i in range(3):

@@ -52,6 +52,9 @@ def _run_build(args: argparse.Namespace) -> int:
     from taxaug.data.build import build_from_csv, build_from_folder
 
     ranks = args.ranks.split(",") if args.ranks else None
+    if args.from_folder is not None and args.taxon_names:
+        print("error: --taxon-names applies to --from-csv; folder names are always taxon names", file=sys.stderr)
+        return 2
     if args.from_folder is not None:
         result = build_from_folder(args.from_folder, args.out, rank_names=ranks, images=args.images,
                                    shard_k=args.shard_k, num_workers=args.workers, overwrite=args.overwrite,

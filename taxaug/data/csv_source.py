@@ -41,7 +41,7 @@ class Problems:
 
     def add(self, subject: str, hint: str, rows: np.ndarray, cells: Sequence[str] | np.ndarray | None = None, *,
             quote: bool = True) -> None:
-        """Record `subject` at `rows` (CSV line numbers), showing each row's cell (quoted) when given."""
+        """Record `subject` at `rows` (CSV row numbers), showing each row's cell (quoted) when given."""
         if len(rows) == 0:
             return
         shown, count = self._found.setdefault((subject, hint), ([], [0]))
@@ -324,7 +324,10 @@ def read_csv(path: str | Path, *, identifier_column: str = "identifier", rank_co
             raise ValueError(f"{path} is empty; it needs a header row and one row per image") from None
         except csv.Error as exc:
             raise ValueError(f"{path}: row 1 cannot be read ({exc})") from None
-        layout = _layout(header, identifier_column, rank_columns, problems)
+        try:
+            layout = _layout(header, identifier_column, rank_columns, problems)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
         columns = _Columns(layout, taxon_names)
         try:
             _stream(reader, layout, columns, problems)
