@@ -207,3 +207,18 @@ def test_builder_validates_what_it_wrote(tmp_path, monkeypatch):
     with pytest.raises(build.BuildError, match="the written file fails validation: spatial: 6 NaN"):
         build.build_from_csv(csv, tmp_path / "out", images_dir=src, images="none")
     assert list((tmp_path / "out").glob("labels.h5*")) == []
+
+
+def test_tree_conflicts_name_the_taxa_when_the_file_carries_names(tmp_path):
+    src = photos(tmp_path / "photos", 3)
+    csv = tmp_path / "obs.csv"
+    csv.write_text("identifier,taxa_L10,taxa_L20\n0.jpg,Quercus robur,Quercus\n1.jpg,Quercus robur,Fagus\n"
+                   "2.jpg,Fagus sylvatica,Fagus\n")
+    with pytest.raises(build.BuildError) as info:
+        build.build_from_csv(csv, tmp_path / "out", images_dir=src, images="none", taxon_names=True)
+    assert info.value.problems == ["tree: taxa_L10 'Quercus robur' is under taxa_L20 'Quercus' at row 2 (1 row) "
+                                   "and under 'Fagus' at row 3 (1 row); a taxon has one parent: fix the rows"]
+    path = write_labels(tmp_path / "labels.h5", ["a", "b"], {"taxa_L10": [2, 2], "taxa_L20": [1, 2]},
+                        config={"taxon_names": {"taxa_L10": {"2": "Quercus robur"}, "taxa_L20": {"1": "Fagus"}}})
+    assert validate(path).problems == ("tree: taxa_L10 taxon 2 ('Quercus robur') sits under 2 parents at taxa_L20: "
+                                       "1 ('Fagus') (1 row), 2 (1 row); a taxon has one parent, fix the rows",)

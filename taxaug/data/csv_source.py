@@ -367,12 +367,13 @@ def _tree(table: CsvTable, problems: Problems) -> None:
     conflicts = schema.tree_conflicts(table.taxa)
     for c in conflicts[:schema.MAX_CONFLICTS_SHOWN]:
         child, parent = table.taxa[c.rank], table.taxa[parent_of[c.rank]]
-        seen = []
+        seen = []  # (first row, text) per parent, shown in row order
         for p, count in zip(c.parents, c.counts):
-            first = table.rows[np.flatnonzero((child == c.child) & (parent == p))[0]]
-            seen.append(f"{_label(table, parent_of[c.rank], p)} at row {first} ({count} row{'s' * (count != 1)})")
+            first = int(table.rows[np.flatnonzero((child == c.child) & (parent == p))[0]])
+            seen.append((first, f"{_label(table, parent_of[c.rank], p)} at row {first} "
+                                f"({count} row{'s' * (count != 1)})"))
         problems.note(f"tree: {c.rank} {_label(table, c.rank, c.child)} is under {parent_of[c.rank]} "
-                      f"{' and under '.join(seen)}; a taxon has one parent: fix the rows")
+                      f"{' and under '.join(text for _, text in sorted(seen))}; a taxon has one parent: fix the rows")
     if len(conflicts) > schema.MAX_CONFLICTS_SHOWN:
         problems.note(f"tree: ... and {len(conflicts) - schema.MAX_CONFLICTS_SHOWN} more taxa with several parents")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
@@ -24,17 +23,6 @@ def _group_sizes(ids: np.ndarray) -> dict[str, float]:
     return {"groups": int(counts.size), "min": int(counts.min()), "median": float(np.median(counts)),
             "mean": float(counts.mean()), "max": int(counts.max()), "singletons": int((counts == 1).sum()),
             "below_4": int((counts < 4).sum())}
-
-
-def _config(f: h5py.File) -> dict | None:
-    """``metadata/config_json`` as a dict, or None when absent or not a JSON object."""
-    if schema.METADATA_GROUP not in f or "config_json" not in f[schema.METADATA_GROUP].attrs:
-        return None
-    try:
-        config = json.loads(f[schema.METADATA_GROUP].attrs["config_json"])
-    except ValueError:
-        return None
-    return config if isinstance(config, dict) else None
 
 
 def _most_frequent(ids: np.ndarray, names: dict[str, str]) -> list[dict]:
@@ -72,9 +60,9 @@ def inspect_labels(path: str | Path) -> dict:
         return out
     n = report.num_samples
     with h5py.File(path, "r") as f:
-        config = _config(f)
+        config = schema.read_config(f)
         out["config_keys"] = sorted(config) if config is not None else []
-        names = (config or {}).get("taxon_names") or {}
+        names = schema.taxon_names(f)
         for name, obj in f.items():
             if isinstance(obj, h5py.Dataset):
                 out["datasets"][name] = {"shape": list(obj.shape), "dtype": str(obj.dtype)}

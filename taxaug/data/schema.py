@@ -1,4 +1,4 @@
-"""The ``labels.h5`` schema: names, a validator that reports every problem, and a writer.
+"""The ``labels.h5`` schema: names, a validator that reports every problem (schema and tree), and a writer.
 
 Layout (N samples)::
 
@@ -47,6 +47,8 @@ __all__ = [
     "describe_conflict",
     "rank_level",
     "rank_names_in",
+    "read_config",
+    "taxon_names",
     "tree_conflicts",
     "validate",
     "write_labels",
@@ -318,11 +320,34 @@ def tree_conflicts(columns: Mapping[str, np.ndarray]) -> tuple[Conflict, ...]:
     return ()
 
 
-def describe_conflict(conflict: Conflict, parent_rank: str) -> str:
-    """One line: the taxon, its rank and every parent it was seen under, with row counts."""
-    seen = ", ".join(f"{p} ({c} row{'s' if c != 1 else ''})" for p, c in zip(conflict.parents, conflict.counts))
-    return (f"tree: {conflict.rank} taxon {conflict.child} sits under {len(conflict.parents)} parents at "
-            f"{parent_rank}: {seen}; a taxon has one parent, fix the rows")
+def describe_conflict(conflict: Conflict, parent_rank: str, names: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """One line: the taxon, its rank and every parent it was seen under, with row counts.
+
+    ``names`` (rank -> {str(id): name}, the builder's ``taxon_names``) adds each taxon's name.
+    """
+    def label(rank: str, taxon: int) -> str:
+        name = (names or {}).get(rank, {}).get(str(taxon))
+        return str(taxon) if name is None else f"{taxon} ({name!r})"
+
+    seen = ", ".join(f"{label(parent_rank, p)} ({c} row{'s' if c != 1 else ''})"
+                     for p, c in zip(conflict.parents, conflict.counts))
+    return (f"tree: {conflict.rank} taxon {label(conflict.rank, conflict.child)} sits under "
+            f"{len(conflict.parents)} parents at {parent_rank}: {seen}; a taxon has one parent, fix the rows")
+
+
+def read_config(f: h5py.File) -> dict | None:
+    """``metadata/config_json`` of an open file as a dict; None when absent or not a JSON object."""
+    try:
+        config = json.loads(f[METADATA_GROUP].attrs["config_json"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def taxon_names(f: h5py.File) -> dict[str, dict[str, str]]:
+    """The builder's ``taxon_names`` (rank -> {str(id): name}) of an open file; {} when it carries none."""
+    names = (read_config(f) or {}).get("taxon_names")
+    return {r: v for r, v in names.items() if isinstance(v, dict)} if isinstance(names, dict) else {}
 
 
 def _check_tree(f: h5py.File, ranks: Sequence[str], n: int | None, problems: list[str]) -> tuple[Conflict, ...]:
@@ -331,7 +356,8 @@ def _check_tree(f: h5py.File, ranks: Sequence[str], n: int | None, problems: lis
         return ()
     conflicts = tree_conflicts({r: f[r][()] for r in ranks})
     parent_of = dict(itertools.pairwise(ranks))
-    problems.extend(describe_conflict(c, parent_of[c.rank]) for c in conflicts[:MAX_CONFLICTS_SHOWN])
+    names = taxon_names(f) if conflicts else {}
+    problems.extend(describe_conflict(c, parent_of[c.rank], names) for c in conflicts[:MAX_CONFLICTS_SHOWN])
     if len(conflicts) > MAX_CONFLICTS_SHOWN:
         problems.append(f"tree: ... and {len(conflicts) - MAX_CONFLICTS_SHOWN} more taxa with several parents")
     return conflicts
