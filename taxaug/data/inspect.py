@@ -15,22 +15,22 @@ __all__ = ["format_inspection", "inspect_labels"]
 TOP_TAXA = 5
 
 
-def _group_sizes(ids: np.ndarray) -> dict[str, float]:
-    known = ids[ids != 0]
-    if known.size == 0:
-        return {"groups": 0, "min": 0, "median": 0.0, "mean": 0.0, "max": 0, "singletons": 0, "below_4": 0}
-    _, counts = np.unique(known, return_counts=True)
-    return {"groups": int(counts.size), "min": int(counts.min()), "median": float(np.median(counts)),
-            "mean": float(counts.mean()), "max": int(counts.max()), "singletons": int((counts == 1).sum()),
-            "below_4": int((counts < 4).sum())}
-
-
-def _most_frequent(ids: np.ndarray, names: dict[str, str]) -> list[dict]:
-    """The :data:`TOP_TAXA` most frequent known taxa: id, count and name (when the file carries names)."""
+def _rank_summary(ids: np.ndarray, names: dict[str, str]) -> dict:
+    """Known/unknown counts, group-size statistics and the :data:`TOP_TAXA` most frequent taxa (id,
+    count, and name when the file carries one) of one rank column."""
+    n = ids.shape[0]
     taxa, counts = np.unique(ids[ids != 0], return_counts=True)
-    order = np.argsort(-counts, kind="stable")[:TOP_TAXA]
-    return [{"id": int(taxa[i]), "count": int(counts[i]), **({"name": names[str(taxa[i])]}
-             if str(taxa[i]) in names else {})} for i in order]
+    known = int(counts.sum())
+    out = {"known": known, "unknown": n - known, "known_fraction": known / n if n else 0.0}
+    if counts.size == 0:
+        return {**out, "groups": 0, "min": 0, "median": 0.0, "mean": 0.0, "max": 0, "singletons": 0, "below_4": 0,
+                "most_frequent": []}
+    top = np.argsort(-counts, kind="stable")[:TOP_TAXA]
+    return {**out, "groups": int(counts.size), "min": int(counts.min()), "median": float(np.median(counts)),
+            "mean": float(counts.mean()), "max": int(counts.max()), "singletons": int((counts == 1).sum()),
+            "below_4": int((counts < 4).sum()),
+            "most_frequent": [{"id": int(taxa[i]), "count": int(counts[i]),
+                               **({"name": names[str(taxa[i])]} if str(taxa[i]) in names else {})} for i in top]}
 
 
 def _coverage(name: str, obj: h5py.Dataset, n: int) -> dict | None:
@@ -71,9 +71,7 @@ def inspect_labels(path: str | Path) -> dict:
                     out["metadata"][name] = coverage
         for rank in report.rank_names:
             ids = f[rank][()].astype(np.int64) if f[rank].shape == (n,) else np.zeros(n, np.int64)
-            known = int((ids != 0).sum())
-            out["ranks"][rank] = {"known": known, "unknown": n - known, "known_fraction": known / n if n else 0.0,
-                                  **_group_sizes(ids), "most_frequent": _most_frequent(ids, names.get(rank) or {})}
+            out["ranks"][rank] = _rank_summary(ids, names.get(rank, {}))
     return out
 
 
