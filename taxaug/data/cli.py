@@ -149,7 +149,7 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="counts per rank, group sizes, metadata coverage, schema problems")
+    p = sub.add_parser("inspect", help="counts per rank, group sizes, most frequent taxa (names), metadata coverage, schema and tree problems")
     p.add_argument("labels", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_run_inspect)
