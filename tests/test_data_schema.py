@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from taxaug.data import SchemaError, encoders, validate, write_labels
+from taxaug.data.schema import tree_conflicts
 
 
 def _write(path, n=6, **kw):
@@ -172,3 +173,105 @@ def test_cyclical_date_features():
     assert not out[1].any()
     with pytest.raises(ValueError, match="subset of"):
         encoders.cyclical_date(["2021-01-01"], ("week",))
+
+
+# ------------------------------------------------------------------ structured fast paths vs references
+
+_D2 = st.integers(0, 99).map(lambda v: f"{v:02d}")
+_DATE = st.tuples(st.integers(0, 9999).map(lambda v: f"{v:04d}"), st.sampled_from(["-", "/", "x"]),
+                  st.sampled_from(["00", "01", "02", "06", "09", "12", "13"]), st.sampled_from(["-", "-", "."]),
+                  st.sampled_from(["00", "01", "28", "29", "30", "31", "32"])).map("".join)
+_CLOCK = st.tuples(st.sampled_from(["T", " ", "t", "_"]), _D2, st.sampled_from([":", ":", "-"]), _D2,
+                   st.sampled_from(["", ":00", ":59", ":60", ":5", ".5"])).map("".join)
+_ZONE = st.sampled_from(["", "", "Z", "z", "+05:30", "-23:59", "+24:00", "+00:60", "+0530", "+05:30:15"])
+_DATES = st.one_of(
+    _DATE,
+    st.tuples(_DATE, _CLOCK, _ZONE).map("".join),
+    st.tuples(st.sampled_from(["", " ", "\t"]), _DATE, st.sampled_from(["", " "])).map("".join),
+    st.text(alphabet="0123456789-T: Z+.", max_size=26),
+    st.text(max_size=12),
+    st.none(),
+)
+
+
+@given(values=st.lists(_DATES, max_size=40))
+def test_vectorised_date_parsing_equals_the_per_row_parser(values):
+    got = encoders.parse_iso_dates(values)
+    for i, value in enumerate(values):
+        ref = encoders.parse_iso_date(value or "")
+        row = (got["day_of_year"][i], got["month"][i], got["hour"][i])
+        if ref is None:
+            assert not got["parsed"][i] and np.isnan(row).all(), value
+        else:
+            assert got["parsed"][i], value
+            np.testing.assert_array_equal(row, ref, err_msg=repr(value))  # bit-exact, NaN hour included
+    texts = [v for v in values if v is not None and "\0" not in v]  # as the CSV builder passes them: UTF-8 bytes
+    as_bytes = encoders.parse_iso_dates(np.array([v.encode() for v in texts], dtype=bytes))
+    as_str = encoders.parse_iso_dates(texts)
+    for key in as_str:
+        np.testing.assert_array_equal(as_bytes[key], as_str[key])
+
+
+def _old_identifier_problems(path):
+    """The object-array implementation validate used before (np.unique over Python strings)."""
+    with h5py.File(path) as f:
+        ids = f["img_identifiers"].asstr()[()]
+    problems = []
+    empty = np.flatnonzero(np.char.str_len(ids.astype(str)) == 0) if ids.size else np.array([], int)
+    if empty.size:
+        problems.append(f"img_identifiers: {empty.size} empty identifier(s) (first rows {empty[:5].tolist()})")
+    uniq, counts = np.unique(ids, return_counts=True)
+    dup = uniq[counts > 1]
+    if dup.size:
+        problems.append(f"img_identifiers: {dup.size} duplicated identifier(s), e.g. {[str(d) for d in dup[:3]]}")
+    return problems
+
+
+@given(ids=st.lists(st.text(alphabet="ab\u00e9\u4e2d.", max_size=3), min_size=1, max_size=30))
+def test_identifier_checks_equal_the_object_array_implementation(tmp_path_factory, ids):
+    path = tmp_path_factory.mktemp("ids") / "labels.h5"
+    write_labels(path, ids, {"taxa_L10": np.ones(len(ids))})
+    got = [p for p in validate(path).problems if p.startswith("img_identifiers")]
+    assert got == _old_identifier_problems(path)
+
+
+@given(rows=st.lists(st.tuples(st.sampled_from([0, 3, 2**32 - 1, 70]), st.sampled_from([0, 9, 10, 2**31]),
+                                st.sampled_from([0, 1, 5])), min_size=1, max_size=40))
+def test_tree_conflicts_equal_a_dict_reference(rows):
+    cols = np.array(rows, dtype=np.uint32).T
+    ranks = ("taxa_L10", "taxa_L20", "taxa_L30")
+    got = {(c.rank, c.child): dict(zip(c.parents, c.counts)) for c in tree_conflicts(dict(zip(ranks, cols)))}
+    expected = {}
+    for k in range(2):
+        seen: dict[int, dict[int, int]] = {}
+        for child, parent in zip(cols[k].tolist(), cols[k + 1].tolist()):
+            if child and parent:
+                seen.setdefault(child, {}).setdefault(parent, 0)
+                seen[child][parent] += 1
+        expected.update({(ranks[k], c): p for c, p in seen.items() if len(p) > 1})
+    assert got == expected
+
+
+def test_validate_reports_tree_conflicts_with_raw_ids(tmp_path):
+    path = write_labels(tmp_path / "t.h5", list("abcdef"), {"taxa_L10": [4, 4, 4, 9, 9, 0],
+                                                             "taxa_L20": [70, 70, 80, 70, 0, 80]})
+    report = validate(path)
+    assert report.problems == ("tree: taxa_L10 taxon 4 sits under 2 parents at taxa_L20: 70 (2 rows), 80 (1 row); "
+                               "a taxon has one parent, fix the rows",)
+    assert not report.ok and validate(path, check_tree=False).ok
+
+
+def test_strings_and_encoded_images_written_in_slices_round_trip(tmp_path, monkeypatch):
+    from taxaug.data import schema
+
+    monkeypatch.setattr(schema, "WRITE_BLOCK", 3)  # 10 rows: slices of 3, 3, 3 and 1
+    ids = [f"{i}_\u00e9.jpg" for i in range(10)]
+    blobs = [bytes([i]) * (i // 3 + 1) for i in range(10)]  # equal lengths inside a slice, one-row last slice
+    dates = ["2021-01-01", None, "", *(f"2021-02-{d:02d}" for d in range(1, 8))]
+    path = write_labels(tmp_path / "l.h5", np.array(ids), {"taxa_L10": np.arange(10) + 1}, images=blobs,
+                        dates=np.array([(d or "").encode() for d in dates]))
+    with h5py.File(path) as f:
+        assert f["img_identifiers"].asstr()[()].tolist() == ids
+        assert [bytes(b) for b in f["images"][()]] == blobs
+        assert f["raw_date_observed"].asstr()[()].tolist() == [d or "" for d in dates]
+    assert validate(path).ok

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 
+import h5py
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from taxaug.data import FilterConfig, HybridDataset, validate
-from taxaug.data.build import build_from_csv, build_from_folder
+from taxaug.data.build import BuildError, build_from_csv, build_from_folder
 from taxaug.data.cli import main
 from taxaug.data.inspect import inspect_labels
 from taxaug.data.shard import shard_directory
@@ -81,11 +82,11 @@ def test_build_from_csv_with_metadata(tmp_path):
         _img(src / f"{i}.jpg", i)
     csv_path = tmp_path / "data.csv"
     csv_path.write_text(
-        "identifier,taxa_L10,taxa_L20,lat,lon,date,elevation,in_region\n"
-        "0.jpg,5,50,10.5,20,2021-03-01,100,1\n"
-        "1.jpg,5,50,,,,,0\n"
-        "2.jpg,,60,-5,100,2021-08-01T10:00:00,2500,1\n"
-        "3.jpg,7,60,0,0,2022-01-01,0,1\n"
+        "identifier,taxa_L10,taxa_L20,lat,lon,date,elevation,in_region,anomaly_score,observer_id\n"
+        "0.jpg,5,50,10.5,20,2021-03-01,100,1,0.25,7\n"
+        "1.jpg,5,50,,,,,0,,\n"
+        "2.jpg,,60,-5,100,2021-08-01T10:00:00,2500,1,1.5,-3\n"
+        "3.jpg,7,60,0,0,2022-01-01,0,,0,12\n"
     )
     result = build_from_csv(csv_path, tmp_path / "out", images_dir=src, images="copy",
                             temporal_features=["month"], elevation_sets={"coarse": [1000]})
@@ -95,9 +96,13 @@ def test_build_from_csv_with_metadata(tmp_path):
     assert ds.aux(np.arange(4))[1].tolist() == [[True, True, True], [False, False, False],
                                                  [True, True, True], [True, True, True]]
     np.testing.assert_array_equal(ds.taxon_ids("taxa_L10", ds.class_targets("taxa_L10")), [5, 5, 0, 7])
+    with h5py.File(result.labels_path) as f:  # empty cells: NaN where NaN means unknown, else 0
+        assert f["anomaly_score"][()].tolist() == [0.25, 0.0, 1.5, 0.0]
+        assert f["observer_id"][()].tolist() == [7, 0, -3, 12] and f["in_region"][()].tolist() == [1, 0, 1, 0]
+        assert np.isnan(f["raw_lat"][1]) and f["raw_date_observed"].asstr()[1] == ""
     bad = tmp_path / "bad.csv"
     bad.write_text("identifier,taxa_L10\nnope.jpg,1\n")
-    with pytest.raises(FileNotFoundError, match=r"nope\.jpg"):
+    with pytest.raises(BuildError, match=r"no such file in the images folder at row 2 \('nope\.jpg'\)"):
         build_from_csv(bad, tmp_path / "o2", images_dir=src)
     with pytest.raises(ValueError, match="no identifier column"):
         build_from_csv(bad, tmp_path / "o3", images_dir=src, identifier_column="id")
@@ -178,9 +183,12 @@ def test_inspect_counts_and_cli(built, capsys):
     assert info["ranks"]["taxa_L10"]["unknown"] == 2
     assert info["ranks"]["taxa_L10"]["groups"] == 4 and info["ranks"]["taxa_L10"]["max"] == 3
     assert info["ranks"]["taxa_L30"]["groups"] == 2
+    assert info["ranks"]["taxa_L10"]["most_frequent"][0] == {"id": 3, "count": 3, "name": "Fagaceae/Quercus/robur"}
+    assert [t["name"] for t in info["ranks"]["taxa_L30"]["most_frequent"]] == ["Fagaceae", "Pinaceae"]
     assert main(["inspect", str(built.labels_path)]) == 0
     out = capsys.readouterr().out
     assert "taxa_L10" in out and "valid" in out
+    assert "taxa_L30   Fagaceae (7), Pinaceae (4)" in out  # names, not class indices
     assert main(["inspect", str(built.labels_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["num_samples"] == 11
 
@@ -191,6 +199,12 @@ def test_cli_build_and_shard(tree, tmp_path, capsys):
     assert validate(tmp_path / "c" / "labels.h5").ok
     assert main(["build", "--from-folder", str(tree), "--out", str(tmp_path / "c")]) == 2  # exists
     assert "overwrite" in capsys.readouterr().err
+    assert main(["build", "--from-folder", str(tree), "--out", str(tmp_path / "d"), "--taxon-names"]) == 2
+    assert "--taxon-names applies to --from-csv" in capsys.readouterr().err
+    csv_path = tmp_path / "no_id.csv"
+    csv_path.write_text("file,taxa_L10\na.jpg,1\n")
+    assert main(["build", "--from-csv", str(csv_path), "--images-dir", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert f"error: {csv_path}: row 1: no identifier column 'identifier'" in capsys.readouterr().err
     flat = tmp_path / "flat"
     flat.mkdir()
     for i in range(3):
@@ -226,3 +240,30 @@ def test_dataset_verify_counts_only_its_rows(built, tmp_path):
     data = json.loads(report_path.read_text())
     assert data["missing_indices"] == [int(ds.file_rows[4])]  # file rows, as in the labels file
     assert not ds.verify(max_missing_ratio=0.0, raise_on_failure=False).passed
+
+
+def test_csv_build_memory_is_bounded_by_the_label_columns(tmp_path, monkeypatch):
+    """Streamed in blocks: peak traced memory stays within a few times the converted columns (a dict per
+    row, as csv.DictReader keeps, is ~10x them)."""
+    import tracemalloc
+
+    from taxaug.data import csv_source
+
+    n = 20_000
+    rng = np.random.default_rng(0)
+    species = rng.integers(0, 500, n)
+    lines = [f"{i:08d}_x.jpg,{s or ''},{s // 7 + 1},{s // 50 + 1},{rng.uniform(-60, 60):.5f},12.5,2021-05-03,"
+             f"{i % 900}.5,{i % 2}" for i, s in enumerate(species.tolist())]
+    path = tmp_path / "big.csv"
+    path.write_text("identifier,taxa_L10,taxa_L20,taxa_L30,lat,lon,date,elevation,in_region\n" + "\n".join(lines))
+    monkeypatch.setattr(csv_source, "CHUNK_ROWS", 2_000)
+    tracemalloc.start()
+    try:
+        table, problems = csv_source.read_csv(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not problems and table.identifiers.shape == (n,)
+    columns = sum(a.nbytes for a in (table.identifiers, table.rows, *table.taxa.values(), *table.metadata.values()))
+    assert peak < 4 * columns, (peak, columns)
+    np.testing.assert_array_equal(table.taxa["taxa_L10"], species)

@@ -296,7 +296,7 @@ def test_verify_reports_schema_and_tree_problems(tmp_path, capsys):
     code, out, _ = _verify(capsys, str(labels), str(img_dir), "--no-progress")
     assert code == 1
     assert "1 labels-file problem(s)" in out
-    assert "labels: taxa_L10: taxon 1 has 2 parents at taxa_L20 [7, 8]" in out
+    assert "taxa_L10 taxon 1 sits under 2 parents at taxa_L20: 7 (1 row), 8 (1 row)" in out
     with h5py.File(labels, "a") as f:
         del f["taxa_L20"]
         f["taxa_L20"] = np.array([7, 7, 9, 9], dtype=np.int64)  # wrong dtype

@@ -5,14 +5,15 @@ finest rank (``taxa_L10``), its parent ``taxa_L20``, and so on. A folder named `
 "unknown at this rank" (taxon id 0). Taxa are identified by their full folder path, so the same
 genus name under two families is two taxa and the result is always a tree.
 
-CSV: one row per image with an identifier column (file name relative to ``images_dir``), one
-column per rank (integer taxon ids, or names that get ids; empty = unknown) and optional metadata
-columns ``lat``, ``lon``, ``date``, ``elevation``, ``anomaly_score``, ``observer_id``, ``in_region``.
+CSV: one row per image with an identifier column (file name relative to ``images_dir``; no ``..``
+part, no leading ``/``), one column per rank (integer taxon ids, or names with ``taxon_names=True``;
+empty and 0 = unknown) and optional metadata columns ``lat``, ``lon``, ``date``, ``elevation``,
+``anomaly_score``, ``observer_id``, ``in_region``; any other column is an error. The CSV is read
+and checked by :mod:`taxaug.data.csv_source`.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
@@ -25,10 +26,11 @@ import numpy as np
 
 from taxaug.data import schema
 from taxaug.data._progress import Progress
+from taxaug.data.csv_source import ROWS_SHOWN, CsvTable, Problems, check_table, read_csv, utf8_text
 from taxaug.data.images import layout_path
 from taxaug.data.shard import place_file
 
-__all__ = ["BuildResult", "build_from_csv", "build_from_folder"]
+__all__ = ["BuildError", "BuildResult", "build_from_csv", "build_from_folder"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 UNKNOWN_FOLDER = "_unknown"
@@ -79,11 +81,93 @@ def _place_images(sources: Sequence[Path], names: Sequence[str], images_dir: Pat
     bar.close()
 
 
+class BuildError(ValueError):
+    """The build's input has problems; ``problems`` lists every one found, each naming its row or path."""
+
+    def __init__(self, source: str | Path, problems: Sequence[str]):
+        self.source = str(source)
+        self.problems = list(problems)
+        listed = "\n  - ".join(self.problems)
+        super().__init__(f"{self.source}: {len(self.problems)} problem(s), nothing was built:\n  - {listed}")
+
+
 def _ids_from_names(column: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
     """Taxon ids 1..K for names (sorted), 0 for empty / unknown."""
     names = sorted({c for c in column if c and c != UNKNOWN_FOLDER})
     lookup = {n: i + 1 for i, n in enumerate(names)}
     return np.array([lookup.get(c, 0) for c in column], dtype=np.int64), {v: k for k, v in lookup.items()}
+
+
+def _check_output(out_dir: Path, overwrite: bool) -> Path:
+    """``out_dir/labels.h5``, refused up front (before any image is placed) when it exists."""
+    labels = out_dir / "labels.h5"
+    if labels.exists() and not overwrite:
+        raise FileExistsError(f"{labels} exists; pass --overwrite (overwrite=True) to replace it")
+    return labels
+
+
+def _write_checked(labels: Path, identifiers: Sequence[str] | np.ndarray, taxa: Mapping[str, np.ndarray],
+                   **kwargs) -> None:
+    """Write under a staging name, validate it (schema + tree), and only then move it to `labels`."""
+    staged = labels.with_name(labels.name + ".unchecked")
+    schema.write_labels(staged, identifiers, taxa, overwrite=True, **kwargs)
+    report = schema.validate(staged)
+    if not report.ok:
+        staged.unlink()
+        raise BuildError(labels, [f"the written file fails validation: {p}" for p in report.problems])
+    staged.replace(labels)
+
+
+def _scan_folder(source: Path, extensions: Sequence[str]) -> list[Path]:
+    """Image files under `source` (relative), all at one depth; names that are not UTF-8 are refused."""
+    exts = {e.lower() for e in extensions}
+    files = sorted(
+        Path(root, name).relative_to(source)
+        for root, _, names in os.walk(source)
+        for name in names
+        if Path(name).suffix.lower() in exts and not name.startswith(".")
+    )
+    if not files:
+        raise ValueError(f"no image files ({', '.join(sorted(exts))}) under {source}")
+    undecodable = [f for f in files if not _is_utf8(str(f))]
+    if undecodable:
+        shown = schema.MAX_CONFLICTS_SHOWN
+        more = [f"... and {len(undecodable) - shown} more such paths"] if len(undecodable) > shown else []
+        raise BuildError(source, [f"path {os.fsencode(source / f)!r}: the name is not valid UTF-8; rename it "
+                                  "(identifiers and taxon names are UTF-8)" for f in undecodable[:shown]] + more)
+    depths = {len(f.parts) - 1 for f in files}
+    if len(depths) != 1 or 0 in depths:
+        examples = {d: next(str(f) for f in files if len(f.parts) - 1 == d) for d in sorted(depths)}
+        raise ValueError(f"images under {source} must all sit at the same folder depth (one folder per rank), "
+                         f"found depths {sorted(depths)}, e.g. {examples}")
+    return files
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")  # os.walk maps undecodable bytes to lone surrogates, which do not encode
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _folder_taxa(files: Sequence[Path], ranks: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """Taxon ids per rank from the folder path prefixes (the deepest folder is the finest rank)."""
+    depth = len(ranks)
+    taxa: dict[str, np.ndarray] = {}
+    names: dict[str, dict[int, str]] = {}
+    for level, rank in enumerate(ranks):
+        upto = depth - level
+        keys = ["" if f.parts[upto - 1] == UNKNOWN_FOLDER else "/".join(f.parts[:upto]) for f in files]
+        taxa[rank], names[rank] = _ids_from_names(keys)
+    return taxa, names
+
+
+def _check_images_mode(images: str, shard_k: int | None) -> None:
+    if images not in ("copy", "hardlink", "symlink", "none"):
+        raise ValueError(f"images must be 'copy', 'hardlink', 'symlink' or 'none', got {images!r}")
+    if images == "none" and shard_k is not None:
+        raise ValueError("shard_k needs the images placed in out_dir (images='copy', 'hardlink' or 'symlink')")
 
 
 def build_from_folder(
@@ -103,42 +187,22 @@ def build_from_folder(
     ``images``: ``"copy"``, ``"hardlink"`` (copy fallback), ``"symlink"`` into ``out_dir/images``
     (sharded with ``shard_k``), or ``"none"`` to leave them where they are (identifiers are then
     paths relative to `source`, which becomes the images dir). Taxon names per id are stored in
-    ``metadata/config_json`` under ``taxon_names``.
+    ``metadata/config_json`` under ``taxon_names``. The written file is validated before it is
+    moved into place; file names that are not UTF-8 are refused (:class:`BuildError`).
     """
     source, out_dir = Path(source), Path(out_dir)
     if not source.is_dir():
         raise FileNotFoundError(f"source {source} is not a directory")
-    if images not in ("copy", "hardlink", "symlink", "none"):
-        raise ValueError(f"images must be 'copy', 'hardlink', 'symlink' or 'none', got {images!r}")
-    if images == "none" and shard_k is not None:
-        raise ValueError("shard_k needs the images placed in out_dir (images='copy', 'hardlink' or 'symlink')")
-    exts = {e.lower() for e in extensions}
-    files = sorted(
-        Path(root, name).relative_to(source)
-        for root, _, names in os.walk(source)
-        for name in names
-        if Path(name).suffix.lower() in exts and not name.startswith(".")
-    )
-    if not files:
-        raise ValueError(f"no image files ({', '.join(sorted(exts))}) under {source}")
-    depths = {len(f.parts) - 1 for f in files}
-    if len(depths) != 1 or 0 in depths:
-        examples = {d: next(str(f) for f in files if len(f.parts) - 1 == d) for d in sorted(depths)}
-        raise ValueError(f"images under {source} must all sit at the same folder depth (one folder per rank), "
-                         f"found depths {sorted(depths)}, e.g. {examples}")
-    depth = depths.pop()
+    _check_images_mode(images, shard_k)
+    labels = _check_output(out_dir, overwrite)
+    files = _scan_folder(source, extensions)
+    depth = len(files[0].parts) - 1
     ranks = list(rank_names) if rank_names else _default_ranks(depth)
     if len(ranks) != depth:
         raise ValueError(f"{depth} folder levels but {len(ranks)} rank names {ranks}")
     for r in ranks:
         schema.rank_level(r)
-    taxa: dict[str, np.ndarray] = {}
-    names: dict[str, dict[int, str]] = {}
-    for level, rank in enumerate(ranks):
-        # rank 0 (finest) is the deepest folder: parts[depth - 1]; identify by the full path prefix
-        upto = depth - level
-        keys = ["" if f.parts[upto - 1] == UNKNOWN_FOLDER else "/".join(f.parts[:upto]) for f in files]
-        taxa[rank], names[rank] = _ids_from_names(keys)
+    taxa, names = _folder_taxa(files, ranks)
     relative = [f.as_posix() for f in files]
     if images == "none":
         ids, images_dir = relative, source
@@ -146,24 +210,34 @@ def build_from_folder(
         ids = [_identifier(r) for r in relative]
         images_dir = out_dir / "images"
         _place_images([source / f for f in files], ids, images_dir, shard_k, images, num_workers, progress)
-    labels = out_dir / "labels.h5"
     config = {"builder": "taxaug-data build", "source": str(source), "layout": "folder", "ranks": ranks,
               "images": images, "shard_k": shard_k, "relative_paths": relative if images != "none" else None,
               "taxon_names": {r: {str(k): v for k, v in n.items()} for r, n in names.items()}}
-    schema.write_labels(labels, ids, taxa, config=config, overwrite=overwrite)
+    _write_checked(labels, ids, taxa, config=config)
     return BuildResult(labels, images_dir, shard_k, len(ids), {r: len(n) + 1 for r, n in names.items()})
 
 
-def _float_column(rows: list[dict[str, str]], key: str) -> np.ndarray:
-    out = np.full(len(rows), np.nan)
-    for i, row in enumerate(rows):
-        text = (row.get(key) or "").strip()
-        if text:
-            try:
-                out[i] = float(text)
-            except ValueError:
-                raise ValueError(f"CSV row {i + 2}: column {key!r} must be a number, got {text!r}") from None
-    return out
+def _check_sources(src_dir: Path, table: CsvTable, source: Path) -> None:
+    """Every identifier names a file inside `src_dir` (after resolving links); refused with rows otherwise."""
+    root = os.path.realpath(src_dir)
+    problems = Problems()
+    missing, outside = [], []
+    for i, name in enumerate(table.identifiers.tolist()):
+        path = os.path.join(root, name.decode())
+        if not os.path.isfile(path):
+            missing.append(i)
+        elif not os.path.realpath(path).startswith(root + os.sep):
+            outside.append(i)
+    for rows, subject, hint in (
+        (missing, "identifier: no such file in the images folder",
+         "fix the CSV, or build with --images none (images='none') and run `taxaug-data verify` later"),
+        (outside, "identifier: resolves (through a link) outside the images folder",
+         "copy the image into the images folder or fix the link"),
+    ):
+        idx = np.asarray(rows, dtype=np.int64)
+        problems.add(subject, hint, table.rows[idx], [table.identifiers[i].decode() for i in idx[:ROWS_SHOWN]])
+    if problems:
+        raise BuildError(source, problems.lines())
 
 
 def build_from_csv(
@@ -173,6 +247,7 @@ def build_from_csv(
     images_dir: str | Path,
     identifier_column: str = "identifier",
     rank_columns: Sequence[str] | None = None,
+    taxon_names: bool = False,
     images: ImagesMode = "copy",
     shard_k: int | None = None,
     temporal_features: Sequence[str] = ("day_of_year",),
@@ -183,62 +258,33 @@ def build_from_csv(
 ) -> BuildResult:
     """Write ``out_dir/labels.h5`` from a CSV and place its images (see the module docstring).
 
-    ``rank_columns`` default to the CSV's ``taxa_LXX`` columns. Identifiers are kept as given; with
+    ``rank_columns`` default to the CSV's ``taxa_LXX`` columns; their cells are integer taxon ids,
+    or names with ``taxon_names=True`` (ids 1..K by sorted name, stored under ``taxon_names`` in
+    ``metadata/config_json``). Every cell is checked while the CSV streams; all problems are raised
+    together as a :class:`BuildError` naming the rows, and nothing is written then. With
     ``images="none"`` the images stay in `images_dir`.
     """
     csv_path, out_dir, src_dir = Path(csv_path), Path(out_dir), Path(images_dir)
-    with csv_path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        rows = list(reader)
-    if identifier_column not in header:
-        raise ValueError(f"{csv_path}: no identifier column {identifier_column!r}; columns are {header}")
-    ranks = list(rank_columns) if rank_columns else schema.rank_names_in(header)
-    if not ranks or any(r not in header for r in ranks):
-        raise ValueError(f"{csv_path}: rank columns {ranks or '(none found)'} must be CSV columns "
-                         f"named taxa_LXX; columns are {header}")
-    ranks.sort(key=schema.rank_level)
-    if not rows:
-        raise ValueError(f"{csv_path} has no rows")
-    ids = [row[identifier_column].strip() for row in rows]
-    taxa: dict[str, np.ndarray] = {}
-    names: dict[str, dict[str, str]] = {}
-    for r in ranks:
-        column = [(row.get(r) or "").strip() for row in rows]
-        if all(c == "" or c.isdigit() for c in column):
-            taxa[r] = np.array([int(c) if c else 0 for c in column], dtype=np.int64)
-        else:
-            taxa[r], lookup = _ids_from_names(column)
-            names[r] = {str(k): v for k, v in lookup.items()}
-    kwargs: dict = {}
-    if "lat" in header and "lon" in header:
-        kwargs["lat"], kwargs["lon"] = _float_column(rows, "lat"), _float_column(rows, "lon")
-    if "date" in header:
-        kwargs["dates"] = [(row.get("date") or "").strip() for row in rows]
-        kwargs["temporal_features"] = temporal_features
-    if "elevation" in header:
-        kwargs["elevation"] = _float_column(rows, "elevation")
-        kwargs["elevation_sets"] = elevation_sets
-    if "anomaly_score" in header:
-        kwargs["anomaly_score"] = np.nan_to_num(_float_column(rows, "anomaly_score"))
-    if "observer_id" in header:
-        kwargs["observer_id"] = np.nan_to_num(_float_column(rows, "observer_id")).astype(np.int32)
-    if "in_region" in header:
-        kwargs["in_region"] = np.nan_to_num(_float_column(rows, "in_region")).astype(np.uint8)
-    if images == "none":
-        if shard_k is not None:
-            raise ValueError("shard_k needs the images placed in out_dir (images='copy', 'hardlink' or 'symlink')")
-        target = src_dir
-    else:
-        target = out_dir / "images"
-        missing = [i for i in ids if not (src_dir / i).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} image(s) listed in {csv_path} are not in {src_dir}, e.g. "
-                                    f"{missing[:5]}; fix the CSV or run with images='none' and verify later")
-        _place_images([src_dir / i for i in ids], ids, target, shard_k, images, num_workers, progress)
+    _check_images_mode(images, shard_k)
+    labels = _check_output(out_dir, overwrite)
+    table, problems = read_csv(csv_path, identifier_column=identifier_column, rank_columns=rank_columns,
+                               taxon_names=taxon_names)
+    check_table(table, problems)
+    if problems:
+        raise BuildError(csv_path, problems.lines())
+    target = src_dir if images == "none" else out_dir / "images"
+    if images != "none":
+        _check_sources(src_dir, table, csv_path)
+        names = utf8_text(table.identifiers).tolist()
+        _place_images([src_dir / i for i in names], names, target, shard_k, images, num_workers, progress)
+    ranks = list(table.taxa)
     config = {"builder": "taxaug-data build", "source": str(csv_path), "layout": "csv", "ranks": ranks,
-              "images": images, "shard_k": shard_k, "taxon_names": names}
-    labels = out_dir / "labels.h5"
-    schema.write_labels(labels, ids, taxa, config=config, overwrite=overwrite, **kwargs)
-    num_classes = {r: int(np.unique(t[t != 0]).size) + 1 for r, t in taxa.items()}
-    return BuildResult(labels, target, shard_k, len(ids), num_classes)
+              "images": images, "shard_k": shard_k, "taxon_names": table.names}
+    kwargs = dict(table.metadata)
+    if "dates" in kwargs:
+        kwargs["temporal_features"] = temporal_features
+    if "elevation" in kwargs:
+        kwargs["elevation_sets"] = elevation_sets
+    _write_checked(labels, table.identifiers, table.taxa, config=config, **kwargs)
+    num_classes = {r: int(np.unique(t[t != 0]).size) + 1 for r, t in table.taxa.items()}
+    return BuildResult(labels, target, shard_k, table.identifiers.shape[0], num_classes)

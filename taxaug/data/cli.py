@@ -36,6 +36,8 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (labels.h5, images/)")
     p.add_argument("--ranks", help="comma-separated rank names, finest first (default taxa_L10,taxa_L20,...)")
     p.add_argument("--identifier-column", default="identifier")
+    p.add_argument("--taxon-names", action="store_true",
+                   help="CSV rank cells are taxon names (ids 1..K by sorted name) instead of integer taxon ids")
     p.add_argument("--images", choices=("copy", "hardlink", "symlink", "none"), default="copy",
                    help="how images reach OUT/images (none: leave them in place)")
     p.add_argument("--shard-k", type=int, default=None, help="shard images by the first K characters")
@@ -50,6 +52,9 @@ def _run_build(args: argparse.Namespace) -> int:
     from taxaug.data.build import build_from_csv, build_from_folder
 
     ranks = args.ranks.split(",") if args.ranks else None
+    if args.from_folder is not None and args.taxon_names:
+        print("error: --taxon-names applies to --from-csv; folder names are always taxon names", file=sys.stderr)
+        return 2
     if args.from_folder is not None:
         result = build_from_folder(args.from_folder, args.out, rank_names=ranks, images=args.images,
                                    shard_k=args.shard_k, num_workers=args.workers, overwrite=args.overwrite,
@@ -60,7 +65,8 @@ def _run_build(args: argparse.Namespace) -> int:
             return 2
         scales = [float(s) for s in args.elevation_scales.split(",")]
         result = build_from_csv(args.from_csv, args.out, images_dir=args.images_dir,
-                                identifier_column=args.identifier_column, rank_columns=ranks, images=args.images,
+                                identifier_column=args.identifier_column, rank_columns=ranks,
+                                taxon_names=args.taxon_names, images=args.images,
                                 shard_k=args.shard_k, temporal_features=args.temporal_features.split(","),
                                 elevation_sets={"multiscale": scales}, num_workers=args.workers,
                                 overwrite=args.overwrite, progress=None)
@@ -178,8 +184,22 @@ def _run_shard(args: argparse.Namespace) -> int:
     return 0 if not report.failed else 1
 
 
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check a labels.h5 against the schema and the tree; exit 1 if invalid")
+    p.add_argument("labels", type=Path)
+    p.set_defaults(func=_run_validate)
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from taxaug.data.schema import validate
+
+    report = validate(args.labels)
+    print(report, file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="counts per rank, group sizes, metadata coverage, schema problems")
+    p = sub.add_parser("inspect", help="counts per rank, group sizes, most frequent taxa (names), metadata coverage, schema and tree problems")
     p.add_argument("labels", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_run_inspect)
@@ -214,6 +234,7 @@ def build_parser(demo_module=None) -> argparse.ArgumentParser:
     _add_build(sub)
     _add_verify(sub)
     _add_shard(sub)
+    _add_validate(sub)
     _add_inspect(sub)
     _add_demo(sub, demo_module)
     return parser

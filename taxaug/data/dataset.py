@@ -203,7 +203,7 @@ class LabelsDataset:
                         decode_spec=DecodeSpec(size=image_size, resize=resize if image_size is not None else "none",
                                                draft=draft, max_pixels=max_pixels, exif_transpose=exif_transpose))
         report = schema.validate(self.labels_path, required_ranks=tuple(rank_names or ()),
-                                 required_datasets=metadata)
+                                 required_datasets=metadata, check_tree=False)  # the Taxonomy below checks it
         report.raise_if_invalid()
         cols = self._read_columns(list(rank_names or report.rank_names), metadata)
         self._select_rows(cols, rows)

@@ -18,12 +18,17 @@ __all__ = [
     "cyclical",
     "cyclical_date",
     "multiscale_elevation",
+    "parse_iso_date",
     "parse_iso_dates",
     "unit_sphere",
 ]
 
 #: Temporal features and their period: each gives a (sin, cos) pair.
 TEMPORAL_FEATURES = {"day_of_year": 365.25, "month": 12.0, "hour": 24.0}
+#: Rows per vectorised date-parsing block (bounds the temporary code-point matrix).
+DATE_BLOCK = 1 << 16
+_MONTH_DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+_MONTH_START = np.concatenate([[0], np.cumsum(_MONTH_DAYS)[:-1]])
 
 
 def _float_array(values: object, name: str) -> np.ndarray:
@@ -66,32 +71,108 @@ def cyclical(values: object, period: float) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def parse_iso_dates(values: Sequence[str | bytes | None]) -> dict[str, np.ndarray]:
+def parse_iso_date(text: str) -> tuple[float, float, float] | None:
+    """One ISO 8601 string -> ``(day_of_year, month, hour)`` (0-based; hour NaN without a time), or None.
+
+    The per-row reference: :func:`parse_iso_dates` gives the same result for every string.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    hour = stamp.hour + stamp.minute / 60.0 + stamp.second / 3600.0 if ("T" in text or " " in text) else np.nan
+    return float(stamp.timetuple().tm_yday - 1), float(stamp.month - 1), hour
+
+
+def _text_array(values: Sequence[str | bytes | None] | np.ndarray) -> np.ndarray:
+    """A fixed-width str array (None -> "", bytes decoded as UTF-8 with replacement)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "U":
+        return values.reshape(-1)
+    if isinstance(values, np.ndarray) and values.dtype.kind == "S":
+        try:
+            return values.reshape(-1).astype(np.str_)  # all ASCII: a plain cast
+        except UnicodeDecodeError:
+            return np.strings.decode(values.reshape(-1), "utf-8", "replace")
+    return np.array(["" if v is None else v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                     for v in values], dtype=str).reshape(-1)
+
+
+def _number(cols: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ASCII number in character columns [start, stop) (`cols` is (width, N)), and whether all were digits."""
+    value = np.zeros(cols.shape[1], np.int64)
+    ok = np.ones(cols.shape[1], dtype=bool)
+    for j in range(start, stop):
+        digit = cols[j] - np.uint32(ord("0"))  # wraps around below "0"
+        ok &= digit <= 9
+        value = value * 10 + digit
+    return value, ok
+
+
+def _fast_dates(text: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised parse of ``YYYY-MM-DD``, optionally + ``[T ]HH:MM[:SS]`` + ``Z`` or ``+HH:MM``.
+
+    Returns (handled, day, month, hour); rows not handled (other forms) go to the per-row reference.
+    """
+    n, chars = text.shape[0], text.dtype.itemsize // 4
+    cols = np.zeros((max(chars, 19) + 6, n), np.uint32)  # one row per character position
+    if n and chars:
+        cols[:chars] = text.view(np.uint32).reshape(n, chars).T
+    length = np.strings.str_len(text)
+    year, ok_y = _number(cols, 0, 4)
+    month, ok_m = _number(cols, 5, 7)
+    day, ok_d = _number(cols, 8, 10)
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month0 = np.clip(month - 1, 0, 11)
+    handled = (ok_y & ok_m & ok_d & (cols[4] == ord("-")) & (cols[7] == ord("-")) & (year >= 1) & (month >= 1)
+               & (month <= 12) & (day >= 1) & (day <= _MONTH_DAYS[month0] + (leap & (month == 2))))
+    hh, ok_h = _number(cols, 11, 13)
+    mi, ok_mi = _number(cols, 14, 16)
+    ss, ok_s = _number(cols, 17, 19)
+    clock = (((cols[10] == ord("T")) | (cols[10] == ord(" "))) & ok_h & ok_mi & (cols[13] == ord(":"))
+             & (hh <= 23) & (mi <= 59))
+    seconds = (cols[16] == ord(":")) & ok_s & (ss <= 59)
+    end = np.where(seconds, 19, 16)
+    tail = np.where(seconds, cols[19:25], cols[16:22])  # the 6 characters after the clock
+    oh, ok_oh = _number(tail, 1, 3)
+    om, ok_om = _number(tail, 4, 6)
+    offset = ((tail[0] == ord("+")) | (tail[0] == ord("-"))) & (tail[3] == ord(":")) & ok_oh & ok_om
+    offset &= (oh <= 23) & (om <= 59)
+    timed = clock & ((length == end) | ((length == end + 1) & (tail[0] == ord("Z")))
+                     | ((length == end + 6) & offset))
+    handled &= (length == 10) | timed
+    doy = (_MONTH_START[month0] + (leap & (month > 2)) + day - 1).astype(np.float64)
+    hour = np.where(timed, hh + mi / 60.0 + np.where(seconds, ss, 0) / 3600.0, np.nan)
+    return handled, doy, (month - 1).astype(np.float64), hour
+
+
+def parse_iso_dates(values: Sequence[str | bytes | None] | np.ndarray) -> dict[str, np.ndarray]:
     """Parse ISO 8601 strings into float arrays ``day_of_year``, ``month``, ``hour`` (NaN where unknown).
 
     Accepts dates (``2021-05-03``) and date-times (``2021-05-03T14:30:00``, a trailing ``Z`` or offset);
-    the hour is NaN for a date without a time. Empty, None or unparsable strings give NaN everywhere.
+    the hour is NaN for a date without a time. Empty, None or unparsable strings give NaN everywhere;
+    ``parsed`` (bool) says which rows parsed. The common forms are parsed vectorised, in blocks of
+    :data:`DATE_BLOCK` rows; other forms row by row with :func:`parse_iso_date` (same result either way).
     """
     n = len(values)
-    day = np.full(n, np.nan)
-    month = np.full(n, np.nan)
-    hour = np.full(n, np.nan)
-    for i, raw in enumerate(values):
-        if raw is None:
-            continue
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        text = text.strip()
-        if not text:
-            continue
-        try:
-            stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            continue
-        day[i] = stamp.timetuple().tm_yday - 1
-        month[i] = stamp.month - 1
-        if "T" in text or " " in text:
-            hour[i] = stamp.hour + stamp.minute / 60.0 + stamp.second / 3600.0
-    return {"day_of_year": day, "month": month, "hour": hour}
+    out = {key: np.full(n, np.nan) for key in ("day_of_year", "month", "hour")}
+    parsed = np.zeros(n, dtype=bool)
+    for start in range(0, n, DATE_BLOCK):
+        text = _text_array(values[start:start + DATE_BLOCK])
+        handled, day, month, hour = _fast_dates(text)
+        rows = slice(start, start + text.shape[0])
+        for key, column in zip(out, (day, month, hour)):
+            out[key][rows] = np.where(handled, column, np.nan)
+        parsed[rows] = handled
+        for i in np.flatnonzero(~handled & (np.strings.str_len(text) > 0)):
+            result = parse_iso_date(str(text[i]))
+            if result is not None:
+                for key, value in zip(out, result):
+                    out[key][start + i] = value
+                parsed[start + i] = True
+    return {**out, "parsed": parsed}
 
 
 def cyclical_date(values: Sequence[str | bytes | None], features: Sequence[str] = ("day_of_year",)) -> np.ndarray:

@@ -1,8 +1,7 @@
-"""Summaries of a labels.h5 file: counts per rank, group sizes, metadata coverage."""
+"""Summaries of a labels.h5 file: counts per rank, group sizes, most frequent taxa by name, metadata coverage."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
@@ -12,57 +11,67 @@ from taxaug.data import schema
 
 __all__ = ["format_inspection", "inspect_labels"]
 
+#: Taxa listed per rank, most frequent first.
+TOP_TAXA = 5
 
-def _group_sizes(ids: np.ndarray) -> dict[str, float]:
-    known = ids[ids != 0]
-    if known.size == 0:
-        return {"groups": 0, "min": 0, "median": 0.0, "mean": 0.0, "max": 0, "singletons": 0, "below_4": 0}
-    _, counts = np.unique(known, return_counts=True)
-    return {"groups": int(counts.size), "min": int(counts.min()), "median": float(np.median(counts)),
+
+def _rank_summary(ids: np.ndarray, names: dict[str, str]) -> dict:
+    """Known/unknown counts, group-size statistics and the :data:`TOP_TAXA` most frequent taxa (id,
+    count, and name when the file carries one) of one rank column."""
+    n = ids.shape[0]
+    taxa, counts = np.unique(ids[ids != 0], return_counts=True)
+    known = int(counts.sum())
+    out = {"known": known, "unknown": n - known, "known_fraction": known / n if n else 0.0}
+    if counts.size == 0:
+        return {**out, "groups": 0, "min": 0, "median": 0.0, "mean": 0.0, "max": 0, "singletons": 0, "below_4": 0,
+                "most_frequent": []}
+    top = np.argsort(-counts, kind="stable")[:TOP_TAXA]
+    return {**out, "groups": int(counts.size), "min": int(counts.min()), "median": float(np.median(counts)),
             "mean": float(counts.mean()), "max": int(counts.max()), "singletons": int((counts == 1).sum()),
-            "below_4": int((counts < 4).sum())}
+            "below_4": int((counts < 4).sum()),
+            "most_frequent": [{"id": int(taxa[i]), "count": int(counts[i]),
+                               **({"name": names[str(taxa[i])]} if str(taxa[i]) in names else {})} for i in top]}
+
+
+def _coverage(name: str, obj: h5py.Dataset, n: int) -> dict | None:
+    """How many rows hold a known value of a metadata dataset (None for other datasets)."""
+    if name in schema.FEATURE_DATASETS or schema.is_elevation(name):
+        block = obj[()].reshape(n, -1)
+        valid = (block != 0).any(axis=1) & np.isfinite(block).all(axis=1)
+        return {"width": int(block.shape[1]), "valid": int(valid.sum()), "coverage": float(valid.mean()) if n else 0.0}
+    if name in schema.RAW_FLOATS and obj.dtype.kind == "f":
+        valid = np.isfinite(obj[()])
+    elif name == "raw_date_observed" and h5py.check_string_dtype(obj.dtype) is not None:
+        valid = np.array(obj[()].tolist(), dtype=bytes) != b""
+    elif name == "in_region":
+        return {"in_region": int((obj[()] == 1).sum())}
+    else:
+        return None
+    return {"valid": int(valid.sum()), "coverage": float(valid.mean()) if n else 0.0}
 
 
 def inspect_labels(path: str | Path) -> dict:
-    """A JSON-ready summary: validation problems, per-rank counts and group sizes, metadata coverage."""
+    """A JSON-ready summary: validation problems (schema and tree), per-rank counts, group sizes and most
+    frequent taxa (with names when the file carries ``taxon_names``, as the builder writes), metadata coverage."""
     report = schema.validate(path)
     out: dict = {"path": str(path), "valid": report.ok, "problems": list(report.problems),
                  "num_samples": report.num_samples, "ranks": {}, "metadata": {}, "datasets": {}}
     if report.num_samples is None:
         return out
+    n = report.num_samples
     with h5py.File(path, "r") as f:
+        config = schema.read_config(f)
+        out["config_keys"] = sorted(config) if config is not None else []
+        names = schema.taxon_names(f)
         for name, obj in f.items():
             if isinstance(obj, h5py.Dataset):
                 out["datasets"][name] = {"shape": list(obj.shape), "dtype": str(obj.dtype)}
-        n = report.num_samples
+                coverage = _coverage(name, obj, n) if obj.shape[:1] == (n,) else None
+                if coverage is not None:
+                    out["metadata"][name] = coverage
         for rank in report.rank_names:
             ids = f[rank][()].astype(np.int64) if f[rank].shape == (n,) else np.zeros(n, np.int64)
-            known = int((ids != 0).sum())
-            out["ranks"][rank] = {"known": known, "unknown": n - known,
-                                  "known_fraction": known / n if n else 0.0, **_group_sizes(ids)}
-        for name in f:
-            obj = f[name]
-            if not isinstance(obj, h5py.Dataset) or obj.shape[:1] != (n,):
-                continue
-            if name in schema.FEATURE_DATASETS or schema.is_elevation(name):
-                block = obj[()].reshape(n, -1)
-                valid = (block != 0).any(axis=1) & np.isfinite(block).all(axis=1)
-                out["metadata"][name] = {"width": int(block.shape[1]), "valid": int(valid.sum()),
-                                         "coverage": float(valid.mean()) if n else 0.0}
-            elif name in schema.RAW_FLOATS and obj.dtype.kind == "f":
-                valid = np.isfinite(obj[()])
-                out["metadata"][name] = {"valid": int(valid.sum()), "coverage": float(valid.mean()) if n else 0.0}
-            elif name == "raw_date_observed" and h5py.check_string_dtype(obj.dtype) is not None:
-                valid = np.char.str_len(obj.asstr()[()].astype(str)) > 0
-                out["metadata"][name] = {"valid": int(valid.sum()), "coverage": float(valid.mean()) if n else 0.0}
-            elif name == "in_region":
-                out["metadata"][name] = {"in_region": int((obj[()] == 1).sum())}
-        if schema.METADATA_GROUP in f and "config_json" in f[schema.METADATA_GROUP].attrs:
-            try:
-                config = json.loads(f[schema.METADATA_GROUP].attrs["config_json"])
-                out["config_keys"] = sorted(config) if isinstance(config, dict) else []
-            except ValueError:
-                out["config_keys"] = []
+            out["ranks"][rank] = _rank_summary(ids, names.get(rank, {}))
     return out
 
 
@@ -78,6 +87,10 @@ def format_inspection(info: dict) -> str:
         for rank, r in info["ranks"].items():
             lines.append(f"  {rank:<10} {r['known']:>9} {r['unknown']:>9} {r['groups']:>7} {r['min']:>5} "
                          f"{r['median']:>7.1f} {r['max']:>6} {r['singletons']:>7} {r['below_4']:>5}")
+        lines.append("most frequent taxa (name or id, rows):")
+        for rank, r in info["ranks"].items():
+            top = ", ".join(f"{t.get('name', t['id'])} ({t['count']})" for t in r.get("most_frequent", []))
+            lines.append(f"  {rank:<10} {top or '-'}")
     if info["metadata"]:
         lines.append("metadata coverage:")
         for name, m in info["metadata"].items():

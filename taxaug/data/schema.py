@@ -1,4 +1,4 @@
-"""The ``labels.h5`` schema: names, a validator that reports every problem, and a writer.
+"""The ``labels.h5`` schema: names, a validator that reports every problem (schema and tree), and a writer.
 
 Layout (N samples)::
 
@@ -21,16 +21,21 @@ Feature datasets carry ``column_names`` and ``method`` attributes (``scales`` fo
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import h5py
 import numpy as np
 
 from taxaug.data import encoders
+
+if TYPE_CHECKING:
+    from taxaug.taxonomy import Conflict
 
 __all__ = [
     "IDENTIFIERS",
@@ -39,8 +44,12 @@ __all__ = [
     "RANK_PATTERN",
     "SchemaError",
     "ValidationReport",
+    "describe_conflict",
     "rank_level",
     "rank_names_in",
+    "read_config",
+    "taxon_names",
+    "tree_conflicts",
     "validate",
     "write_labels",
 ]
@@ -52,7 +61,10 @@ RANK_PATTERN = re.compile(r"^taxa_L(\d+)$")
 #: Encoded feature datasets (besides ``elevation_<set>``): must be finite, rows all-zero = unknown.
 FEATURE_DATASETS = ("spatial", "temporal")
 RAW_FLOATS = ("raw_lat", "raw_lon", "raw_elevation")
-STRING_DATASETS = (IDENTIFIERS, "raw_date_observed")
+#: Tree conflicts listed one per line in a report; the rest are counted.
+MAX_CONFLICTS_SHOWN = 20
+#: Rows per slice when writing strings and encoded images.
+WRITE_BLOCK = 1 << 16
 
 
 def rank_level(name: str) -> int:
@@ -93,6 +105,7 @@ class ValidationReport:
     num_samples: int | None
     rank_names: tuple[str, ...]
     problems: tuple[str, ...]
+    conflicts: tuple[Conflict, ...] = ()  # taxa under several parents (raw ids); also listed in problems
 
     @property
     def ok(self) -> bool:
@@ -145,133 +158,280 @@ def _check_finite(ds: h5py.Dataset, problems: list[str], *, allow_nan: bool = Fa
     return data
 
 
+# ------------------------------------------------------------------ per-dataset checks (one per schema row)
+
+
+def _check_identifiers(ds: h5py.Dataset, problems: list[str]) -> None:
+    """Non-empty, unique strings: a sorted fixed-width bytes array, no object-array unique."""
+    if not _is_string(ds):
+        problems.append(f"{IDENTIFIERS}: dtype must be variable-length string, got {ds.dtype}")
+        return
+    raw = ds[()]
+    fixed = raw if raw.dtype.kind == "S" else np.array(raw.tolist(), dtype=bytes)  # HDF5 strings hold no NUL
+    ordered = np.sort(fixed)  # UTF-8 byte order is code point order
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if ordered.size and ordered[0] == b"":
+        empty = np.flatnonzero(fixed == b"")
+        problems.append(f"{IDENTIFIERS}: {empty.size} empty identifier(s) (first rows {empty[:5].tolist()})")
+    if repeated.size:
+        dup = np.unique(repeated)
+        shown = [d.decode("utf-8", "replace") for d in dup[:3]]
+        problems.append(f"{IDENTIFIERS}: {dup.size} duplicated identifier(s), e.g. {shown}")
+
+
+def _check_rank(obj: h5py.Dataset, problems: list[str]) -> None:
+    name = obj.name.lstrip("/")
+    if obj.ndim != 1:
+        problems.append(f"{name}: must be 1-D (N,), got shape {obj.shape}")
+    if obj.dtype != np.uint32:
+        problems.append(f"{name}: dtype must be uint32 (taxon ids, 0 = unknown), got {obj.dtype}; "
+                        "write it with .astype(np.uint32)")
+
+
+def _check_pairs(obj: h5py.Dataset, problems: list[str]) -> None:
+    """Encoded sin/cos pairs (``temporal``, ``elevation_<set>``)."""
+    name = obj.name.lstrip("/")
+    if obj.shape[1] % 2:
+        problems.append(f"{name}: must have an even number of columns (sin/cos pairs), got {obj.shape[1]}")
+    if is_elevation(name) and "scales" in obj.attrs:
+        scales = np.atleast_1d(obj.attrs["scales"])
+        if 2 * len(scales) != obj.shape[1]:
+            problems.append(f"{name}: attribute scales has {len(scales)} entries but the dataset has "
+                            f"{obj.shape[1]} columns (expected 2 per scale)")
+        if not np.all(np.asarray(scales, dtype=float) > 0):
+            problems.append(f"{name}: attribute scales must be positive, got {scales.tolist()}")
+
+
+def _check_feature(obj: h5py.Dataset, problems: list[str]) -> None:
+    """Encoded feature block (N, D): finite, consistent attributes; all-zero rows mean unknown."""
+    name = obj.name.lstrip("/")
+    if obj.ndim != 2:
+        problems.append(f"{name}: must be 2-D (N, D), got shape {obj.shape}")
+        return
+    if name == "spatial" and obj.shape[1] != 3:
+        problems.append(f"spatial: must have 3 columns (unit-sphere xyz), got {obj.shape[1]}")
+    if name != "spatial":
+        _check_pairs(obj, problems)
+    _check_attrs(obj, obj.shape[1], problems)
+    _check_finite(obj, problems)
+
+
+def _check_raw_float(obj: h5py.Dataset, problems: list[str]) -> None:
+    name = obj.name.lstrip("/")
+    data = _check_finite(obj, problems, allow_nan=True)
+    limit = {"raw_lat": 90.0, "raw_lon": 180.0}.get(name)
+    if data is not None and limit is not None:
+        with np.errstate(invalid="ignore"):
+            out = np.flatnonzero(np.abs(data) > limit)
+        if out.size:
+            problems.append(f"{name}: {out.size} value(s) outside [-{limit:g}, {limit:g}] degrees "
+                            f"(first rows {out[:5].tolist()})")
+
+
+def _check_date(obj: h5py.Dataset, problems: list[str]) -> None:
+    if not _is_string(obj):
+        problems.append(f"raw_date_observed: dtype must be variable-length string, got {obj.dtype}")
+
+
+def _check_anomaly(obj: h5py.Dataset, problems: list[str]) -> None:
+    _check_finite(obj, problems)
+
+
+def _check_observer(obj: h5py.Dataset, problems: list[str]) -> None:
+    if obj.dtype.kind not in "iu":
+        problems.append(f"observer_id: dtype must be int32, got {obj.dtype}")
+
+
+def _check_in_region(obj: h5py.Dataset, problems: list[str]) -> None:
+    if obj.dtype.kind not in "iub":
+        problems.append(f"in_region: dtype must be uint8 (0/1), got {obj.dtype}")
+        return
+    data = obj[()]
+    bad = (data != 0) & (data != 1)
+    if bad.any():
+        problems.append(f"in_region: values must be 0 or 1, got {np.unique(data)[:5].tolist()} "
+                        f"(first bad rows {np.flatnonzero(bad)[:5].tolist()})")
+
+
+def _check_images(obj: h5py.Dataset, problems: list[str]) -> None:
+    if not (_is_vlen_bytes(obj) or (obj.dtype == np.uint8 and obj.ndim in (3, 4))):
+        problems.append(f"images: must be vlen uint8 (encoded image files) or uint8 (N, H, W[, C]), "
+                        f"got dtype {obj.dtype} shape {obj.shape}")
+    elif obj.ndim == 4 and obj.shape[3] not in (1, 3):
+        problems.append(f"images: last axis must be 1 or 3 channels, got {obj.shape[3]}")
+
+
+_Check = Callable[[h5py.Dataset, list[str]], None]
+#: The check for each named dataset; ``taxa_LXX`` and ``elevation_<set>`` are matched by pattern.
+DATASET_CHECKS: dict[str, _Check] = {
+    IDENTIFIERS: _check_identifiers,
+    "spatial": _check_feature,
+    "temporal": _check_feature,
+    "raw_lat": _check_raw_float,
+    "raw_lon": _check_raw_float,
+    "raw_elevation": _check_raw_float,
+    "raw_date_observed": _check_date,
+    "anomaly_score": _check_anomaly,
+    "observer_id": _check_observer,
+    "in_region": _check_in_region,
+    IMAGES: _check_images,
+}
+
+
+def _check_for(name: str) -> _Check | None:
+    if RANK_PATTERN.match(name):
+        return _check_rank
+    if is_elevation(name):
+        return _check_feature
+    return DATASET_CHECKS.get(name)
+
+
+def _check_metadata(group: h5py.Group, problems: list[str]) -> None:
+    if "config_json" in group.attrs:
+        try:
+            json.loads(group.attrs["config_json"])
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{METADATA_GROUP}: attribute config_json is not valid JSON ({exc})")
+
+
+# ------------------------------------------------------------------ the tree
+
+
+def tree_conflicts(columns: Mapping[str, np.ndarray]) -> tuple[Conflict, ...]:
+    """Taxa seen under more than one parent, in raw taxon ids (``Conflict.child`` / ``parents``).
+
+    `columns` maps rank names, finest first, to raw taxon-id columns of equal length (0 = unknown).
+    The detection is :meth:`taxaug.taxonomy.Taxonomy.from_labels` on ids made contiguous per rank.
+    """
+    from taxaug.taxonomy import Conflict, Taxonomy, TaxonomyConflictError
+
+    names = list(columns)
+    tables, compact = {}, {}
+    for name in names:
+        table, index = np.unique(np.concatenate([[0], np.asarray(columns[name]).reshape(-1)]), return_inverse=True)
+        tables[name], compact[name] = table, index[1:]  # table[0] == 0: the null id keeps index 0
+    try:
+        Taxonomy.from_labels(compact, null_index=0, on_conflict="raise")
+    except TaxonomyConflictError as exc:
+        parent_of = dict(itertools.pairwise(names))
+        return tuple(Conflict(c.rank, int(tables[c.rank][c.child]),
+                              tuple(int(tables[parent_of[c.rank]][p]) for p in c.parents), c.counts)
+                     for c in exc.conflicts)
+    return ()
+
+
+def describe_conflict(conflict: Conflict, parent_rank: str, names: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """One line: the taxon, its rank and every parent it was seen under, with row counts.
+
+    ``names`` (rank -> {str(id): name}, the builder's ``taxon_names``) adds each taxon's name.
+    """
+    def label(rank: str, taxon: int) -> str:
+        name = (names or {}).get(rank, {}).get(str(taxon))
+        return str(taxon) if name is None else f"{taxon} ({name!r})"
+
+    seen = ", ".join(f"{label(parent_rank, p)} ({c} row{'s' if c != 1 else ''})"
+                     for p, c in zip(conflict.parents, conflict.counts))
+    return (f"tree: {conflict.rank} taxon {label(conflict.rank, conflict.child)} sits under "
+            f"{len(conflict.parents)} parents at {parent_rank}: {seen}; a taxon has one parent, fix the rows")
+
+
+def read_config(f: h5py.File) -> dict | None:
+    """``metadata/config_json`` of an open file as a dict; None when absent or not a JSON object."""
+    try:
+        config = json.loads(f[METADATA_GROUP].attrs["config_json"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def taxon_names(f: h5py.File) -> dict[str, dict[str, str]]:
+    """The builder's ``taxon_names`` (rank -> {str(id): name}) of an open file; {} when it carries none."""
+    names = (read_config(f) or {}).get("taxon_names")
+    return {r: v for r, v in names.items() if isinstance(v, dict)} if isinstance(names, dict) else {}
+
+
+def _check_tree(f: h5py.File, ranks: Sequence[str], n: int | None, problems: list[str]) -> tuple[Conflict, ...]:
+    usable = [r for r in ranks if isinstance(f[r], h5py.Dataset) and f[r].shape == (n,) and f[r].dtype.kind == "u"]
+    if n is None or len(usable) != len(ranks) or len(ranks) < 2:
+        return ()
+    conflicts = tree_conflicts({r: f[r][()] for r in ranks})
+    parent_of = dict(itertools.pairwise(ranks))
+    names = taxon_names(f) if conflicts else {}
+    problems.extend(describe_conflict(c, parent_of[c.rank], names) for c in conflicts[:MAX_CONFLICTS_SHOWN])
+    if len(conflicts) > MAX_CONFLICTS_SHOWN:
+        problems.append(f"tree: ... and {len(conflicts) - MAX_CONFLICTS_SHOWN} more taxa with several parents")
+    return conflicts
+
+
+# ------------------------------------------------------------------ validate
+
+
+def _identifier_count(f: h5py.File, problems: list[str]) -> int | None:
+    """N from ``img_identifiers``, or None (with a problem) when it is missing or not 1-D."""
+    if IDENTIFIERS not in f:
+        problems.append(f"{IDENTIFIERS}: mandatory dataset is missing")
+        return None
+    ds = f[IDENTIFIERS]
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != 1:
+        problems.append(f"{IDENTIFIERS}: must be a 1-D dataset, got shape {getattr(ds, 'shape', None)}")
+        return None
+    return ds.shape[0]
+
+
+def _check_presence(f: h5py.File, ranks: list[str], required_ranks: Sequence[str],
+                    required_datasets: Sequence[str], problems: list[str]) -> None:
+    if not ranks:
+        problems.append("no rank datasets: at least one taxa_LXX (e.g. taxa_L10) is mandatory")
+    problems.extend(f"{name}: required rank dataset is missing (present: {ranks})"
+                    for name in required_ranks if name not in f)
+    problems.extend(f"{name}: required dataset is missing" for name in required_datasets if name not in f)
+
+
+def _check_datasets(f: h5py.File, n: int | None, problems: list[str]) -> None:
+    for name, obj in f.items():
+        if isinstance(obj, h5py.Group):
+            if name == METADATA_GROUP:
+                _check_metadata(obj, problems)
+            continue
+        if n is not None and (obj.ndim == 0 or obj.shape[0] != n):
+            problems.append(f"{name}: length {obj.shape[0] if obj.ndim else 'scalar'} does not match "
+                            f"{IDENTIFIERS} length {n}")
+            continue
+        check = _check_for(name)
+        if check is not None and (n is not None or name != IDENTIFIERS):
+            check(obj, problems)
+
+
 def validate(
     path: str | Path,
     *,
     required_ranks: Sequence[str] = (),
     required_datasets: Sequence[str] = (),
+    check_tree: bool = True,
 ) -> ValidationReport:
     """Check a labels.h5 file against the schema and report every problem at once.
 
     Checks mandatory datasets, lengths against ``img_identifiers``, dtypes, NaNs in encoded
     features, value ranges, attributes (``column_names``, ``method``, ``scales``, ``config_json``),
-    empty or duplicate identifiers, and the presence of ``required_ranks`` / ``required_datasets``.
-    Never raises for a bad file: call ``.raise_if_invalid()`` on the result.
+    empty or duplicate identifiers, the presence of ``required_ranks`` / ``required_datasets`` and,
+    with ``check_tree``, that the ranks form a tree (no taxon under two parents; ``conflicts`` on the
+    report). Never raises for a bad file: call ``.raise_if_invalid()`` on the result.
     """
     path = Path(path)
-    problems: list[str] = []
     if not path.is_file():
         return ValidationReport(str(path), None, (), (f"file not found: {path}",))
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
         return ValidationReport(str(path), None, (), (f"not an HDF5 file ({exc})",))
+    problems: list[str] = []
     with handle as f:
-        names = list(f.keys())
-        ranks = rank_names_in(names)
-        n: int | None = None
-        if IDENTIFIERS not in f:
-            problems.append(f"{IDENTIFIERS}: mandatory dataset is missing")
-        else:
-            ds = f[IDENTIFIERS]
-            if not isinstance(ds, h5py.Dataset) or ds.ndim != 1:
-                problems.append(f"{IDENTIFIERS}: must be a 1-D dataset, got shape {getattr(ds, 'shape', None)}")
-            else:
-                n = ds.shape[0]
-                if not _is_string(ds):
-                    problems.append(f"{IDENTIFIERS}: dtype must be variable-length string, got {ds.dtype}")
-                else:
-                    ids = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()].astype(str)
-                    empty = np.flatnonzero(np.char.str_len(ids.astype(str)) == 0) if n else np.array([], int)
-                    if empty.size:
-                        problems.append(f"{IDENTIFIERS}: {empty.size} empty identifier(s) (first rows "
-                                        f"{empty[:5].tolist()})")
-                    uniq, counts = np.unique(ids, return_counts=True)
-                    dup = uniq[counts > 1]
-                    if dup.size:
-                        problems.append(f"{IDENTIFIERS}: {dup.size} duplicated identifier(s), e.g. "
-                                        f"{[str(d) for d in dup[:3]]}")
-        if not ranks:
-            problems.append("no rank datasets: at least one taxa_LXX (e.g. taxa_L10) is mandatory")
-        for name in required_ranks:
-            if name not in f:
-                problems.append(f"{name}: required rank dataset is missing (present: {ranks})")
-        for name in required_datasets:
-            if name not in f:
-                problems.append(f"{name}: required dataset is missing")
-
-        for name in names:
-            obj = f[name]
-            if isinstance(obj, h5py.Group):
-                if name == METADATA_GROUP and "config_json" in obj.attrs:
-                    try:
-                        json.loads(obj.attrs["config_json"])
-                    except (TypeError, ValueError) as exc:
-                        problems.append(f"{METADATA_GROUP}: attribute config_json is not valid JSON ({exc})")
-                continue
-            if n is not None and (obj.ndim == 0 or obj.shape[0] != n):
-                problems.append(f"{name}: length {obj.shape[0] if obj.ndim else 'scalar'} does not match "
-                                f"{IDENTIFIERS} length {n}")
-                continue
-            if RANK_PATTERN.match(name):
-                if obj.ndim != 1:
-                    problems.append(f"{name}: must be 1-D (N,), got shape {obj.shape}")
-                if obj.dtype != np.uint32:
-                    problems.append(f"{name}: dtype must be uint32 (taxon ids, 0 = unknown), got {obj.dtype}; "
-                                    "write it with .astype(np.uint32)")
-            elif name in FEATURE_DATASETS or is_elevation(name):
-                if obj.ndim != 2:
-                    problems.append(f"{name}: must be 2-D (N, D), got shape {obj.shape}")
-                    continue
-                if name == "spatial" and obj.shape[1] != 3:
-                    problems.append(f"spatial: must have 3 columns (unit-sphere xyz), got {obj.shape[1]}")
-                if is_elevation(name):
-                    if obj.shape[1] % 2:
-                        problems.append(f"{name}: must have an even number of columns (sin/cos pairs), "
-                                        f"got {obj.shape[1]}")
-                    if "scales" in obj.attrs:
-                        scales = np.atleast_1d(obj.attrs["scales"])
-                        if 2 * len(scales) != obj.shape[1]:
-                            problems.append(f"{name}: attribute scales has {len(scales)} entries but the "
-                                            f"dataset has {obj.shape[1]} columns (expected 2 per scale)")
-                        if not np.all(np.asarray(scales, dtype=float) > 0):
-                            problems.append(f"{name}: attribute scales must be positive, got {scales.tolist()}")
-                elif name == "temporal" and obj.shape[1] % 2:
-                    problems.append(f"temporal: must have an even number of columns (sin/cos pairs), "
-                                    f"got {obj.shape[1]}")
-                _check_attrs(obj, obj.shape[1], problems)
-                _check_finite(obj, problems)
-            elif name in RAW_FLOATS:
-                data = _check_finite(obj, problems, allow_nan=True)
-                limit = {"raw_lat": 90.0, "raw_lon": 180.0}.get(name)
-                if data is not None and limit is not None:
-                    with np.errstate(invalid="ignore"):
-                        out = np.flatnonzero(np.abs(data) > limit)
-                    if out.size:
-                        problems.append(f"{name}: {out.size} value(s) outside [-{limit:g}, {limit:g}] degrees "
-                                        f"(first rows {out[:5].tolist()})")
-            elif name == "raw_date_observed":
-                if not _is_string(obj):
-                    problems.append(f"raw_date_observed: dtype must be variable-length string, got {obj.dtype}")
-            elif name == "anomaly_score":
-                _check_finite(obj, problems)
-            elif name == "observer_id":
-                if obj.dtype.kind not in "iu":
-                    problems.append(f"observer_id: dtype must be int32, got {obj.dtype}")
-            elif name == "in_region":
-                if obj.dtype.kind not in "iub":
-                    problems.append(f"in_region: dtype must be uint8 (0/1), got {obj.dtype}")
-                else:
-                    values = np.unique(obj[()])
-                    if not np.isin(values, (0, 1)).all():
-                        problems.append(f"in_region: values must be 0 or 1, got {values[:5].tolist()}")
-            elif name == IMAGES:
-                if not (_is_vlen_bytes(obj) or (obj.dtype == np.uint8 and obj.ndim in (3, 4))):
-                    problems.append(f"images: must be vlen uint8 (encoded image files) or uint8 (N, H, W[, C]), "
-                                    f"got dtype {obj.dtype} shape {obj.shape}")
-                elif obj.ndim == 4 and obj.shape[3] not in (1, 3):
-                    problems.append(f"images: last axis must be 1 or 3 channels, got {obj.shape[3]}")
-    return ValidationReport(str(path), n, tuple(ranks), tuple(problems))
+        ranks = rank_names_in(list(f.keys()))
+        n = _identifier_count(f, problems)
+        _check_presence(f, ranks, required_ranks, required_datasets, problems)
+        _check_datasets(f, n, problems)
+        conflicts = _check_tree(f, ranks, n, problems) if check_tree else ()
+    return ValidationReport(str(path), n, tuple(ranks), tuple(problems), conflicts)
 
 
 # ---------------------------------------------------------------------------------------------- writer
@@ -284,14 +444,100 @@ def _column(values: object, n: int, name: str, dtype: np.dtype) -> np.ndarray:
     return arr.astype(dtype)
 
 
+def _str_block(values: Sequence[str | bytes | None] | np.ndarray) -> np.ndarray:
+    """An object array of str or UTF-8 bytes for one slice (None -> "")."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "SU":
+        return values.astype(object)  # h5py stores bytes objects in a UTF-8 string dataset as they are
+    return np.array(["" if v is None else v.decode() if isinstance(v, bytes) else str(v) for v in values],
+                    dtype=object)
+
+
+def _write_strings(f: h5py.File, name: str, values: Sequence[str | bytes | None] | np.ndarray) -> None:
+    """A variable-length UTF-8 string dataset, converted and written :data:`WRITE_BLOCK` rows at a time."""
+    n = len(values)
+    ds = f.create_dataset(name, (n,), dtype=h5py.string_dtype())
+    for start in range(0, n, WRITE_BLOCK):
+        ds[start:start + WRITE_BLOCK] = _str_block(values[start:start + WRITE_BLOCK])
+
+
+def _write_taxa(f: h5py.File, taxa: Mapping[str, object], n: int) -> None:
+    for name, values in taxa.items():
+        arr = np.asarray(values)
+        if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.uint32).max):
+            raise ValueError(f"taxa[{name!r}] must hold non-negative taxon ids that fit uint32")
+        f.create_dataset(name, data=_column(arr, n, f"taxa[{name!r}]", np.uint32))
+
+
+def _write_feature(f: h5py.File, name: str, data: np.ndarray, method: str, columns: Sequence[str]) -> h5py.Dataset:
+    ds = f.create_dataset(name, data=data)
+    ds.attrs["column_names"] = list(columns)
+    ds.attrs["method"] = method
+    return ds
+
+
+def _write_location(f: h5py.File, lat: object, lon: object, n: int) -> None:
+    lat_a, lon_a = _column(lat, n, "lat", np.float32), _column(lon, n, "lon", np.float32)
+    f.create_dataset("raw_lat", data=lat_a)
+    f.create_dataset("raw_lon", data=lon_a)
+    _write_feature(f, "spatial", encoders.unit_sphere(lat_a, lon_a), "unit_sphere",
+                   ["spatial_x", "spatial_y", "spatial_z"])
+
+
+def _write_dates(f: h5py.File, dates: Sequence[str | None] | np.ndarray, features: Sequence[str], n: int) -> None:
+    if len(dates) != n:
+        raise ValueError(f"dates must have length {n}, got {len(dates)}")
+    encoded = encoders.cyclical_date(dates, features)
+    _write_strings(f, "raw_date_observed", dates)
+    _write_feature(f, "temporal", encoded, "sinusoidal", encoders.column_names("temporal", features))
+
+
+def _write_elevation(f: h5py.File, elevation: object, sets: Mapping[str, Sequence[float]] | None, n: int) -> None:
+    elev = _column(elevation, n, "elevation", np.float32)
+    f.create_dataset("raw_elevation", data=elev)
+    for set_name, scales in (sets or {"multiscale": (100.0, 1000.0, 10000.0)}).items():
+        ds = _write_feature(f, f"elevation_{set_name}", encoders.multiscale_elevation(elev, scales), "sinusoidal",
+                            encoders.column_names("elev", [f"{s:g}" for s in scales]))
+        ds.attrs["scales"] = np.asarray(scales, dtype=np.float32)
+
+
+def _write_images(f: h5py.File, images: Sequence[bytes] | np.ndarray, n: int) -> None:
+    """Pixels (N, H, W[, C]) uint8 in one dataset, or encoded files as vlen uint8, :data:`WRITE_BLOCK` at a time."""
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim in (3, 4):
+        if images.shape[0] != n:
+            raise ValueError(f"images must have {n} rows, got shape {images.shape}")
+        f.create_dataset(IMAGES, data=images, chunks=(1, *images.shape[1:]))
+        return
+    if len(images) != n:
+        raise ValueError(f"images must have {n} entries, got {len(images)}")
+    ds = f.create_dataset(IMAGES, (n,), dtype=h5py.vlen_dtype(np.uint8))
+    for start in range(0, n, WRITE_BLOCK):
+        chunk = images[start:start + WRITE_BLOCK]
+        block = np.empty(len(chunk), dtype=object)
+        for i, blob in enumerate(chunk):
+            block[i] = np.frombuffer(blob, dtype=np.uint8)
+        # write_direct keeps the object array 1-D (setitem reads equal-length blobs as a 2-D block)
+        ds.write_direct(block, dest_sel=np.s_[start:start + len(chunk)])
+
+
+def _check_write_args(path: Path, taxa: Mapping[str, object], no_lat: bool, no_lon: bool, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    if not taxa:
+        raise ValueError("taxa must hold at least one rank, e.g. {'taxa_L10': species_ids}")
+    for name in taxa:
+        rank_level(name)
+    if no_lat != no_lon:
+        raise ValueError("lat and lon must be given together")
+
+
 def write_labels(
     path: str | Path,
-    identifiers: Sequence[str],
+    identifiers: Sequence[str] | np.ndarray,
     taxa: Mapping[str, object],
     *,
     lat: object | None = None,
     lon: object | None = None,
-    dates: Sequence[str | None] | None = None,
+    dates: Sequence[str | None] | np.ndarray | None = None,
     temporal_features: Sequence[str] = ("day_of_year",),
     elevation: object | None = None,
     elevation_sets: Mapping[str, Sequence[float]] | None = None,
@@ -312,71 +558,32 @@ def write_labels(
     ``elevation_<set>`` for each ``elevation_sets`` entry (default ``{"multiscale": (100, 1000, 10000)}``).
     ``images`` (pure-HDF5 mode) is a list of encoded image files (bytes) or a uint8 (N, H, W, C) array.
     ``extra`` adds datasets as given; ``config`` is stored as JSON in ``metadata/config_json``.
+    Identifiers and dates may be str sequences or str/UTF-8 bytes arrays; strings and images are
+    written in slices.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    ids = [str(i) for i in identifiers]
-    n = len(ids)
-    if not taxa:
-        raise ValueError("taxa must hold at least one rank, e.g. {'taxa_L10': species_ids}")
-    for name in taxa:
-        rank_level(name)
-    if (lat is None) != (lon is None):
-        raise ValueError("lat and lon must be given together")
+    _check_write_args(path, taxa, lat is None, lon is None, overwrite)
+    n = len(identifiers)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     with h5py.File(tmp, "w") as f:
-        f.create_dataset(IDENTIFIERS, data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-        for name, values in taxa.items():
-            arr = np.asarray(values)
-            if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.uint32).max):
-                raise ValueError(f"taxa[{name!r}] must hold non-negative taxon ids that fit uint32")
-            f.create_dataset(name, data=_column(arr, n, f"taxa[{name!r}]", np.uint32))
+        _write_strings(f, IDENTIFIERS, identifiers)
+        _write_taxa(f, taxa, n)
         if lat is not None:
-            lat_a = _column(lat, n, "lat", np.float32)
-            lon_a = _column(lon, n, "lon", np.float32)
-            f.create_dataset("raw_lat", data=lat_a)
-            f.create_dataset("raw_lon", data=lon_a)
-            ds = f.create_dataset("spatial", data=encoders.unit_sphere(lat_a, lon_a))
-            ds.attrs["column_names"] = ["spatial_x", "spatial_y", "spatial_z"]
-            ds.attrs["method"] = "unit_sphere"
+            _write_location(f, lat, lon, n)
         if dates is not None:
-            if len(dates) != n:
-                raise ValueError(f"dates must have length {n}, got {len(dates)}")
-            f.create_dataset("raw_date_observed", data=np.array(["" if d is None else str(d) for d in dates],
-                                                                dtype=object), dtype=h5py.string_dtype())
-            ds = f.create_dataset("temporal", data=encoders.cyclical_date(dates, temporal_features))
-            ds.attrs["column_names"] = encoders.column_names("temporal", temporal_features)
-            ds.attrs["method"] = "sinusoidal"
+            _write_dates(f, dates, temporal_features, n)
         if elevation is not None:
-            elev = _column(elevation, n, "elevation", np.float32)
-            f.create_dataset("raw_elevation", data=elev)
-            for set_name, scales in (elevation_sets or {"multiscale": (100.0, 1000.0, 10000.0)}).items():
-                ds = f.create_dataset(f"elevation_{set_name}", data=encoders.multiscale_elevation(elev, scales))
-                ds.attrs["scales"] = np.asarray(scales, dtype=np.float32)
-                ds.attrs["method"] = "sinusoidal"
-                ds.attrs["column_names"] = encoders.column_names("elev", [f"{s:g}" for s in scales])
-        if anomaly_score is not None:
-            f.create_dataset("anomaly_score", data=_column(anomaly_score, n, "anomaly_score", np.float32))
-        if observer_id is not None:
-            f.create_dataset("observer_id", data=_column(observer_id, n, "observer_id", np.int32))
-        if in_region is not None:
-            f.create_dataset("in_region", data=_column(in_region, n, "in_region", np.uint8))
+            _write_elevation(f, elevation, elevation_sets, n)
+        for name, values, dtype in (("anomaly_score", anomaly_score, np.float32), ("observer_id", observer_id,
+                                    np.int32), ("in_region", in_region, np.uint8)):
+            if values is not None:
+                f.create_dataset(name, data=_column(values, n, name, dtype))
         if images is not None:
-            if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim in (3, 4):
-                if images.shape[0] != n:
-                    raise ValueError(f"images must have {n} rows, got shape {images.shape}")
-                f.create_dataset(IMAGES, data=images, chunks=(1, *images.shape[1:]))
-            else:
-                if len(images) != n:
-                    raise ValueError(f"images must have {n} entries, got {len(images)}")
-                ds = f.create_dataset(IMAGES, (n,), dtype=h5py.vlen_dtype(np.uint8))
-                for i, blob in enumerate(images):
-                    ds[i] = np.frombuffer(bytes(blob), dtype=np.uint8)
+            _write_images(f, images, n)
         for name, values in (extra or {}).items():
             f.create_dataset(name, data=values)
-        group = f.create_group(METADATA_GROUP)
-        group.attrs["config_json"] = json.dumps(dict(config or {}), default=str, sort_keys=True)
+        f.create_group(METADATA_GROUP).attrs["config_json"] = json.dumps(dict(config or {}), default=str,
+                                                                          sort_keys=True)
     tmp.replace(path)
     return path

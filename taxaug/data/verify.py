@@ -7,7 +7,6 @@ import json
 import os
 import stat
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -89,29 +88,6 @@ class VerifyReport:
                                     "train with counted placeholders.")
 
 
-def _tree_conflicts(f: h5py.File, ranks: list[str]) -> list[str]:
-    """Taxa seen under more than one parent, in raw taxon ids (the check the datasets run on open)."""
-    from taxaug.taxonomy import Taxonomy
-
-    if len(ranks) < 2:
-        return []
-    labels, tables = {}, {}
-    for r in ranks:
-        raw = f[r][()].astype(np.int64)
-        table, inverse = np.unique(np.concatenate([[0], raw]), return_inverse=True)
-        labels[r], tables[r] = inverse[1:], table  # table[0] == 0, so null stays class 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        taxonomy = Taxonomy.from_labels(labels, on_conflict="majority")
-    out = []
-    for c in taxonomy.conflicts:
-        parent_rank = ranks[ranks.index(c.rank) + 1]
-        parents = [int(tables[parent_rank][p]) for p in c.parents]
-        out.append(f"{c.rank}: taxon {int(tables[c.rank][c.child])} has {len(parents)} parents at {parent_rank} "
-                   f"{parents} (rows per parent {list(c.counts)})")
-    return out
-
-
 def _read_labels(labels_path: str | Path, check: bool) -> tuple[np.ndarray, list[str]]:
     """(identifiers, labels problems); raises :class:`schema.SchemaError` when images cannot be named."""
     if not check:
@@ -121,12 +97,8 @@ def _read_labels(labels_path: str | Path, check: bool) -> tuple[np.ndarray, list
     fatal = [p for p in report.problems if p.startswith((schema.IDENTIFIERS, "file not found", "not an HDF5"))]
     if fatal:
         raise schema.SchemaError(labels_path, fatal)
-    problems = list(report.problems)
     with h5py.File(labels_path, "r") as f:
-        ids = read_identifiers(f[schema.IDENTIFIERS])
-        ranks = [r for r in report.rank_names if f[r].shape == ids.shape and f[r].dtype.kind in "iu"]
-        problems += _tree_conflicts(f, ranks)
-    return ids, problems
+        return read_identifiers(f[schema.IDENTIFIERS]), list(report.problems)  # schema and tree problems
 
 
 def _stat_file(path: Path) -> tuple[int, str]:
