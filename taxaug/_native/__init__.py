@@ -201,7 +201,7 @@ def _pointwise_params(name: str, dtype: torch.dtype, value: torch.Tensor) -> tup
         return (1 << (8 - bits)).to(torch.float32), None  # the step
     if name == "solarize":
         if dtype == torch.uint8:
-            thr = value.clamp(0, 256)
+            thr = value.ceil().clamp(0, 256)  # the first inverted level (photometric.solarize_level)
             return thr.clamp(max=255).to(torch.uint8).float(), ((thr < 256) * 255).float()
         return value.to(torch.float32) / 255.0, None
     return value.to(torch.float32), None

@@ -150,7 +150,7 @@ TAXAUG_CLONES static void pointwise_u8(const job_t *job, uint8_t *dst, const uin
         for (int64_t i = 0; i < n; i++) dst[i] = src[i] & mask;
         break;
     }
-    case OP_SOLARIZE: { /* p: threshold level, q: 255 or 0 (threshold 256 inverts nothing) */
+    case OP_SOLARIZE: { /* p: the first inverted level (the threshold rounded up), q: 255 or 0 (256 inverts nothing) */
         const uint8_t level = (uint8_t)p, flip = (uint8_t)q;
         for (int64_t i = 0; i < n; i++) dst[i] = src[i] >= level ? (uint8_t)(src[i] ^ flip) : src[i];
         break;

@@ -167,13 +167,21 @@ def _k_posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     return (x * 255.0).round_().div_(step).floor_().mul_(step).div_(255.0)
 
 
+def solarize_level(threshold: torch.Tensor) -> torch.Tensor:
+    """The first inverted uint8 level of a threshold, in [0, 256] (256 inverts nothing): Pillow inverts
+    the levels >= threshold, so a fractional threshold such as 178.5 starts at 179."""
+    return threshold.ceil().clamp(0, 256)
+
+
 def _k_solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     # arithmetic selects instead of torch.where, which is several times slower on CPU
     if x.dtype == torch.uint8:
-        thr = threshold.clamp(0, 256)
+        thr = solarize_level(threshold)
         flip = view4((thr < 256) * 255, torch.uint8)  # threshold 256 inverts nothing
         hit = x >= view4(thr.clamp(max=255), torch.uint8)
         return x ^ hit.to(torch.uint8).mul_(flip)  # 255 - v == v ^ 255
+    # float: the level x * 255 against the threshold, written x >= threshold / 255 so that a pixel on
+    # the 8-bit grid (k / 255) meets an integer threshold k exactly
     hit = x >= view4(threshold, x.dtype) / 255.0
     return (hit.to(x.dtype) - x).abs_()  # |1 - v| = 1 - v where hit, |0 - v| = v elsewhere
 
@@ -383,7 +391,8 @@ def posterize(images: torch.Tensor, bits: Param, *, clamp: bool = False) -> torc
 
 
 def solarize(images: torch.Tensor, threshold: Param, *, clamp: bool = False) -> torch.Tensor:
-    """Invert every pixel whose 8-bit level is >= threshold (0..256), PIL.ImageOps.solarize."""
+    """Invert every pixel whose 8-bit level is >= threshold, PIL.ImageOps.solarize: thresholds may be
+    fractional (RandAugment's 178.5 leaves 178 alone), 256 or more inverts nothing, 0 or less everything."""
     x = check_image_batch(images, clamp=clamp)
     return run_op(x, _k_solarize, (_p(x, threshold, "threshold"),), validate=False)
 
