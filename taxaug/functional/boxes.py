@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from taxaug.functional.random import rand, randint
+from taxaug.functional.random import randint
 
 __all__ = ["box_area", "box_masks", "sample_boxes"]
 
