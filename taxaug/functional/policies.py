@@ -245,7 +245,8 @@ def augmix(
     clamp: bool = False,
 ) -> torch.Tensor:
     """AugMix (AugmentAndMix): `width` chains of `depth` ops (-1: 1..3 per chain and sample), each op at
-    a level uniform in [0.1, severity]; chains mixed with per-sample Dirichlet(alpha) weights, then
+    a level uniform in [0.1, severity] ("all": enhance factors symmetric around 1 from the severity, as
+    Composer's ``symmetric_sample``); chains mixed with per-sample Dirichlet(alpha) weights, then
     blended with the original by a per-sample Beta(alpha, alpha) weight m: ``(1 - m) x + m mix``.
     """
     if augmentation_set not in AUGMIX_SETS:
