@@ -186,11 +186,13 @@ def test_shear_whose_exact_coordinates_are_integers_matches_pillow_fixed_point()
 
 
 # axis-aligned data with fractional scales and offsets (Pillow's incremental walk), general data (fixed
-# point), and data reaching beyond +-32768 pixels on a 40000-pixel-wide image (Pillow's float walk)
+# point), and data reaching beyond +-32768 pixels on a 40000-pixel-wide image (Pillow's float walk) in
+# one batch with the other two kinds
 _AFFINE_CASES = [
     ((7, 3, 23, 29), [(0.7, 0, 3.3, 0, 1.3, -2.1), (-1.0, 0, 29.0, 0, 1, 0), (1.37, 0, -0.45, 0, 0.61, 0.3)]),
     ((7, 3, 23, 29), [(0.93, 0.21, -1.7, -0.33, 1.08, 4.2), (1, 0.3333333, 0, 0, 1, 0), (0.5, -0.5, 9, 0.5, 0.5, -3)]),
-    ((2, 1, 6, 40000), [(1, 0.3, 0, 0.0001, 1, 0), (1.0000001, 0, -0.3, 1e-5, 0.9, 0.2)]),
+    ((4, 1, 6, 40000), [(1, 0.3, 0, 0.0001, 1, 0), (1.0000001, 0, -0.3, 1e-5, 0.9, 0.2),
+                        (0.0001, 0.3, 2.0, 0.2, 1, 0), (1, 0, -3, 0, 1, 0)]),  # float, float, fixed, axis
 ]
 
 

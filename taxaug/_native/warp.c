@@ -64,17 +64,29 @@ static void walk_start(walk_t *k, const double *d, int64_t h, int64_t w) {
 }
 
 /* at[x] = flat source index of output pixel (x, y), -1 outside; then steps the walk to row y + 1. */
-static void walk_row(walk_t *k, const double *d, int64_t y, int64_t h, int64_t w, int32_t *at) {
+TAXAUG_CLONES static void walk_row(walk_t *k, const double *d, int64_t y, int64_t h, int64_t w, int32_t *restrict at) {
     if (k->path == PATH_AXIS) {
         const int64_t iy = coord(k->row_y, h);
         const int inside = iy >= 0 && iy < h;
-        for (int64_t x = 0; x < w; x++) at[x] = inside && k->cols[x] >= 0 ? (int32_t)(iy * w) + k->cols[x] : -1;
+        const int32_t base = inside ? (int32_t)(iy * w) : -1;
+        for (int64_t x = 0; x < w; x++) at[x] = inside & (k->cols[x] >= 0) ? base + k->cols[x] : -1;
         k->row_y += d[4];
-    } else if (k->path == PATH_FIXED) {
-        int64_t xx = k->a2 + y * k->a1, yy = k->a5 + y * k->a4;
-        for (int64_t x = 0; x < w; x++, xx += k->a0, yy += k->a3) {
-            const int64_t ix = xx >> 16, iy = yy >> 16; /* arithmetic shift: floor division */
-            at[x] = ix >= 0 && ix < w && iy >= 0 && iy < h ? (int32_t)(iy * w + ix) : -1;
+    } else if (k->path == PATH_FIXED) { /* 32-bit sums that wrap as Pillow's int accumulators (vectorises) */
+        const uint32_t rx = (uint32_t)(k->a2 + y * k->a1), ry = (uint32_t)(k->a5 + y * k->a4);
+        const uint32_t a0 = (uint32_t)k->a0, a3 = (uint32_t)k->a3, wi = (uint32_t)w, hi = (uint32_t)h;
+        if (a3 == 0) { /* the source row is the same along the output row (shear_x) */
+            const int32_t iy = (int32_t)ry >> 16, base = (uint32_t)iy < hi ? iy * (int32_t)wi : -1;
+            uint32_t xx = rx;
+            for (uint32_t x = 0; x < wi; x++, xx += a0) {
+                const int32_t ix = (int32_t)xx >> 16;
+                at[x] = (base >= 0) & ((uint32_t)ix < wi) ? base + ix : -1;
+            }
+            return;
+        }
+        uint32_t xx = rx, yy = ry;
+        for (uint32_t x = 0; x < wi; x++, xx += a0, yy += a3) {
+            const int32_t ix = (int32_t)xx >> 16, iy = (int32_t)yy >> 16; /* arithmetic shift: floor division */
+            at[x] = ((uint32_t)ix < wi) & ((uint32_t)iy < hi) ? iy * (int32_t)wi + ix : -1;
         }
     } else {
         double xx = k->row_x, yy = k->row_y;

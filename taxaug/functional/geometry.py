@@ -205,7 +205,7 @@ def _nearest_source(data: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, t
     fixed = ~axis & _fits_fixed(data, h, w)
     if data.device.type == "cpu":
         all_axis, any_fixed, any_float, sep_y = torch.stack(
-            [axis.all(), fixed.any(), ~(axis | fixed).any(), (_fix(data[:, 3]) == 0).all()]).tolist()
+            [axis.all(), fixed.any(), (~(axis | fixed)).any(), (_fix(data[:, 3]) == 0).all()]).tolist()
     else:
         all_axis, any_fixed, any_float, sep_y = False, True, False, False
     ax_x, ax_y = _axis_source(data, h, w)
