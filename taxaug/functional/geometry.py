@@ -256,6 +256,8 @@ def _warp_nearest(x: torch.Tensor, data: torch.Tensor, fill: torch.Tensor,
     padded[:, :, 1:-1, 1:-1] = x
     index = _flat_index(*_nearest_source(data, h, w), h, w).reshape(b, 1, h * w)
     flat = padded.reshape(b, c, (h + 2) * (w + 2))
+    if flat.requires_grad:  # out= does not record the gather for autograd
+        return flat.gather(2, index.expand(b, c, h * w)).reshape(b, c, h, w)
     out = _memory.empty((b, c, h * w), dtype=x.dtype, device=x.device)
     return torch.gather(flat, 2, index.expand(b, c, h * w), out=out).reshape(b, c, h, w)
 
