@@ -96,6 +96,16 @@ def test_solarize_uint8_float_torch_and_c_agree(threshold, channels, seed):
         for out in outs:
             assert out.dtype == xs.dtype
             assert torch.equal(out if out.dtype == torch.uint8 else (out * 255).round().to(torch.uint8), expected)
+    # off the 8-bit grid a float pixel is inverted when its level x * 255 (rounded in its dtype) reaches t
+    for dtype in (torch.float32, torch.float64):
+        xs = torch.rand(2, channels, 9, 7, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        xs[0, 0, 0, :3] = torch.tensor([threshold / 255, threshold / 255 + 1e-7, 0.0], dtype=torch.float64).clamp(0, 1)
+        off_grid = torch.where((xs * 255).double() >= threshold, 1 - xs, xs)
+        outs = [F.solarize(xs, t)]
+        if dtype == torch.float32:
+            outs += _both_paths(lambda xs=xs: P.apply_ops_per_sample(xs, ops, t, ["solarize"]))
+        for out in outs:
+            assert torch.equal(out, off_grid)
 
 
 def test_equalize_flat_and_two_level_images():

@@ -205,7 +205,7 @@ def _pointwise_params(name: str, dtype: torch.dtype, value: torch.Tensor) -> tup
         if dtype == torch.uint8:
             thr = photometric.solarize_level(value)
             return thr.clamp(max=255).to(torch.uint8).float(), ((thr < 256) * 255).float()
-        return photometric.solarize_float_threshold(value, torch.float32), None  # levels x * 255 >= it
+        return photometric.solarize_float_threshold(value, torch.float32), None  # the first inverted value
     return value.to(torch.float32), None
 
 

@@ -233,8 +233,8 @@ TAXAUG_CLONES static void pointwise_f32(const job_t *job, float *dst, const floa
     case OP_POSTERIZE: /* p: the step 2 ** (8 - bits) */
         for (int64_t i = 0; i < n; i++) dst[i] = floorf(nearbyintf(src[i] * 255.0f) / p) * p / 255.0f;
         break;
-    case OP_SOLARIZE: /* p: the threshold rounded up to float32, against the level src * 255 */
-        for (int64_t i = 0; i < n; i++) dst[i] = fabsf((src[i] * 255.0f >= p ? 1.0f : 0.0f) - src[i]);
+    case OP_SOLARIZE: /* p: the smallest pixel value whose level src * 255 reaches the threshold */
+        for (int64_t i = 0; i < n; i++) dst[i] = fabsf((src[i] >= p ? 1.0f : 0.0f) - src[i]);
         break;
     case OP_INVERT:
         for (int64_t i = 0; i < n; i++) dst[i] = 1.0f - src[i];

@@ -181,16 +181,23 @@ def _k_solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         flip = view4((thr < 256) * 255, torch.uint8)  # threshold 256 inverts nothing
         hit = x >= view4(thr.clamp(max=255), torch.uint8)
         return x ^ hit.to(torch.uint8).mul_(flip)  # 255 - v == v ^ 255
-    hit = x * 255.0 >= view4(solarize_float_threshold(threshold, x.dtype), x.dtype)
+    hit = x >= view4(solarize_float_threshold(threshold, x.dtype), x.dtype)
     return (hit.to(x.dtype) - x).abs_()  # |1 - v| = 1 - v where hit, |0 - v| = v elsewhere
 
 
 def solarize_float_threshold(threshold: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The threshold a float image's levels ``x * 255`` (computed in `dtype`) are compared with: the
-    smallest `dtype` value >= threshold, so a level meets it exactly when level >= threshold. On the
-    8-bit grid ``x * 255`` is the integer level k, so float and uint8 invert the same pixels."""
-    t = threshold.to(dtype)
-    return torch.where(t.double() < threshold, torch.nextafter(t, torch.full_like(t, math.inf)), t)
+    """The smallest `dtype` pixel value whose level ``x * 255`` (rounded in `dtype`) is >= threshold: float
+    pixels are inverted from it on. On the 8-bit grid ``x * 255`` is the integer level k, so float and
+    uint8 invert the same pixels; the level is monotonic in x, so one comparison per pixel decides."""
+    start = (threshold / 255.0).to(dtype)
+    up, down = torch.full_like(start, math.inf), torch.full_like(start, -math.inf)
+    tau = start
+    for _ in range(3):  # t / 255 rounded lies within two ulps of the answer
+        tau = torch.where((tau * 255.0).double() < threshold, torch.nextafter(tau, up), tau)
+    for _ in range(3):
+        below = torch.nextafter(tau, down)
+        tau = torch.where((below * 255.0).double() >= threshold, below, tau)
+    return tau
 
 
 def _k_solarize_add(x: torch.Tensor, addition: torch.Tensor, threshold: float = 128.0) -> torch.Tensor:
@@ -238,7 +245,7 @@ IN_PLACE_KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     "color": lambda x, f: _blend_(_gray(x).clone() if x.shape[1] == 1 else _gray(x), x, f),  # grey: _gray is x
     "contrast": lambda x, f: _blend_(_contrast_degenerate(x), x, f),
     "posterize": _posterize_float_,
-    "solarize": lambda x, t: x.sub_((x * 255.0 >= view4(solarize_float_threshold(t, x.dtype), x.dtype))
+    "solarize": lambda x, t: x.sub_((x >= view4(solarize_float_threshold(t, x.dtype), x.dtype))
                                     .to(x.dtype)).abs_(),  # |v - hit| == |hit - v|
     "autocontrast": _autocontrast_float_,
 }
