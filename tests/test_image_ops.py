@@ -228,6 +228,22 @@ def test_affine_torch_c_and_pillow_agree_on_random_data(coefficients, height, wi
         assert torch.equal(out, expected)
 
 
+@given(st.integers(1, 12), st.integers(1, 40), st.integers(1, 40), st.integers(0, 1000))
+def test_nearest_source_without_a_host_read_picks_the_same_pixels(batch, height, width, seed):
+    # the accelerator branch (no host sync, every sample through both the axis and fixed-point paths)
+    # run on CPU against the host-read branch, on batches mixing rotations, shears and translations
+    gen = torch.Generator().manual_seed(seed)
+    kind = torch.randint(0, 3, (batch,), generator=gen)
+    value = torch.rand(batch, generator=gen, dtype=torch.float64) * 2 - 1
+    data = torch.where((kind == 0).unsqueeze(1), geometry.rotate_data(value * 135, height, width),
+                       torch.where((kind == 1).unsqueeze(1), geometry.shear_x_data(value),
+                                   geometry.translate_y_data((value * height).round())))
+    synced = geometry._nearest_source(data, height, width, host_read=True)
+    unsynced = geometry._nearest_source(data, height, width, host_read=False)
+    for a, b in zip(synced, unsynced, strict=True):
+        assert torch.equal(a.expand(batch, height, width), b.expand(batch, height, width))
+
+
 def test_rotate_data_is_pillows_matrix():
     # Image.rotate: angle mod 360, cos and sin rounded to 15 decimals (Python's round), centre (w/2, h/2)
     angles = [k * s for k in [*range(31), *(4.5 * j for j in range(31)), *(30 * j / 9 for j in range(10))]

@@ -200,15 +200,17 @@ def _float_source(data: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, tor
     return src_x, src_y
 
 
-def _nearest_source(data: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest_source(data: torch.Tensor, h: int, w: int,
+                    host_read: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Source column and row of every output pixel as Pillow's nearest affine picks them, clamped to
     [-1, w] x [-1, h] (outside the image), int32, broadcastable to (B, H, W).
 
-    On CPU one host read picks the paths the batch needs; on accelerators every sample takes the
-    axis-aligned or the fixed-point path (no host sync), also beyond the fixed-point range."""
+    With `host_read` (default: on CPU) one host read picks the paths the batch needs; without it
+    (accelerators) every sample takes the axis-aligned or the fixed-point path, with no host sync, also
+    beyond the fixed-point range."""
     axis = (data[:, 1::2][:, :2] == 0).all(dim=1)  # b == d == 0
     fixed = ~axis & _fits_fixed(data, h, w)
-    if data.device.type == "cpu":
+    if data.device.type == "cpu" if host_read is None else host_read:
         kinds = torch.stack([axis, fixed, ~(axis | fixed), data[:, 3].abs() < 0.5 / 65536])  # last: d rounds to 0
         any_axis, any_fixed, any_float, _ = kinds.any(dim=1).tolist()
         all_axis, _, _, sep_y = kinds.all(dim=1).tolist()
