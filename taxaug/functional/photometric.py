@@ -181,7 +181,12 @@ def _k_solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         flip = view4((thr < 256) * 255, torch.uint8)  # threshold 256 inverts nothing
         hit = x >= view4(thr.clamp(max=255), torch.uint8)
         return x ^ hit.to(torch.uint8).mul_(flip)  # 255 - v == v ^ 255
-    hit = x >= view4(solarize_float_threshold(threshold, x.dtype), x.dtype)
+    return _k_solarize_from(x, solarize_float_threshold(threshold, x.dtype))
+
+
+def _k_solarize_from(x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """Float solarize given each sample's first inverted value (`solarize_float_threshold`)."""
+    hit = x >= view4(first, x.dtype)
     return (hit.to(x.dtype) - x).abs_()  # |1 - v| = 1 - v where hit, |0 - v| = v elsewhere
 
 
@@ -409,7 +414,10 @@ def solarize(images: torch.Tensor, threshold: Param, *, clamp: bool = False) -> 
     """Invert every pixel whose 8-bit level is >= threshold, PIL.ImageOps.solarize: thresholds may be
     fractional (RandAugment's 178.5 leaves 178 alone), 256 or more inverts nothing, 0 or less everything."""
     x = check_image_batch(images, clamp=clamp)
-    return run_op(x, _k_solarize, (_p(x, threshold, "threshold"),), validate=False)
+    t = _p(x, threshold, "threshold")
+    if x.is_floating_point():  # the first inverted values once for the batch, not once per block
+        return run_op(x, _k_solarize_from, (solarize_float_threshold(t, compute_dtype(x)),), validate=False)
+    return run_op(x, _k_solarize, (t,), validate=False)
 
 
 def solarize_add(
