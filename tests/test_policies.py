@@ -130,24 +130,35 @@ def test_augmix_sets():
     assert set(P.AUGMIX_SETS["original"]) == full and len(full) == 13
 
 
-def test_augmix_parameter_ranges_follow_reference():
+@pytest.mark.parametrize("severity", [1, 3, 10])
+def test_augmix_parameter_ranges_follow_reference(severity):
     names = ["identity", *P.AUGMIX_SETS["all"]]
     n = 4000
     g = _gen(1)
     op = torch.randint(1, len(names), (n,), generator=g)
-    level = 0.1 + 2.9 * torch.rand(n, generator=g, dtype=torch.float64)
+    level = 0.1 + (severity - 0.1) * torch.rand(n, generator=g, dtype=torch.float64)
     neg = torch.rand(n, generator=g) < 0.5
     us, uv = torch.rand(n, generator=g), torch.rand(n, generator=g, dtype=torch.float64)
-    params = P._augmix_parameters(names, op, level, neg, us, uv, False, 30, 60)
+    params = P._augmix_parameters(names, op, level, neg, us, uv, False, 30, 60, severity=severity)
     by = {name: params[op == k] for k, name in enumerate(names)}
-    assert set(by["posterize"].tolist()) <= {4.0, 3.0}
-    assert by["rotate"].abs().max() <= 8 and by["solarize"].min() >= 256 - 76
-    assert by["translate_x"].abs().max() <= 5 and by["translate_y"].abs().max() <= 2
-    assert by["shear_x"].abs().max() <= 0.09 + 1e-9
-    # Composer's symmetric sample: U(1 - 0.09 level, 1) or U(1, level) (below 1 when level < 1)
-    assert by["color"].min() >= 0.1 and by["color"].max() <= 3.0
-    assert float((by["color"] < 1).float().mean()) > 0.3
-    original = P._augmix_parameters(names, op, level, neg, us, uv, True, 30, 60)
+    assert set(by["posterize"].tolist()) <= {4.0 - k for k in range(int(severity * 0.4) + 1)}
+    assert by["rotate"].abs().max() <= 3 * severity and by["solarize"].min() >= 256 - 25.6 * severity
+    assert by["translate_x"].abs().max() <= 2 * severity and by["translate_y"].abs().max() <= severity
+    assert by["shear_x"].abs().max() <= 0.03 * severity + 1e-9
+    # Composer's symmetric_sample(severity): U(1, severity) or U(1 - 0.09 severity, 1), each half the time,
+    # whatever the op's level
+    for name in ("color", "contrast", "sharpness"):
+        factors = by[name]
+        above = factors > 1
+        assert float(factors.min()) >= 1 - 0.09 * severity and float(factors.max()) <= max(severity, 1)
+        if severity > 1:
+            assert 0.45 < float(above.float().mean()) < 0.55
+            assert float(factors[above].mean()) == pytest.approx((1 + severity) / 2, rel=0.1)
+        assert float(factors[factors < 1].mean()) == pytest.approx(1 - 0.045 * severity, abs=0.01 + 0.008 * severity)
+    expected = torch.where(us > 0.5, 1 + (severity - 1) * uv, 1 - 0.09 * severity * (1 - uv))
+    bright = op == names.index("brightness")
+    assert torch.equal(by["brightness"], torch.where(expected > 1, expected * 0.75, expected)[bright])
+    original = P._augmix_parameters(names, op, level, neg, us, uv, True, 30, 60, severity=severity)
     assert torch.allclose(original[op == names.index("contrast")], 0.1 + 0.18 * level[op == names.index("contrast")])
 
 

@@ -70,6 +70,27 @@ def test_sample_boxes_cover_the_requested_area_when_unclipped():
     assert int(sides.max()) <= 30
 
 
+
+@pytest.mark.parametrize(("height", "width", "minmax"), [(100, 100, (0.2, 0.3)), (37, 61, (0.1, 0.9)),
+                                                          (20, 30, (0.5, 0.5))])
+def test_minmax_boxes_draw_each_side_uniformly_inside_the_image_and_ignore_lam(height, width, minmax):
+    # timm's cutmix_minmax: sides uniform in [int(low * side), int(high * side)], box inside the image
+    n = 6000
+    boxes = F.sample_boxes(torch.zeros(n), height, width, minmax=minmax, generator=torch.Generator().manual_seed(2))
+    same = F.sample_boxes(torch.full((n,), 0.9), height, width, minmax=minmax,
+                          generator=torch.Generator().manual_seed(2))
+    assert torch.equal(boxes, same)  # lam plays no part
+    y1, x1, y2, x2 = boxes.unbind(1)
+    assert bool(((y1 >= 0) & (x1 >= 0) & (y2 <= height) & (x2 <= width)).all())
+    for side, size in ((y2 - y1, height), (x2 - x1, width)):
+        low, high = int(minmax[0] * size), int(minmax[1] * size)
+        counts = torch.bincount(side - low, minlength=high - low + 1)
+        assert counts.shape[0] == high - low + 1  # no side outside the range, and both ends occur
+        assert int(counts.min()) > 0.7 * n / (high - low + 1) and int(counts.max()) < 1.3 * n / (high - low + 1)
+    # the position is uniform over the places the box fits: the top row 0 and the lowest place both occur
+    assert int(y1.min()) == 0 and bool((y2 == height).any())
+
+
 @given(st.integers(1, 20), st.integers(1, 9), st.integers(0, 10_000))
 def test_mix_targets_from_indices_matches_the_lerp_of_one_hot_rows_bit_for_bit(size, classes, seed):
     gen = torch.Generator().manual_seed(seed)

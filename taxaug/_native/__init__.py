@@ -264,10 +264,12 @@ def _pointwise_params(name: str, dtype: torch.dtype, value: torch.Tensor) -> tup
             return (256 - (1 << (8 - bits))).float(), None  # the bit mask
         return (1 << (8 - bits)).to(torch.float32), None  # the step
     if name == "solarize":
+        from taxaug.functional import photometric  # (imports this module)
+
         if dtype == torch.uint8:
-            thr = value.clamp(0, 256)
+            thr = photometric.solarize_level(value)
             return thr.clamp(max=255).to(torch.uint8).float(), ((thr < 256) * 255).float()
-        return value.to(torch.float32) / 255.0, None
+        return photometric.solarize_float_threshold(value, torch.float32), None  # the first inverted value
     return value.to(torch.float32), None
 
 

@@ -150,7 +150,7 @@ TAXAUG_CLONES static void pointwise_u8(const job_t *job, uint8_t *dst, const uin
         for (int64_t i = 0; i < n; i++) dst[i] = src[i] & mask;
         break;
     }
-    case OP_SOLARIZE: { /* p: threshold level, q: 255 or 0 (threshold 256 inverts nothing) */
+    case OP_SOLARIZE: { /* p: the first inverted level (the threshold rounded up), q: 255 or 0 (256 inverts nothing) */
         const uint8_t level = (uint8_t)p, flip = (uint8_t)q;
         for (int64_t i = 0; i < n; i++) dst[i] = src[i] >= level ? (uint8_t)(src[i] ^ flip) : src[i];
         break;
@@ -233,7 +233,7 @@ TAXAUG_CLONES static void pointwise_f32(const job_t *job, float *dst, const floa
     case OP_POSTERIZE: /* p: the step 2 ** (8 - bits) */
         for (int64_t i = 0; i < n; i++) dst[i] = floorf(nearbyintf(src[i] * 255.0f) / p) * p / 255.0f;
         break;
-    case OP_SOLARIZE: /* p: threshold / 255 */
+    case OP_SOLARIZE: /* p: the smallest pixel value whose level src * 255 reaches the threshold */
         for (int64_t i = 0; i < n; i++) dst[i] = fabsf((src[i] >= p ? 1.0f : 0.0f) - src[i]);
         break;
     case OP_INVERT:

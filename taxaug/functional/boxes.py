@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from taxaug.functional.random import rand, randint
+from taxaug.functional.random import randint
 
 __all__ = ["box_area", "box_masks", "sample_boxes"]
 
@@ -17,23 +17,21 @@ def sample_boxes(
     minmax: tuple[float, float] | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One box per entry of `lam` (B,) covering about ``1 - lam`` of the image.
+    """One box per entry of `lam` (B,).
 
-    The box has sides ``sqrt(1 - lam)`` of the image's (clamped into
-    ``minmax`` when given, as fractions of each side), a centre uniform over
-    the image, and is clipped at the border; so the true pasted fraction can
-    be smaller than ``1 - lam``: use :func:`box_area` for the exact value.
+    Without `minmax` the box covers about ``1 - lam`` of the image: sides ``sqrt(1 - lam)`` of the
+    image's (rounded), a centre uniform over the image, clipped at the border, so the true pasted
+    fraction can be smaller than ``1 - lam``. With ``minmax=(low, high)`` (timm's ``cutmix_minmax``)
+    lam is not used: each side is an integer uniform in ``[int(low * side), int(high * side)]`` and
+    the box lies inside the image at a uniform position. Either way use :func:`box_area` for the
+    exact pasted fraction (CutMix takes its lam from it).
     """
+    if minmax is not None:
+        return _minmax_boxes(lam.shape, height, width, minmax, lam.device, generator)
     device = lam.device
     ratio = torch.sqrt((1.0 - lam.to(torch.float64)).clamp(0.0, 1.0))
-    if minmax is not None:
-        low, high = minmax
-        ratio_h = rand(lam.shape, generator=generator, device=device, dtype=torch.float64) * (high - low) + low
-        ratio_w = rand(lam.shape, generator=generator, device=device, dtype=torch.float64) * (high - low) + low
-    else:
-        ratio_h = ratio_w = ratio
-    cut_h = (ratio_h * height).round().long()
-    cut_w = (ratio_w * width).round().long()
+    cut_h = (ratio * height).round().long()
+    cut_w = (ratio * width).round().long()
     cy = randint(height, lam.shape, generator=generator, device=device)
     cx = randint(width, lam.shape, generator=generator, device=device)
     y1 = (cy - cut_h // 2).clamp(0, height)
@@ -41,6 +39,20 @@ def sample_boxes(
     y2 = (cy - cut_h // 2 + cut_h).clamp(0, height)
     x2 = (cx - cut_w // 2 + cut_w).clamp(0, width)
     return torch.stack([y1, x1, y2, x2], dim=1)
+
+
+def _minmax_boxes(shape: torch.Size, height: int, width: int, minmax: tuple[float, float], device: torch.device,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """Boxes with sides uniform in [int(low * side), int(high * side)], placed uniformly inside the image."""
+    low, high = minmax
+    corners, sides = [], []
+    for size in (height, width):
+        shortest, longest = int(low * size), int(high * size)
+        side = randint(longest - shortest + 1, shape, generator=generator, device=device) + shortest
+        corners.append(randint(size - side + 1, shape, generator=generator, device=device))
+        sides.append(side)
+    (y1, x1), (cut_h, cut_w) = corners, sides
+    return torch.stack([y1, x1, y1 + cut_h, x1 + cut_w], dim=1)
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ within one level. Intensity parameters are in 8-bit levels for every dtype.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -164,15 +165,41 @@ def _k_posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     return (x * 255.0).round_().div_(step).floor_().mul_(step).div_(255.0)
 
 
+def solarize_level(threshold: torch.Tensor) -> torch.Tensor:
+    """The first inverted uint8 level of a threshold, in [0, 256] (256 inverts nothing): Pillow inverts
+    the levels >= threshold, so a fractional threshold such as 178.5 starts at 179."""
+    return threshold.ceil().clamp(0, 256)
+
+
 def _k_solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     # arithmetic selects instead of torch.where, which is several times slower on CPU
     if x.dtype == torch.uint8:
-        thr = threshold.clamp(0, 256)
+        thr = solarize_level(threshold)
         flip = view4((thr < 256) * 255, torch.uint8)  # threshold 256 inverts nothing
         hit = x >= view4(thr.clamp(max=255), torch.uint8)
         return x ^ hit.to(torch.uint8).mul_(flip)  # 255 - v == v ^ 255
-    hit = x >= view4(threshold, x.dtype) / 255.0
+    return _k_solarize_from(x, solarize_float_threshold(threshold, x.dtype))
+
+
+def _k_solarize_from(x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """Float solarize given each sample's first inverted value (`solarize_float_threshold`)."""
+    hit = x >= view4(first, x.dtype)
     return (hit.to(x.dtype) - x).abs_()  # |1 - v| = 1 - v where hit, |0 - v| = v elsewhere
+
+
+def solarize_float_threshold(threshold: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The smallest `dtype` pixel value whose level ``x * 255`` (rounded in `dtype`) is >= threshold: float
+    pixels are inverted from it on. On the 8-bit grid ``x * 255`` is the integer level k, so float and
+    uint8 invert the same pixels; the level is monotonic in x, so one comparison per pixel decides."""
+    start = (threshold / 255.0).to(dtype)
+    up, down = torch.full_like(start, math.inf), torch.full_like(start, -math.inf)
+    tau = start
+    for _ in range(3):  # t / 255 rounded lies within two ulps of the answer
+        tau = torch.where((tau * 255.0).double() < threshold, torch.nextafter(tau, up), tau)
+    for _ in range(3):
+        below = torch.nextafter(tau, down)
+        tau = torch.where((below * 255.0).double() >= threshold, below, tau)
+    return tau
 
 
 def _k_solarize_add(x: torch.Tensor, addition: torch.Tensor, threshold: float = 128.0) -> torch.Tensor:
@@ -220,7 +247,8 @@ IN_PLACE_KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     "color": lambda x, f: _blend_(_gray(x).clone() if x.shape[1] == 1 else _gray(x), x, f),  # grey: _gray is x
     "contrast": lambda x, f: _blend_(_contrast_degenerate(x), x, f),
     "posterize": _posterize_float_,
-    "solarize": lambda x, t: x.sub_((x >= view4(t, x.dtype) / 255.0).to(x.dtype)).abs_(),  # |v - hit| == |hit - v|
+    "solarize": lambda x, t: x.sub_((x >= view4(solarize_float_threshold(t, x.dtype), x.dtype))
+                                    .to(x.dtype)).abs_(),  # |v - hit| == |hit - v|
     "autocontrast": _autocontrast_float_,
 }
 """Float kernels that overwrite their input, for the dispatcher (see `_float_in_place`)."""
@@ -380,9 +408,13 @@ def posterize(images: torch.Tensor, bits: Param, *, clamp: bool = False) -> torc
 
 
 def solarize(images: torch.Tensor, threshold: Param, *, clamp: bool = False) -> torch.Tensor:
-    """Invert every pixel whose 8-bit level is >= threshold (0..256), PIL.ImageOps.solarize."""
+    """Invert every pixel whose 8-bit level is >= threshold, PIL.ImageOps.solarize: thresholds may be
+    fractional (RandAugment's 178.5 leaves 178 alone), 256 or more inverts nothing, 0 or less everything."""
     x = check_image_batch(images, clamp=clamp)
-    return run_op(x, _k_solarize, (_p(x, threshold, "threshold"),), validate=False)
+    t = _p(x, threshold, "threshold")
+    if x.is_floating_point():  # the first inverted values once for the batch, not once per block
+        return run_op(x, _k_solarize_from, (solarize_float_threshold(t, compute_dtype(x)),), validate=False)
+    return run_op(x, _k_solarize, (t,), validate=False)
 
 
 def solarize_add(

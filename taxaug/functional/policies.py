@@ -62,6 +62,16 @@ def _names(specs: Sequence[OpSpec]) -> list[str]:
     return names if "identity" in names else [*names, "identity"]
 
 
+def _policy_parameters(specs: Sequence[OpSpec], op: torch.Tensor, fraction: torch.Tensor, negate: torch.Tensor,
+                       height: int, width: int) -> torch.Tensor:
+    """`op_parameters` with translations in whole pixels truncated toward zero, as torchvision's
+    ``int(magnitude)``. The float64 magnitude of an exact integer can fall an ulp short (150/331 of 331 px
+    at bin 11 of 31 is 54.99999999999999), so values within 2**-40 (relative) below an integer count as it."""
+    params = op_parameters(specs, op, fraction, negate, height, width)
+    translate = torch.tensor([s.name in ("translate_x", "translate_y") for s in specs], device=op.device)[op]
+    return torch.where(translate, torch.trunc(params * (1.0 + 2.0**-40)), params)
+
+
 def _round(work: torch.Tensor, owned: bool, op: torch.Tensor, params: torch.Tensor, names: Sequence[str],
            fill: Fill, interpolation: str) -> tuple[torch.Tensor, bool]:
     """One dispatch round; after the first round that changes anything the policy owns its buffer
@@ -108,7 +118,7 @@ def auto_augment(
     for step in range(2):
         op = torch.where(u[:, step] <= probs[sub, step], ops[sub, step], identity)
         fraction = bins[sub, step] / (AUTOAUGMENT_BINS - 1)
-        params = op_parameters(specs, op, fraction, negate[:, step], x.shape[2], x.shape[3])
+        params = _policy_parameters(specs, op, fraction, negate[:, step], x.shape[2], x.shape[3])
         work, owned = _round(work, owned, op, params, names, fill, interpolation)
     return _finish(work, x)
 
@@ -161,7 +171,7 @@ def rand_augment(
         elif magnitude_std > 0:
             m = m + magnitude_std * _random.randn((b,), generator=generator, device=dev, dtype=torch.float64)
         m = m.clamp(0, bins - 1)
-        params = op_parameters(specs, op, m / (bins - 1), negate, x.shape[2], x.shape[3])
+        params = _policy_parameters(specs, op, m / (bins - 1), negate, x.shape[2], x.shape[3])
         work, owned = _round(work, owned, op, params, names, fill, interpolation)
     return _finish(work, x)
 
@@ -183,7 +193,7 @@ def trivial_augment_wide(
     op = _random.randint(len(specs), (b,), generator=generator, device=dev)
     level = _random.randint(bins, (b,), generator=generator, device=dev)
     negate = _random.rand((b,), generator=generator, device=dev) < 0.5
-    params = op_parameters(specs, op, level.double() / (bins - 1), negate, x.shape[2], x.shape[3])
+    params = _policy_parameters(specs, op, level.double() / (bins - 1), negate, x.shape[2], x.shape[3])
     return _finish(_dispatch(work, op, params, _names(specs), fill, interpolation), x)
 
 
@@ -192,14 +202,15 @@ def trivial_augment_wide(
 
 def _augmix_parameters(names: Sequence[str], op: torch.Tensor, level: torch.Tensor, negate: torch.Tensor,
                        u_side: torch.Tensor, u_val: torch.Tensor, original: bool, height: int,
-                       width: int) -> torch.Tensor:
-    """Op parameters from AugMix levels in [0.1, severity] as in the AugMix reference code."""
+                       width: int, *, severity: float) -> torch.Tensor:
+    """Op parameters from AugMix levels in [0.1, severity] as in the AugMix reference code; the
+    "all" enhance factors are Composer's ``symmetric_sample(severity)``, which ignores the level."""
     sign = torch.where(negate, -1.0, 1.0).double()
     level = level.double()
     if original:
         enhance = level * 0.18 + 0.1
-    else:  # symmetric around 1 (Composer's "all"): uniform on [1 - 0.09 level, 1] or [1, level]
-        enhance = torch.where(u_side > 0.5, 1.0 + (level - 1.0) * u_val, 1.0 - 0.09 * level * (1.0 - u_val))
+    else:  # symmetric around 1: uniform on [1, severity] or on [1 - 0.09 severity, 1], each half the time
+        enhance = torch.where(u_side > 0.5, 1.0 + (severity - 1.0) * u_val, 1.0 - 0.09 * severity * (1.0 - u_val))
     rules = {
         "posterize": 4.0 - torch.floor(level * 4.0 / 10.0),
         "rotate": torch.floor(level * 30.0 / 10.0) * sign,
@@ -234,7 +245,8 @@ def augmix(
     clamp: bool = False,
 ) -> torch.Tensor:
     """AugMix (AugmentAndMix): `width` chains of `depth` ops (-1: 1..3 per chain and sample), each op at
-    a level uniform in [0.1, severity]; chains mixed with per-sample Dirichlet(alpha) weights, then
+    a level uniform in [0.1, severity] ("all": enhance factors symmetric around 1 from the severity, as
+    Composer's ``symmetric_sample``); chains mixed with per-sample Dirichlet(alpha) weights, then
     blended with the original by a per-sample Beta(alpha, alpha) weight m: ``(1 - m) x + m mix``.
     """
     if augmentation_set not in AUGMIX_SETS:
@@ -265,7 +277,8 @@ def augmix(
         negate = _random.rand((n,), generator=generator, device=dev) < 0.5
         u_side = _random.rand((n,), generator=generator, device=dev)
         u_val = _random.rand((n,), generator=generator, device=dev, dtype=torch.float64)
-        params = _augmix_parameters(names, op, level, negate, u_side, u_val, augmentation_set == "original", h, w)
+        params = _augmix_parameters(names, op, level, negate, u_side, u_val, augmentation_set == "original", h, w,
+                                    severity=severity)
         steps.append((op, params))
     weights = _random.sample_dirichlet([float(alpha)] * width, b, generator=generator, device=dev)
     m = _random.sample_beta(float(alpha), float(alpha), (b,), generator=generator, device=dev)
