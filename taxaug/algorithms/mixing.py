@@ -272,7 +272,8 @@ class SelectiveMixup(_Selective):
 class SelectiveCutMix(_Selective):
     """CutMix only between samples of the same taxonomic group; targets mixed by the exact kept area.
 
-    Args as SelectiveMixup, plus `minmax` (bounds on the box sides as fractions of the image sides) and
+    Args as SelectiveMixup, plus `minmax` (each box side drawn uniformly in [low, high] x the image side,
+    ignoring the drawn lam, as timm; the targets use the box's exact area) and
     `per_sample_boxes` (one box per sample, default, or one box for the batch).
     """
 

@@ -283,8 +283,9 @@ def selective_cutmix(
 
     A box of about ``1 - lam`` of the image is pasted from ``perm[i]`` into i:
     one box per sample (default, vectorised with masks) or one box for the
-    whole batch (then ``lam`` must be a float). ``minmax`` bounds the box
-    sides as fractions of the image sides. The returned ``lam`` is the exact
+    whole batch (then ``lam`` must be a float). With ``minmax=(low, high)``
+    the box ignores ``lam`` and draws each side uniformly between ``low`` and
+    ``high`` times the image side, as timm does. The returned ``lam`` is the exact
     fraction of i's own pixels kept (1 where unmixed, whose box is empty), and
     targets are mixed with it.
     """

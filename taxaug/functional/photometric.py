@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as nnf
 
-from taxaug import _memory
+from taxaug import _memory, _native
 from taxaug.functional._image_common import (
     Param,
     apply_lut,
@@ -277,7 +277,7 @@ def _equalize_lut(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = x.shape
     rows = b * c
     planes = x.reshape(rows, h * w)
-    if x.device.type == "cpu" and rows:
+    if _native.device_strategy(x.device) == "cpu" and rows:
         # one bincount per plane straight on uint8: no int64 copy of the image plus offsets for one big bincount
         hist = torch.stack([torch.bincount(plane, minlength=256) for plane in planes])
     else:
