@@ -94,38 +94,15 @@ class GroupedBatchSampler(BatchSampler):
                 f"train_dataloader() hook (Lightning then passes sampler=...), or use Trainer(use_distributed_sampler="
                 f"False) and give num_replicas and rank")
         num_replicas, rank = _replicas_from(sampler, num_replicas, rank)
-        if isinstance(group_ids, torch.Tensor):
-            group_ids = group_ids.detach().cpu().numpy()
-        gids = np.asarray(group_ids)
-        if gids.ndim != 1 or (gids.size and not np.issubdtype(gids.dtype, np.integer)):
-            raise TypeError(f"group_ids must be a 1-D integer array, got dtype {gids.dtype} shape {gids.shape}")
-        if gids.size and gids.min() < -1:
-            raise ValueError(f"group_ids must be >= -1 (-1 = no group), got min {gids.min()}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        gids = _group_id_array(group_ids)
+        batch_size = _checked_batch_size(batch_size, mode)
         if unpairable not in ("fill", "exclude"):
             raise ValueError(f"unpairable must be 'fill' or 'exclude', got {unpairable!r}")
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if mode == "mixed-pairs":
-            if batch_size < 2:
-                raise ValueError(f"mixed-pairs needs batch_size >= 2, got {batch_size}")
-            if batch_size % 2:
-                warnings.warn(f"mixed-pairs batches hold pairs: batch_size {batch_size} rounded down to "
-                              f"{batch_size - 1}", stacklevel=2)
-                batch_size -= 1
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas=}, {rank=}")
         if min_group_size < 2:
             raise ValueError(f"min_group_size must be >= 2, got {min_group_size}")
-        # Compact ids to 0..G-1 (order kept, -1 stays -1): sparse ids such as 2**40 would otherwise size
-        # per-group tables by the largest id.
-        gids = gids.astype(np.int64)
-        valid = gids >= 0
-        compact = np.full(gids.shape, -1, dtype=np.int64)
-        if valid.any():
-            compact[valid] = np.unique(gids[valid], return_inverse=True)[1].reshape(-1)
-        self.group_ids = compact
+        self.group_ids = _compact_ids(gids)
         self.batch_size = int(batch_size)
         self.mode: SamplerMode = mode
         self.seed = int(seed)
@@ -137,20 +114,28 @@ class GroupedBatchSampler(BatchSampler):
         self.drop_last = drop_last
         self.epoch = 0
         self.iterated_epoch: int | None = None  # the epoch the latest iteration started with
+        self._find_pairable()
+        self._plan_batches()
 
+    def _find_pairable(self) -> None:
+        """Mark samples whose group has at least `min_group_size` members; count (and warn about) exclusions."""
         n = self.group_ids.shape[0]
+        valid = self.group_ids >= 0
         sizes = np.bincount(self.group_ids[valid], minlength=0) if valid.any() else np.zeros(0, np.int64)
         self._pairable = valid.copy()
         self._pairable[valid] = sizes[self.group_ids[valid]] >= self.min_group_size
-        if mode == "standard":
+        if self.mode == "standard":
             self._pairable[:] = False
-        self.num_unpairable = int(n - self._pairable.sum()) if mode != "standard" else 0
-        self.num_excluded = self.num_unpairable if unpairable == "exclude" else 0
+        self.num_unpairable = int(n - self._pairable.sum()) if self.mode != "standard" else 0
+        self.num_excluded = self.num_unpairable if self.unpairable == "exclude" else 0
         if self.num_excluded:
             warnings.warn(f"GroupedBatchSampler: {self.num_excluded} of {n} samples cannot be paired (no group or "
                           f"group smaller than {self.min_group_size}) and are excluded (unpairable='exclude')",
-                          stacklevel=2)
+                          stacklevel=3)
         self.num_samples_total = n - self.num_excluded
+
+    def _plan_batches(self) -> None:
+        """Full batches per replica and the samples left over (skipped when they cannot be spread)."""
         full = self.num_samples_total // self.batch_size
         self._per_rank_full = full // self.num_replicas
         self._leftover = self.num_samples_total - self._per_rank_full * self.num_replicas * self.batch_size
@@ -162,7 +147,7 @@ class GroupedBatchSampler(BatchSampler):
             warnings.warn(f"GroupedBatchSampler: {self._leftover} sample(s) per epoch cannot be spread over "
                           f"{self.num_replicas} replicas without repeats; they are skipped each epoch (a "
                           "different set each epoch). Change batch_size or the replica count to avoid this.",
-                          stacklevel=2)
+                          stacklevel=3)
 
     # ------------------------------------------------------------------ public
 
@@ -251,3 +236,41 @@ class GroupedBatchSampler(BatchSampler):
         return (f"GroupedBatchSampler(mode={self.mode!r}, batch_size={self.batch_size}, samples="
                 f"{self.num_samples_total}, batches={len(self)}, replicas={self.num_replicas}, rank={self.rank}, "
                 f"unpairable={self.num_unpairable} ({self.unpairable}))")
+
+
+def _group_id_array(group_ids: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+    """`group_ids` as a checked 1-D int64 array (-1 = no group)."""
+    if isinstance(group_ids, torch.Tensor):
+        group_ids = group_ids.detach().cpu().numpy()
+    gids = np.asarray(group_ids)
+    if gids.ndim != 1 or (gids.size and not np.issubdtype(gids.dtype, np.integer)):
+        raise TypeError(f"group_ids must be a 1-D integer array, got dtype {gids.dtype} shape {gids.shape}")
+    if gids.size and gids.min() < -1:
+        raise ValueError(f"group_ids must be >= -1 (-1 = no group), got min {gids.min()}")
+    return gids.astype(np.int64)
+
+
+def _compact_ids(gids: np.ndarray) -> np.ndarray:
+    """Ids renumbered 0..G-1 in order (-1 stays -1): sparse ids such as 2**40 would otherwise size
+    per-group tables by the largest id."""
+    valid = gids >= 0
+    compact = np.full(gids.shape, -1, dtype=np.int64)
+    if valid.any():
+        compact[valid] = np.unique(gids[valid], return_inverse=True)[1].reshape(-1)
+    return compact
+
+
+def _checked_batch_size(batch_size: int, mode: str) -> int:
+    """`batch_size` checked for `mode` (mixed-pairs batches hold pairs: an odd size is rounded down)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if mode == "mixed-pairs":
+        if batch_size < 2:
+            raise ValueError(f"mixed-pairs needs batch_size >= 2, got {batch_size}")
+        if batch_size % 2:
+            warnings.warn(f"mixed-pairs batches hold pairs: batch_size {batch_size} rounded down to "
+                          f"{batch_size - 1}", stacklevel=3)
+            batch_size -= 1
+    return int(batch_size)

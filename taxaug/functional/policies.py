@@ -249,37 +249,12 @@ def augmix(
     Composer's ``symmetric_sample``); chains mixed with per-sample Dirichlet(alpha) weights, then
     blended with the original by a per-sample Beta(alpha, alpha) weight m: ``(1 - m) x + m mix``.
     """
-    if augmentation_set not in AUGMIX_SETS:
-        raise ValueError(f"unknown augmentation_set {augmentation_set!r}; choose one of {sorted(AUGMIX_SETS)}")
-    if not isinstance(severity, int) or isinstance(severity, bool) or not 1 <= severity <= 10:
-        raise ValueError(f"severity must be an integer in [1, 10], got {severity!r}")
-    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-        raise ValueError(f"width must be an integer >= 1, got {width!r}")
-    if not isinstance(depth, int) or isinstance(depth, bool) or not (depth == -1 or depth >= 1):
-        raise ValueError(f"depth must be -1 (random in 1..3) or an integer >= 1, got {depth!r}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+    _check_augmix_arguments(augmentation_set, severity, width, depth, alpha)
     x, work = _prepare(images, clamp, fill, interpolation)
     b, dev = x.shape[0], x.device
-    h, w = x.shape[2], x.shape[3]
-    set_names = AUGMIX_SETS[augmentation_set]
-    names = ["identity", *set_names]
-    n = width * b
-    if depth > 0:
-        depths = torch.full((n,), depth, device=dev)
-    else:
-        depths = _random.randint(3, (n,), generator=generator, device=dev) + 1
-    steps = []  # (op, params) per step for all width * b chains, chain-major: row c * b + i
-    for step in range(depth if depth > 0 else 3):
-        op = _random.randint(len(set_names), (n,), generator=generator, device=dev) + 1
-        op = torch.where(depths > step, op, 0)
-        level = 0.1 + (severity - 0.1) * _random.rand((n,), generator=generator, device=dev, dtype=torch.float64)
-        negate = _random.rand((n,), generator=generator, device=dev) < 0.5
-        u_side = _random.rand((n,), generator=generator, device=dev)
-        u_val = _random.rand((n,), generator=generator, device=dev, dtype=torch.float64)
-        params = _augmix_parameters(names, op, level, negate, u_side, u_val, augmentation_set == "original", h, w,
-                                    severity=severity)
-        steps.append((op, params))
+    names = ["identity", *AUGMIX_SETS[augmentation_set]]
+    steps = _augmix_steps(names, width * b, severity, depth, augmentation_set == "original", x.shape[2:], dev,
+                          generator)
     weights = _random.sample_dirichlet([float(alpha)] * width, b, generator=generator, device=dev)
     m = _random.sample_beta(float(alpha), float(alpha), (b,), generator=generator, device=dev)
     mix_dtype = torch.float32 if work.dtype == torch.uint8 else work.dtype
@@ -299,6 +274,40 @@ def augmix(
             acc.add_(stacked[k, blk].to(mix_dtype).mul_(weights[blk, k].reshape(-1, 1, 1, 1) * mb))
         out[blk] = acc.round_().clamp_(0, 255)
     return _finish(out, x)
+
+
+def _check_augmix_arguments(augmentation_set: str, severity: int, width: int, depth: int, alpha: float) -> None:
+    if augmentation_set not in AUGMIX_SETS:
+        raise ValueError(f"unknown augmentation_set {augmentation_set!r}; choose one of {sorted(AUGMIX_SETS)}")
+    if not isinstance(severity, int) or isinstance(severity, bool) or not 1 <= severity <= 10:
+        raise ValueError(f"severity must be an integer in [1, 10], got {severity!r}")
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise ValueError(f"width must be an integer >= 1, got {width!r}")
+    if not isinstance(depth, int) or isinstance(depth, bool) or not (depth == -1 or depth >= 1):
+        raise ValueError(f"depth must be -1 (random in 1..3) or an integer >= 1, got {depth!r}")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+
+
+def _augmix_steps(names: Sequence[str], n: int, severity: int, depth: int, original: bool, size: torch.Size,
+                  dev: torch.device, generator: torch.Generator | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(op, params) per step for all n = width * b chains, chain-major (row c * b + i); op 0 past a chain's depth."""
+    h, w = size
+    if depth > 0:
+        depths = torch.full((n,), depth, device=dev)
+    else:
+        depths = _random.randint(3, (n,), generator=generator, device=dev) + 1
+    steps = []
+    for step in range(depth if depth > 0 else 3):
+        op = _random.randint(len(names) - 1, (n,), generator=generator, device=dev) + 1
+        op = torch.where(depths > step, op, 0)
+        level = 0.1 + (severity - 0.1) * _random.rand((n,), generator=generator, device=dev, dtype=torch.float64)
+        negate = _random.rand((n,), generator=generator, device=dev) < 0.5
+        u_side = _random.rand((n,), generator=generator, device=dev)
+        u_val = _random.rand((n,), generator=generator, device=dev, dtype=torch.float64)
+        steps.append((op, _augmix_parameters(names, op, level, negate, u_side, u_val, original, h, w,
+                                             severity=severity)))
+    return steps
 
 
 def _augmix_float_chains(work: torch.Tensor, steps: list[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor,
