@@ -490,8 +490,16 @@ class Trainer:
                 if level not in self.ranks:
                     raise ConfigError(f"algorithm {algorithm.key} groups by {level!r}, which is not one of "
                                       f"data.ranks {self.ranks}")
+                self._log_group_rank(level, f"the level of algorithm {algorithm.key}")
                 return level
+        self._log_group_rank(self.ranks[0], "the finest rank")
         return self.ranks[0]
+
+    def _log_group_rank(self, rank: str, why: str) -> None:
+        if self.is_main and not getattr(self, "_group_rank_logged", False):
+            self._group_rank_logged = True
+            log.info("the sampler groups batches by %s (%s, data.group_rank: null); set data.group_rank to compare "
+                     "runs with different algorithms on the same batches", rank, why)
 
     def _build_sampler(self, group_rank: str) -> GroupedBatchSampler:
         d = self.cfg.data

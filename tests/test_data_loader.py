@@ -47,6 +47,14 @@ def dataset(tmp_path):
     return HybridDataset(path, img_dir, image_size=(12, 16), metadata=("spatial",))
 
 
+def _wait_until(condition, timeout: float = 10.0) -> None:
+    """Poll `condition` until it holds (a synchronisation point, not a timing assumption); fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        threading.Event().wait(0.001)
+
+
 def _taxaug_threads() -> list[str]:
     """The loader's threads; the process-wide reader pool (``taxaug-read``, bounded, kept) is not one."""
     return [t.name for t in threading.enumerate() if t.name.startswith("taxaug-") and t.name != "taxaug-read"]
@@ -82,12 +90,13 @@ def test_slow_consumer_gets_everything_and_queues_stay_bounded(dataset):
     seen = []
     depth = []
     for batch in loader:
-        time.sleep(0.02)
-        run = loader._run
-        depth.append(run.ready_queue.qsize() if run else 0)
         seen.extend(batch.indices.tolist())
+        run = loader._run
+        if run is not None and len(seen) < N:  # a slow consumer: let the loader fill what it may before reading on
+            _wait_until(lambda run=run: run.ready_queue.qsize() >= 1)
+        depth.append(run.ready_queue.qsize() if run else 0)
     assert sorted(seen) == list(range(N))
-    assert max(depth) <= 1
+    assert max(depth) == 1  # filled while the consumer waited, never past max_ready_batches
 
 
 def test_early_close_stops_threads_and_next_epoch_is_complete(dataset):
@@ -236,7 +245,7 @@ def test_monitor_emits_one_line_per_interval(dataset):
     lines = []
     loader = PrefetchLoader(dataset, sampler, monitor_interval=0.02, monitor=lines.append)
     for _ in loader:
-        time.sleep(0.01)
+        _wait_until(lambda: lines)  # the consumer holds the epoch open until an interval has been reported
     assert lines, "no monitor line was emitted"
     line = lines[0]
     for part in ("Q(io/dec/ready)", "Cache(H/M/E)", "Size:", "Tput(IO/Dec/Out)", "Wait(Main/Dec/IO)", "ms/s"):

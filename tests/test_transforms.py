@@ -114,23 +114,36 @@ def test_same_pipeline_per_sample_equals_batch_draws_for_one_sample():
     assert torch.equal(a, b)
 
 
-def _fake_compile(delay_compiled: float, fail: bool = False):
-    import time
+class _FakeClock:
+    """Stands in for time.perf_counter in taxaug.transforms: each reading advances 1 ms, and a fake compiled
+    function adds its own delay, so the probe's timings are exact without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1e-3
+        return self.now
+
+
+def _fake_compile(monkeypatch, delay_compiled: float, fail: bool = False) -> None:
+    clock = _FakeClock()
+    monkeypatch.setattr(T.time, "perf_counter", clock.perf_counter)
 
     def compile_(fn, **kwargs):
         if fail:
             raise RuntimeError("inductor needs a C++ compiler\nmore details")
 
         def wrapped(x):
-            time.sleep(delay_compiled)
+            clock.now += delay_compiled
             return fn(x)
         wrapped.is_compiled = True
         return wrapped
-    return compile_
+    monkeypatch.setattr(torch, "compile", compile_)
 
 
 def test_compile_probe_falls_back_when_compilation_fails(monkeypatch):
-    monkeypatch.setattr(torch, "compile", _fake_compile(0.0, fail=True))
+    _fake_compile(monkeypatch, 0.0, fail=True)
     pipe = T.AugmentationPipeline([T.TrivialAugmentWide().manual_seed(0)], compile=True)
     x = _images(6)
     with pytest.warns(RuntimeWarning, match="torch.compile failed: RuntimeError: inductor needs a C\\+\\+ compiler"):
@@ -140,7 +153,7 @@ def test_compile_probe_falls_back_when_compilation_fails(monkeypatch):
 
 
 def test_compile_probe_falls_back_without_speed_up(monkeypatch):
-    monkeypatch.setattr(torch, "compile", _fake_compile(0.02))
+    _fake_compile(monkeypatch, 0.02)
     pipe = T.AugmentationPipeline([T.TrivialAugmentWide().manual_seed(0)], compile=True, probe_repeats=2)
     x = _images(7)
     with pytest.warns(RuntimeWarning, match="no speed-up: compiled .* ms vs eager .* ms"):
@@ -151,7 +164,7 @@ def test_compile_probe_falls_back_without_speed_up(monkeypatch):
 
 
 def test_compile_probe_keeps_a_faster_compiled_function(monkeypatch):
-    monkeypatch.setattr(torch, "compile", _fake_compile(0.0))
+    _fake_compile(monkeypatch, 0.0)
     pipe = T.AugmentationPipeline([T.AugMix(width=2).manual_seed(0)], compile=True, probe_repeats=2,
                                   min_speedup=0.0)
     x = _images(8)
