@@ -258,14 +258,12 @@ def pointwise_applies(name: str, x: torch.Tensor, out: torch.Tensor, values: tor
 
 def _pointwise_params(name: str, dtype: torch.dtype, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The per-sample float32 parameters the C op takes, derived as the torch kernel derives them."""
-    if name == "posterize":
-        bits = value.round().clamp(0, 8).long()
-        if dtype == torch.uint8:
-            return (256 - (1 << (8 - bits))).float(), None  # the bit mask
-        return (1 << (8 - bits)).to(torch.float32), None  # the step
-    if name == "solarize":
-        from taxaug.functional import photometric  # (imports this module)
+    from taxaug.functional import photometric  # (imports this module)
 
+    if name == "posterize":
+        step = photometric.posterize_step(value)
+        return ((256 - step) if dtype == torch.uint8 else step).to(torch.float32), None  # the bit mask / the step
+    if name == "solarize":
         if dtype == torch.uint8:
             thr = photometric.solarize_level(value)
             return thr.clamp(max=255).to(torch.uint8).float(), ((thr < 256) * 255).float()

@@ -155,13 +155,18 @@ def _k_sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(_smooth(x, as_float=True), x, factor)
 
 
+def posterize_step(bits: torch.Tensor) -> torch.Tensor:
+    """The level step (long, a power of two in 1..256) of keeping `bits` bits: 8-bit levels keep
+    ``level & (256 - step)``, i.e. ``floor(level / step) * step``."""
+    return 1 << (8 - bits.round().clamp(0, 8).long())
+
+
 def _k_posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    bits = bits.round().clamp(0, 8).long()
-    mask = (256 - (1 << (8 - bits))).to(torch.uint8)
+    step = posterize_step(bits)
     if x.dtype == torch.uint8:
-        return x & view4(mask)
+        return x & view4((256 - step).to(torch.uint8))
     # float: the same on 8-bit levels, in float arithmetic (all steps exact for powers of two)
-    step = view4((1 << (8 - bits)).to(x.dtype))
+    step = view4(step.to(x.dtype))
     return (x * 255.0).round_().div_(step).floor_().mul_(step).div_(255.0)
 
 
@@ -229,7 +234,7 @@ def _float_in_place(
 
 
 def _posterize_float_(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    step = view4((1 << (8 - bits.round().clamp(0, 8).long())).to(x.dtype))
+    step = view4(posterize_step(bits).to(x.dtype))
     return x.mul_(255.0).round_().div_(step).floor_().mul_(step).div_(255.0)
 
 
