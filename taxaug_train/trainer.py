@@ -556,6 +556,7 @@ class Trainer:
             with GracefulInterrupt() as interrupt:
                 while state.step < t.max_steps and not progress.stopped:
                     self._run_epoch(progress, interrupt)
+            progress.close_bar()  # its last line comes before the evaluation and the final table
             if progress.interrupted:
                 self._check_finite(progress.window, weights=True)
                 path = self.save()
@@ -573,8 +574,7 @@ class Trainer:
             self._write_record({"event": "error", "step": state.step, "message": str(err)})
             raise
         finally:
-            if progress.bar is not None:
-                progress.bar.close()
+            progress.close_bar()
             for logger in self.loggers:
                 logger.close()
             self.loggers = []
@@ -1012,6 +1012,11 @@ class _FitState:
         self.stop_after = stop_after
         self.last_eval_step = -1
         self.stopped = self.interrupted = False
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class _Replaced:
