@@ -205,7 +205,7 @@ class LabelsDataset:
         report = schema.validate(self.labels_path, required_ranks=tuple(rank_names or ()),
                                  required_datasets=metadata, check_tree=False)  # the Taxonomy below checks it
         report.raise_if_invalid()
-        cols = self._read_columns(list(rank_names or report.rank_names), metadata)
+        cols = self._read_columns(list(rank_names or report.rank_names), metadata, report.identifiers)
         self._select_rows(cols, rows)
         self._build_targets(cols.ranks, class_maps)
         self._build_aux(cols.columns, metadata, cols.num_rows)
@@ -233,8 +233,10 @@ class LabelsDataset:
         self.filters = filters or FilterConfig()
         self.failures = LoadFailures()
 
-    def _read_columns(self, ranks: list[str], metadata: tuple[str, ...]) -> _Columns:
-        """Every array the dataset needs, read once with the file open (ranks sorted finest first)."""
+    def _read_columns(self, ranks: list[str], metadata: tuple[str, ...],
+                      identifiers: np.ndarray | None = None) -> _Columns:
+        """Every array the dataset needs, read once with the file open (ranks sorted finest first);
+        `identifiers` as validation already read them."""
         for name in ranks:
             schema.rank_level(name)
         ranks.sort(key=schema.rank_level)
@@ -248,7 +250,7 @@ class LabelsDataset:
                 num_rows=f[schema.IDENTIFIERS].shape[0],
                 ranks={r: f[r][()].astype(np.int64) for r in ranks},
                 columns={c: f[c][()] for c in needed if c in f},
-                identifiers=read_identifiers(f[schema.IDENTIFIERS]),
+                identifiers=read_identifiers(f[schema.IDENTIFIERS]) if identifiers is None else identifiers,
             )
             self.config_json = (f[schema.METADATA_GROUP].attrs.get("config_json")
                                 if schema.METADATA_GROUP in f else None)

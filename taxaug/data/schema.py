@@ -106,6 +106,8 @@ class ValidationReport:
     rank_names: tuple[str, ...]
     problems: tuple[str, ...]
     conflicts: tuple[Conflict, ...] = ()  # taxa under several parents (raw ids); also listed in problems
+    #: ``img_identifiers`` as read by the check (fixed-width UTF-8 bytes), for readers that open the file next
+    identifiers: np.ndarray | None = attrs.field(default=None, repr=False, eq=False)
 
     @property
     def ok(self) -> bool:
@@ -161,13 +163,17 @@ def _check_finite(ds: h5py.Dataset, problems: list[str], *, allow_nan: bool = Fa
 # ------------------------------------------------------------------ per-dataset checks (one per schema row)
 
 
-def _check_identifiers(ds: h5py.Dataset, problems: list[str]) -> None:
-    """Non-empty, unique strings: a sorted fixed-width bytes array, no object-array unique."""
+def _check_identifiers(ds: h5py.Dataset, problems: list[str]) -> np.ndarray | None:
+    """Non-empty, unique strings: a sorted fixed-width bytes array, no object-array unique. Returns that
+    array (UTF-8 bytes, file order), so a reader of the file need not read the identifiers again."""
     if not _is_string(ds):
         problems.append(f"{IDENTIFIERS}: dtype must be variable-length string, got {ds.dtype}")
-        return
+        return None
     raw = ds[()]
-    fixed = raw if raw.dtype.kind == "S" else np.array(raw.tolist(), dtype=bytes)  # HDF5 strings hold no NUL
+    if raw.dtype.kind == "U":
+        fixed = np.char.encode(raw, "utf-8")
+    else:  # HDF5 strings hold no NUL, so the fixed-width form loses nothing
+        fixed = raw if raw.dtype.kind == "S" else raw.astype(np.bytes_) if raw.size else np.zeros(0, dtype="S1")
     ordered = np.sort(fixed)  # UTF-8 byte order is code point order
     repeated = ordered[1:][ordered[1:] == ordered[:-1]]
     if ordered.size and ordered[0] == b"":
@@ -177,6 +183,7 @@ def _check_identifiers(ds: h5py.Dataset, problems: list[str]) -> None:
         dup = np.unique(repeated)
         shown = [d.decode("utf-8", "replace") for d in dup[:3]]
         problems.append(f"{IDENTIFIERS}: {dup.size} duplicated identifier(s), e.g. {shown}")
+    return fixed
 
 
 def _check_rank(obj: h5py.Dataset, problems: list[str]) -> None:
@@ -261,7 +268,7 @@ def _check_images(obj: h5py.Dataset, problems: list[str]) -> None:
         problems.append(f"images: last axis must be 1 or 3 channels, got {obj.shape[3]}")
 
 
-_Check = Callable[[h5py.Dataset, list[str]], None]
+_Check = Callable[[h5py.Dataset, list[str]], object]  # the identifiers' check returns what it read
 #: The check for each named dataset; ``taxa_LXX`` and ``elevation_<set>`` are matched by pattern.
 DATASET_CHECKS: dict[str, _Check] = {
     IDENTIFIERS: _check_identifiers,
@@ -387,7 +394,9 @@ def _check_presence(f: h5py.File, ranks: list[str], required_ranks: Sequence[str
     problems.extend(f"{name}: required dataset is missing" for name in required_datasets if name not in f)
 
 
-def _check_datasets(f: h5py.File, n: int | None, problems: list[str]) -> None:
+def _check_datasets(f: h5py.File, n: int | None, problems: list[str]) -> np.ndarray | None:
+    """Run each dataset's check; returns the identifiers as read by their check (None if not read)."""
+    identifiers = None
     for name, obj in f.items():
         if isinstance(obj, h5py.Group):
             if name == METADATA_GROUP:
@@ -399,7 +408,10 @@ def _check_datasets(f: h5py.File, n: int | None, problems: list[str]) -> None:
             continue
         check = _check_for(name)
         if check is not None and (n is not None or name != IDENTIFIERS):
-            check(obj, problems)
+            result = check(obj, problems)
+            if name == IDENTIFIERS:
+                identifiers = result
+    return identifiers
 
 
 def validate(
@@ -429,9 +441,9 @@ def validate(
         ranks = rank_names_in(list(f.keys()))
         n = _identifier_count(f, problems)
         _check_presence(f, ranks, required_ranks, required_datasets, problems)
-        _check_datasets(f, n, problems)
+        identifiers = _check_datasets(f, n, problems)
         conflicts = _check_tree(f, ranks, n, problems) if check_tree else ()
-    return ValidationReport(str(path), n, tuple(ranks), tuple(problems), conflicts)
+    return ValidationReport(str(path), n, tuple(ranks), tuple(problems), conflicts, identifiers)
 
 
 # ---------------------------------------------------------------------------------------------- writer
