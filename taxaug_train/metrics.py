@@ -1,15 +1,26 @@
-"""Per-rank classification metrics: top-1, top-5 and mistake severity.
+"""Per-rank classification metrics: top-1, top-k, mistake severity, hierarchical distance @k, CRM.
 
 Mistake severity is the mean taxonomic (LCA) distance between the predicted
-and the true class over the *wrong* top-1 predictions: 1 means "wrong species,
-right genus", 2 "wrong genus, right family", and so on. Samples whose label
-is null at a rank are not counted at that rank; the null class is never
-predicted. Counts are kept as sums so they reduce exactly across processes
-(`reduce_()` does one all_reduce for every rank at once).
+and the true class over the *wrong* top-1 predictions (1 means "wrong species,
+right genus", 2 "wrong genus, right family", ...); ``mistakes`` is how many
+wrong predictions it rests on. Hierarchical distance @k is the mean LCA
+distance of the top-k predictions to the truth over *all* samples (right
+ones count 0), as in "Making Better Mistakes" (Bertinetto et al., 2020).
+With ``crm=True`` the conditional-risk-minimising decision (the class with the
+least expected LCA distance under the model's probabilities,
+`Taxonomy.crm_predict`) is scored next to the argmax.
+
+Samples whose label is null at a rank are not counted at that rank; the null
+class is never predicted. Top-k (and hdist@k) is NaN ("n/a") where a rank has
+at most k real classes. Distances come from the taxonomy's ancestors table
+(O(B * k * R) per update, no K x K matrix). Counts are kept as sums on the
+logits' device, so an update never syncs with the host and `reduce_()` does
+one all_reduce for every rank at once.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -20,19 +31,28 @@ from taxaug.taxonomy import Taxonomy
 __all__ = ["RankMetrics"]
 
 # columns of the per-rank sum table
-_N, _TOP1, _TOP5, _WRONG, _DIST = range(5)
+_COLUMNS = ("n", "top1", "topk", "mistakes", "severity", "hdist1", "hdistk",
+            "crm_top1", "crm_mistakes", "crm_severity", "crm_hdist1")
 
 
 class RankMetrics:
-    """Accumulates index targets against logits, rank by rank."""
+    """Accumulates index targets against logits, rank by rank.
 
-    def __init__(self, taxonomy: Taxonomy, *, topk: int = 5):
+    ``compute()`` keys: ``top1``, ``top5`` (top-`topk`), ``severity``,
+    ``mistakes``, ``hdist@1``, ``hdist@5`` (@`topk`), ``n``; with ``crm=True``
+    also ``crm_top1``, ``crm_severity``, ``crm_mistakes``, ``crm_hdist@1``.
+    """
+
+    def __init__(self, taxonomy: Taxonomy, *, topk: int = 5, crm: bool = False):
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        self.taxonomy = taxonomy
         self.ranks = list(taxonomy.rank_names)
         self.null_index = taxonomy.null_index
-        self.topk = topk
-        self.distances = {r: taxonomy.distance_matrix(r).float() for r in self.ranks}
+        self.topk = int(topk)
+        self.crm = bool(crm)
         self.num_classes = dict(taxonomy.num_classes)
-        self.sums = torch.zeros(len(self.ranks), 5, dtype=torch.float64)
+        self.sums = torch.zeros(len(self.ranks), len(_COLUMNS), dtype=torch.float64)
 
     def reset(self) -> None:
         self.sums.zero_()
@@ -45,22 +65,36 @@ class RankMetrics:
             t = targets[r]
             if t.ndim != 1:
                 raise ValueError(f"metrics need index targets (B,) for rank {r!r}; got shape {tuple(t.shape)}")
-            scores = logits[r].detach().float().clone()
-            t = t.to(scores.device).long()
-            scores[:, self.null_index] = float("-inf")
-            valid = t != self.null_index
-            k = min(self.topk, self.num_classes[r] - 1)
-            top = scores.topk(max(k, 1), dim=1).indices
-            hit1 = (top[:, 0] == t) & valid
-            hitk = (top == t[:, None]).any(dim=1) & valid
-            wrong = valid & ~hit1
-            if self.distances[r].device != scores.device:
-                self.distances[r] = self.distances[r].to(scores.device)
-            d = self.distances[r][top[:, 0], t]
-            row = torch.stack([valid.sum(), hit1.sum(), hitk.sum(), wrong.sum(), (d * wrong).sum()]).double()
+            row = self._rank_row(r, logits[r].detach(), t.to(logits[r].device).long())
             if self.sums.device != row.device:  # accumulate where the logits are: no host sync per batch
                 self.sums = self.sums.to(row.device)
             self.sums[i] += row
+
+    def _top(self, scores: torch.Tensor) -> torch.Tensor:
+        """(B, k) indices of the k best real classes (the null class skipped), best first."""
+        size = scores.shape[1]
+        k = max(1, min(self.topk, size - 1))
+        top = scores.topk(min(k + 1, size), dim=1).indices
+        last_null = (top == self.null_index).to(torch.uint8).argsort(dim=1, stable=True)
+        return top.gather(1, last_null)[:, :k]
+
+    def _rank_row(self, rank: str, scores: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        top = self._top(scores)
+        valid = t != self.null_index
+        hit = top == t[:, None]
+        dist_top = self.taxonomy.pair_distance(rank, top, t[:, None].expand_as(top)).double()
+        wrong = valid & ~hit[:, 0]
+        cols = [valid.sum(), (hit[:, 0] & valid).sum(), (hit.any(dim=1) & valid).sum(), wrong.sum(),
+                (dist_top[:, 0] * wrong).sum(), (dist_top[:, 0] * valid).sum(), (dist_top.mean(dim=1) * valid).sum()]
+        if self.crm:
+            pred = self.taxonomy.crm_predict(torch.softmax(scores.float(), dim=1), rank)
+            dist_crm = self.taxonomy.pair_distance(rank, pred, t).double()
+            crm_wrong = valid & (pred != t)
+            cols += [(valid & (pred == t)).sum(), crm_wrong.sum(), (dist_crm * crm_wrong).sum(),
+                     (dist_crm * valid).sum()]
+        else:
+            cols += [valid.new_zeros(())] * 4
+        return torch.stack([c.double() for c in cols])
 
     def reduce_(self) -> None:
         """Sum the counts over all processes (no-op outside torch.distributed)."""
@@ -72,18 +106,37 @@ class RankMetrics:
             self.sums = buf
 
     def compute(self) -> dict[str, dict[str, float]]:
-        """{rank: {top1, top5, severity, n}}; rates in [0, 1], NaN where undefined."""
+        """Per rank the metrics listed in the class docstring; rates in [0, 1], NaN where undefined."""
         out = {}
         for i, r in enumerate(self.ranks):
-            n, c1, c5, w, d = self.sums[i].cpu().tolist()
-            out[r] = {
-                "top1": c1 / n if n else float("nan"),
-                "top5": c5 / n if n else float("nan"),
-                "severity": d / w if w else (0.0 if n else float("nan")),
+            s = dict(zip(_COLUMNS, self.sums[i].cpu().tolist()))
+            n = s["n"]
+            has_k = self.num_classes[r] - 1 > self.topk
+            m = {
+                "top1": _ratio(s["top1"], n),
+                "top5": _ratio(s["topk"], n) if has_k else math.nan,
+                "severity": _severity(s["severity"], s["mistakes"], n),
+                "mistakes": int(s["mistakes"]),
+                "hdist@1": _ratio(s["hdist1"], n),
+                "hdist@5": _ratio(s["hdistk"], n) if has_k else math.nan,
                 "n": int(n),
             }
+            if self.crm:
+                m.update({"crm_top1": _ratio(s["crm_top1"], n),
+                          "crm_severity": _severity(s["crm_severity"], s["crm_mistakes"], n),
+                          "crm_mistakes": int(s["crm_mistakes"]), "crm_hdist@1": _ratio(s["crm_hdist1"], n)})
+            out[r] = m
         return out
 
     def chance(self) -> dict[str, float]:
         """Top-1 accuracy of a uniform guess over the real classes, per rank."""
         return {r: 1.0 / max(self.num_classes[r] - 1, 1) for r in self.ranks}
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else math.nan
+
+
+def _severity(total: float, mistakes: float, n: float) -> float:
+    """Mean distance of the mistakes; 0 when every counted prediction was right, NaN with nothing counted."""
+    return total / mistakes if mistakes else (0.0 if n else math.nan)
