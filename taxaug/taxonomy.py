@@ -471,19 +471,24 @@ class Taxonomy:
 
     # ------------------------------------------------------------------ smoothing
 
-    def _smoothing_norm(self, k: int, beta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1 / total neighbour weight of each class, whether it has any), per (rank, beta), cached.
+    def _smoothing_norm(self, k: int, beta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(1 / total neighbour weight of each class, whether it has any, whether float32 is too coarse),
+        per (rank, beta), cached. Independent of alpha, so a scheduled alpha reuses it every step.
 
-        Independent of alpha, so a scheduled alpha reuses it every step.
+        The level sums carry a class's own scaled mass ``exp(-beta) / total`` before it cancels; where
+        that exceeds ~10x the result (a class whose nearest relatives are far and few, at a large beta)
+        float32 would lose digits, and `smooth` works in float64.
         """
-        def build() -> tuple[torch.Tensor, torch.Tensor]:
+        def build() -> tuple[torch.Tensor, torch.Tensor, bool]:
             size = self.num_classes[self.rank_names[k]]
             real = torch.ones(1, size, dtype=torch.float64)
             real[0, self.null_index] = 0
-            total = self.distance_transform(real, k, self._kernel(k, beta))[0] * real[0]
+            kernel = self._kernel(k, beta)
+            total = self.distance_transform(real, k, kernel)[0] * real[0]
             has_other = total > 0
             inverse = torch.where(has_other, 1.0 / total.clamp_min(1e-300), torch.zeros_like(total))
-            return inverse.to(device), has_other.to(device)
+            coarse = bool(inverse.max() * kernel[1] > 10.0) if size else False
+            return inverse.to(device), has_other.to(device), coarse
 
         return self._on(f"norm@{float(beta)!r}", k, device, build)
 
@@ -502,8 +507,8 @@ class Taxonomy:
         k = self.rank_index(rank)
         _check_smoothing(alpha, beta)
         work = self._dense(targets, k, "targets")
-        work = work.float() if work.dtype in _LOW else work
-        inverse, has_other = self._smoothing_norm(k, beta, work.device)
+        inverse, has_other, coarse = self._smoothing_norm(k, beta, work.device)
+        work = work.double() if coarse and work.dtype != torch.float64 else work.float() if work.dtype in _LOW else work
         amount = inverse.to(work.dtype) * float(alpha)
         out = self.distance_transform(work * amount, k, self._kernel(k, beta))
         out.clamp_min_(0.0)  # the level sums cancel the class's own term only to rounding
