@@ -369,6 +369,20 @@ class Taxonomy:
         self._cache.put(key, out, sum(a.nbytes for a in out))
         return out
 
+    def _group_sizes(self, k: int) -> np.ndarray:
+        """(K, R-k+1) float64: real classes in each class's level-m group (column R-k: all real classes)."""
+        size = self.num_classes[self.rank_names[k]]
+        count = np.ones(size)
+        count[self.null_index] = 0
+        group = np.arange(size)
+        cols = [count.copy()]
+        for up in self._levels(k):
+            count = np.bincount(up, weights=count, minlength=int(up.max()) + 1 if up.size else 0)
+            group = up[group]
+            cols.append(count[group])
+        cols.append(np.full(size, size - 1.0))
+        return np.stack(cols, axis=1) * (np.arange(size) != self.null_index)[:, None]
+
     def _on(self, name: str, k: int, device: torch.device, build) -> object:
         """A tensor view of structure `name` of rank k on `device`, cached (bounded by bytes)."""
         key = (name, k, str(device))
@@ -480,12 +494,11 @@ class Taxonomy:
         float32 would lose digits, and `smooth` works in float64.
         """
         def build() -> tuple[torch.Tensor, torch.Tensor, bool]:
-            size = self.num_classes[self.rank_names[k]]
-            real = torch.ones(1, size, dtype=torch.float64)
-            real[0, self.null_index] = 0
             kernel = self._kernel(k, beta)
-            total = self.distance_transform(real, k, kernel)[0] * real[0]
+            sizes = self._group_sizes(k)  # sum of non-negative terms: no rounding makes a lone class look related
+            total = torch.from_numpy((np.diff(sizes, axis=1) * np.array(kernel[1:])).sum(axis=1))
             has_other = total > 0
+            size = total.numel()
             inverse = torch.where(has_other, 1.0 / total.clamp_min(1e-300), torch.zeros_like(total))
             coarse = bool(inverse.max() * kernel[1] > 10.0) if size else False
             return inverse.to(device), has_other.to(device), coarse
@@ -512,7 +525,7 @@ class Taxonomy:
         amount = inverse.to(work.dtype) * float(alpha)
         out = self.distance_transform(work * amount, k, self._kernel(k, beta))
         out.clamp_min_(0.0)  # the level sums cancel the class's own term only to rounding
-        out.addcmul_(work, torch.where(has_other, 1.0 - float(alpha), 1.0).to(work.dtype))
+        out.addcmul_(work, 1.0 - float(alpha) * has_other.to(work.dtype))
         out[:, self.null_index] = work[:, self.null_index]
         return out.to(targets.dtype)
 

@@ -48,7 +48,7 @@ def dense_smoothing(tax: Taxonomy, k: int, alpha: float, beta: float) -> torch.T
     weights[:, tax.null_index] = 0
     totals = weights.sum(1, keepdim=True)
     spread = torch.where(totals > 0, weights / totals.clamp_min(1e-300), torch.zeros_like(weights))
-    keep = torch.where(totals.squeeze(1) > 0, 1.0 - alpha, 1.0).double()
+    keep = torch.where(totals.squeeze(1) > 0, torch.tensor(1.0 - alpha, dtype=torch.float64), 1.0)
     matrix = spread * (1.0 - keep)[:, None]
     matrix[range(size), range(size)] = keep
     matrix[tax.null_index] = 0
