@@ -369,6 +369,13 @@ class Taxonomy:
         self._cache.put(key, out, sum(a.nbytes for a in out))
         return out
 
+    def _group_table(self, k: int) -> np.ndarray:
+        """(K, R-k) int64: column m is each class's level-m group (column 0: the class itself)."""
+        cols = [np.arange(self.num_classes[self.rank_names[k]], dtype=np.int64)]
+        for up in self._levels(k):
+            cols.append(up[cols[-1]])
+        return np.stack(cols, axis=1)
+
     def _group_sizes(self, k: int) -> np.ndarray:
         """(K, R-k+1) float64: real classes in each class's level-m group (column R-k: all real classes)."""
         size = self.num_classes[self.rank_names[k]]
@@ -422,12 +429,9 @@ class Taxonomy:
         """
         k = self.rank_index(rank)
         a, b = torch.as_tensor(a), torch.as_tensor(b)
-        anc = self._ancestors_on(k, a.device)
-        ra, rb = anc[a.long()], anc[b.long()]
-        shared = (ra == rb) & (ra != self.null_index)
-        shared = torch.cat([shared, torch.ones_like(shared[..., :1])], dim=-1)
-        dist = shared.to(torch.uint8).argmax(dim=-1)  # first shared level (argmax returns the first maximum)
-        return torch.where(a == b, torch.zeros_like(dist), dist)
+        groups = self._on("groups", k, a.device, lambda: torch.from_numpy(self._group_table(k)).to(a.device))
+        # groups nest, so the classes differ in exactly the levels below their distance
+        return (groups[a.long()] != groups[b.long()]).sum(dim=-1)
 
     def distance_matrix(self, rank: str | int) -> torch.Tensor:
         """Dense (K, K) int64 LCA distances (small trees only; see `pair_distance`)."""
@@ -456,9 +460,13 @@ class Taxonomy:
             sums.append(values.new_zeros(values.shape[0], width).index_add_(1, up, sums[-1]))
         z = float(f[levels]) * values.sum(dim=1, keepdim=True)
         for m in reversed(range(levels)):
-            lifted = z if m == levels - 1 else z.index_select(1, maps[m][0])
             coeff = float(f[m]) - float(f[m + 1])
-            z = lifted + coeff * sums[m] if coeff else lifted.expand(values.shape[0], sums[m].shape[1])
+            if m == levels - 1:  # z is (B, 1): broadcast
+                z = torch.add(z, sums[m], alpha=coeff) if coeff else z.expand(values.shape[0], sums[m].shape[1])
+            else:  # a fresh gather, updated in place: one (B, K) allocation at the class level
+                z = z.index_select(1, maps[m][0])
+                if coeff:
+                    z.add_(sums[m], alpha=coeff)
         return z.expand_as(values).contiguous()  # a new tensor: callers may write into it
 
     def expected_distance(self, probs: torch.Tensor, rank: str | int) -> torch.Tensor:

@@ -1,0 +1,331 @@
+"""Scale benchmark: iNaturalist-sized labels files and taxonomies (millions of rows, 10k-100k species, 7 ranks).
+
+One table. File rows (a generated N-row x S-species labels.h5): ``write_labels``,
+``validate`` and opening it as a dataset against the floor of reading the same
+columns with plain h5py, and ``Taxonomy.from_labels``. Per-batch rows (B=256,
+512 features, at S species from the file and at a generated 100k-species
+7-rank taxonomy): taxonomy smoothing of every rank's soft targets, a metrics
+update, the loss forward+backward, each head's forward+backward, against a
+flat linear head's forward+backward with cross-entropy on the same batch (the
+floor); each head's parameters; a scheduled alpha over many steps (memory
+growth). Peak memory per row is the process's high-water RSS above its RSS
+before the row (``/proc/self/clear_refs``). Optionally (``--train``) runs
+``taxaug-train`` on a 100k-species 7-rank labels.h5 and reports its peak RSS
+beyond the model and optimizer.
+
+``--quick``: 200k rows, 2k and 20k species, for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Table, parse_args, time_call
+
+from taxaug import Taxonomy
+from taxaug.data import schema
+from taxaug.data.dataset import LabelsDataset
+from taxaug_train.losses import HierarchicalLoss
+from taxaug_train.metrics import RankMetrics
+from taxaug_train.models import FlatHeads, HierarchicalSoftmaxHead, ParentConditionedHead
+
+RANKS = [f"taxa_L{10 * (i + 1)}" for i in range(7)]
+RATIOS = (1, 3, 10, 30, 100, 300, 2000)  # species per class at each rank
+METADATA = ("spatial", "temporal", "elevation_multiscale")
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+class Peak:
+    """High-water RSS above the RSS at entry, in MiB (resets the kernel's high-water mark on entry)."""
+
+    def __enter__(self) -> Peak:
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")
+        self.start = _status_kib("VmRSS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.mib = (_status_kib("VmHWM") - self.start) / 1024
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def tree_parents(species: int, rng: np.random.Generator) -> tuple[dict[str, int], list[np.ndarray]]:
+    """Class counts per rank (null included) and random parent tables; ~1% of classes have no known parent."""
+    sizes = {r: max(species // ratio, 2) + 1 for r, ratio in zip(RANKS, RATIOS)}
+    parents = []
+    for k in range(len(RANKS) - 1):
+        child, parent = sizes[RANKS[k]], sizes[RANKS[k + 1]]
+        table = np.r_[0, rng.integers(1, parent, child - 1)]
+        table[1:][rng.random(child - 1) < 0.01] = 0
+        parents.append(table)
+    return sizes, parents
+
+
+def label_columns(rows: int, species: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Long-tailed species per row (Zipf-like, every species at least once when rows allow), ~5% unknown."""
+    _, parents = tree_parents(species, rng)
+    weights = 1.0 / np.arange(1, species + 1) ** 0.8
+    drawn = rng.choice(np.arange(1, species + 1), size=rows, p=weights / weights.sum())
+    drawn[: min(rows, species)] = np.arange(1, min(rows, species) + 1)
+    cols = {RANKS[0]: drawn}
+    for k in range(len(RANKS) - 1):
+        cols[RANKS[k + 1]] = parents[k][cols[RANKS[k]]]
+    cols[RANKS[0]] = np.where(rng.random(rows) < 0.05, 0, cols[RANKS[0]])
+    return {r: (c * 7 + 3) * (c > 0) for r, c in cols.items()}  # raw taxon ids, not class indices
+
+
+def write_file(path: Path, rows: int, species: int, rng: np.random.Generator) -> dict[str, object]:
+    taxa = label_columns(rows, species, rng)
+    days = rng.integers(0, 3650, rows)
+    dates = (np.datetime64("2015-01-01") + days.astype("timedelta64[D]")).astype(str).tolist()
+    return dict(identifiers=[f"{i:09d}" for i in range(rows)], taxa=taxa,
+                lat=rng.uniform(-60, 70, rows).astype(np.float32), lon=rng.uniform(-180, 180, rows).astype(np.float32),
+                dates=dates, elevation=rng.uniform(0, 3000, rows).astype(np.float32))
+
+
+def h5py_floor(path: Path) -> int:
+    """Read the columns a dataset open needs with plain h5py; returns their in-memory bytes."""
+    total = 0
+    with h5py.File(path, "r") as f:
+        for name in [schema.IDENTIFIERS, *RANKS, *METADATA]:
+            data = f[name][()]
+            total += data.nbytes + (sum(len(s) for s in data) if data.dtype == object else 0)
+    return total
+
+
+def file_rows(table: Table, args: argparse.Namespace, folder: Path) -> Taxonomy:
+    case = f"file {args.rows:,} rows x {args.species:,} species"
+    rng = np.random.default_rng(0)
+    columns = write_file(folder / "labels.h5", args.rows, args.species, rng)
+    path = folder / "labels.h5"
+    with Peak() as peak:
+        start = time.perf_counter()
+        schema.write_labels(path, overwrite=True, **columns)
+        seconds = time.perf_counter() - start
+    del columns
+    table.add(case, "write_labels", seconds, note=f"peak +{peak.mib:.0f} MiB; {args.rows / seconds:,.0f} rows/s")
+    with Peak() as peak:
+        nbytes = h5py_floor(path)
+    floor = time_call(lambda: h5py_floor(path), repeats=args.file_repeats, warmup=0)
+    table.add(case, "h5py read of the columns", floor,
+              note=f"floor; columns {nbytes / 2**20:.0f} MiB in memory; peak +{peak.mib:.0f} MiB")
+    with Peak() as peak:
+        seconds = time_call(lambda: schema.validate(path).raise_if_invalid(), repeats=args.file_repeats, warmup=0)
+    table.add(case, "validate", seconds, floor="h5py read of the columns", note=f"peak +{peak.mib:.0f} MiB")
+    with Peak() as peak:
+        seconds = time_call(lambda: LabelsDataset(path, rank_names=RANKS, metadata=METADATA),
+                            repeats=args.file_repeats, warmup=0)
+    table.add(case, "open (LabelsDataset)", seconds, floor="h5py read of the columns",
+              note=f"target <= 3x floor; peak +{peak.mib:.0f} MiB = {peak.mib * 2**20 / nbytes:.2f}x columns "
+                   "(target <= 2x)")
+    data = LabelsDataset(path, rank_names=RANKS, metadata=METADATA)
+    labels = {r: data._targets[r] for r in RANKS}
+    with Peak() as peak:
+        seconds = time_call(lambda: Taxonomy.from_labels(labels, num_classes=data.num_classes),
+                            repeats=args.file_repeats, warmup=0)
+    table.add(case, "Taxonomy.from_labels", seconds, floor="h5py read of the columns", note=f"peak +{peak.mib:.0f} MiB")
+    return data.taxonomy
+
+
+# ---------------------------------------------------------------------------------------------- per batch
+
+
+def batch_inputs(tax: Taxonomy, batch: int, features: int, g: torch.Generator):
+    species = torch.randint(1, tax.num_classes[RANKS[0]], (batch,), generator=g)
+    species[: batch // 20] = 0  # ~5% unknown species
+    targets = tax.expand(RANKS[0], species)
+    perm = torch.randperm(batch, generator=g)
+    soft = {r: 0.7 * torch.nn.functional.one_hot(t, tax.num_classes[r]).float()
+            + 0.3 * torch.nn.functional.one_hot(t[perm], tax.num_classes[r]).float() for r, t in targets.items()}
+    return torch.randn(batch, features, generator=g), targets, soft
+
+
+def flat_step(head: torch.nn.Module, feats: torch.Tensor, targets: dict[str, torch.Tensor]) -> Callable[[], None]:
+    def step() -> None:
+        out = head(feats)
+        loss = sum(torch.nn.functional.cross_entropy(out[r].float(), targets[r]) for r in targets)
+        loss.backward()
+        head.zero_grad(set_to_none=True)
+
+    return step
+
+
+def batch_rows(table: Table, tax: Taxonomy, case: str, args: argparse.Namespace) -> None:
+    g = torch.Generator().manual_seed(0)
+    feats, targets, soft = batch_inputs(tax, args.batch, args.features, g)
+    flat = FlatHeads(args.features, tax.num_classes)
+    with Peak() as peak:
+        flat_s = time_call(flat_step(flat, feats, targets), repeats=args.repeats)
+    floor = "flat head fwd+bwd"
+    table.add(case, floor, flat_s, note=f"floor: Linear({args.features}, K) per rank + CE; peak +{peak.mib:.0f} MiB; "
+                                        f"{sum(p.numel() for p in flat.parameters()):,} params")
+    with Peak() as peak:
+        seconds = time_call(lambda: [tax.smooth(soft[r], r, 0.1, 1.0) for r in RANKS], repeats=args.repeats)
+    table.add(case, "taxonomy smoothing, 7 ranks", seconds, floor=floor, note=f"target <= 0.2x; peak +{peak.mib:.0f} MiB")
+    logits = {r: flat(feats)[r].detach() for r in RANKS}
+    for crm in (False, True):
+        metrics = RankMetrics(tax, crm=crm)
+        with Peak() as peak:
+            seconds = time_call(lambda m=metrics: m.update(logits, targets), repeats=args.repeats)
+        table.add(case, "metrics update" + (" + CRM" if crm else ""), seconds, floor=floor,
+                  note=("target <= 0.05x; " if not crm else "") + f"peak +{peak.mib:.0f} MiB")
+    for smoothing in (0.0, 0.1):
+        loss_fn = HierarchicalLoss(tax, taxonomy_smoothing=smoothing)
+        leaves = {r: x.clone().requires_grad_() for r, x in logits.items()}
+
+        def loss_step(fn=loss_fn, leaves=leaves) -> None:
+            fn(leaves, targets)[0].backward()
+
+        with Peak() as peak:
+            seconds = time_call(loss_step, repeats=args.repeats)
+        table.add(case, f"loss fwd+bwd (taxonomy_smoothing={smoothing})", seconds, floor=floor,
+                  note=f"logits given; peak +{peak.mib:.0f} MiB")
+    head_rows(table, tax, case, args, feats, targets, floor)
+    schedule_row(table, tax, case, soft, args)
+
+
+def head_rows(table: Table, tax: Taxonomy, case: str, args: argparse.Namespace, feats: torch.Tensor,
+              targets: dict[str, torch.Tensor], floor: str) -> None:
+    heads = {"parent_conditioned head fwd+bwd": ParentConditionedHead(args.features, tax, embedding=32),
+             "hierarchical_softmax head fwd+bwd": HierarchicalSoftmaxHead(args.features, tax)}
+    old = sum((args.features + tax.num_classes[RANKS[k + 1]] + 1) * tax.num_classes[RANKS[k]] for k in range(6))
+    for name, head in heads.items():
+        with Peak() as peak:
+            seconds = time_call(flat_step(head, feats, targets), repeats=args.repeats)
+        params = sum(p.numel() for p in head.parameters())
+        extra = f"; a Linear(features + K_parent, K_child) head would hold {old:,}" if "parent" in name else ""
+        table.add(case, name, seconds, floor=floor, note=f"{params:,} params{extra}; peak +{peak.mib:.0f} MiB")
+
+
+def schedule_row(table: Table, tax: Taxonomy, case: str, soft: dict[str, torch.Tensor],
+                 args: argparse.Namespace) -> None:
+    steps = args.schedule_steps
+    rank = RANKS[0]
+    tax.smooth(soft[rank], rank, 0.05, 1.0)
+    start_cache, rss = tax._cache.used, []
+    start = time.perf_counter()
+    for step in range(steps):
+        tax.smooth(soft[rank], rank, 0.1 * (step + 1) / steps, 1.0)
+        if step in (4, steps - 1):
+            gc.collect()
+            rss.append(_status_kib("VmRSS") / 1024)
+    seconds = (time.perf_counter() - start) / steps
+    table.add(case, f"smoothing, alpha scheduled over {steps} steps", seconds, floor="flat head fwd+bwd",
+              note=f"species rank, per step; RSS {rss[1] - rss[0]:+.1f} MiB from step 5 to {steps}; cache "
+                   f"{(tax._cache.used - start_cache) / 2**20:+.2f} MiB (target: no growth)")
+
+
+def generated_taxonomy(species: int) -> Taxonomy:
+    sizes, parents = tree_parents(species, np.random.default_rng(1))
+    return Taxonomy(RANKS, sizes, parents)
+
+
+# ---------------------------------------------------------------------------------------------- trainer run
+
+
+def train_row(table: Table, args: argparse.Namespace, folder: Path) -> None:
+    """`taxaug-train` on a 7-rank labels.h5 holding every one of `train_species` species (tiny images)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    rows = args.train_species + args.train_species // 10
+    cols = write_file(folder / "train.h5", rows, args.train_species, rng)
+    images = folder / "images"
+    images.mkdir(exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / "one.png")
+    for name in cols["identifiers"]:  # hard links: one tiny image, a file per identifier
+        os.link(folder / "one.png", images / name)
+    schema.write_labels(folder / "train.h5", overwrite=True, **cols)
+    overrides = {"data.labels": str(folder / "train.h5"), "data.ranks": json.dumps(RANKS), "data.image_size": 16,
+                 "data.val_ratio": 0.05, "data.metadata": "[]", "data.io_threads": 1, "data.decode_threads": 1,
+                 "model.width": 8, "model.head": "flat", "train.max_steps": 5, "train.batch_size": 64,
+                 "train.eval_every": 0, "train.device": "cpu", "train.threads": 1, "train.progress_bar": "false",
+                 "train.out_dir": str(folder / "run"), "checkpoint.every": 0, "algorithms": "[]"}
+    sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+    script = ("import resource, runpy, sys; sys.argv = ['taxaug-train'] + sys.argv[1:]\n"
+              "try:\n    runpy.run_module('taxaug_train', run_name='__main__')\nfinally:\n"
+              "    print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", script, *sets], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    seconds = time.perf_counter() - start
+    case = f"taxaug-train, {args.train_species:,} species x 7 ranks"
+    if done.returncode != 0:
+        table.add(case, "5 steps + eval", None, note=f"failed: {done.stderr.strip().splitlines()[-1][:200]}")
+        return
+    peak = int(done.stderr.split("MAXRSS_KIB")[-1].split()[0]) / 1024
+    base = subprocess.run([sys.executable, "-c", "import resource, taxaug_train.trainer; "
+                           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    interp = int(base.stdout.strip()) / 1024
+    sizes = generated_taxonomy(args.train_species).num_classes
+    params = sum((8 * 4 + 1) * k for k in sizes.values())  # small_cnn width 8 -> 32 features; heads dominate
+    model_opt = params * 4 * 4 / 2**20  # weights, grads, two AdamW moments
+    table.add(case, "5 steps + eval", seconds,
+              note=f"peak RSS {peak:.0f} MiB; interpreter+imports {interp:.0f} MiB; heads+optimizer ~{model_opt:.0f} "
+                   f"MiB; beyond model+optimizer {peak - model_opt:.0f} MiB (target < 2048), "
+                   f"{peak - interp - model_opt:.0f} MiB beyond the imports too; {rows:,} rows")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--rows", type=int, default=None, help="rows of the generated file (default 2,700,000)")
+    own.add_argument("--species", type=int, default=None, help="species in the file (default 10,000)")
+    own.add_argument("--big-species", type=int, default=None, help="species of the generated taxonomy (100,000)")
+    own.add_argument("--batch", type=int, default=256)
+    own.add_argument("--features", type=int, default=512)
+    own.add_argument("--train", action="store_true", help="also run taxaug-train on a --train-species file")
+    own.add_argument("--train-species", type=int, default=100_000)
+    ours, rest = own.parse_known_args()
+    sys.argv = [sys.argv[0], *rest]
+    args = parse_args(__doc__.splitlines()[0], repeats=5)
+    for key, value in vars(ours).items():
+        setattr(args, key, value)
+    args.rows = args.rows or (200_000 if args.quick else 2_700_000)
+    args.species = args.species or (2_000 if args.quick else 10_000)
+    args.big_species = args.big_species or (20_000 if args.quick else 100_000)
+    args.file_repeats = 1 if args.quick else 3
+    args.schedule_steps = 20 if args.quick else 50
+    table = Table(f"Scale ({'quick' if args.quick else 'full'} run, B={args.batch}, {args.features} features)")
+    with tempfile.TemporaryDirectory() as tmp:
+        small = file_rows(table, args, Path(tmp))
+        gc.collect()
+        batch_rows(table, small, f"{small.num_classes[RANKS[0]] - 1:,} species (from the file)", args)
+        big = generated_taxonomy(args.big_species)
+        batch_rows(table, big, f"{args.big_species:,} species x 7 ranks (generated)", args)
+        if args.train:
+            train_row(table, args, Path(tmp))
+    table.emit(args.out, "scale")
+
+
+if __name__ == "__main__":
+    main()
