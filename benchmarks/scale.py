@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Table, parse_args, time_call
+from _harness import Table, parse_args, time_call, time_interleaved
 
 from taxaug import Taxonomy
 from taxaug.data import schema
@@ -177,50 +177,48 @@ def flat_step(head: torch.nn.Module, feats: torch.Tensor, targets: dict[str, tor
 
 
 def batch_rows(table: Table, tax: Taxonomy, case: str, args: argparse.Namespace) -> None:
+    """Every per-batch operation timed in turns with the flat head (so load drift hits all alike)."""
     g = torch.Generator().manual_seed(0)
     feats, targets, soft = batch_inputs(tax, args.batch, args.features, g)
     flat = FlatHeads(args.features, tax.num_classes)
-    with Peak() as peak:
-        flat_s = time_call(flat_step(flat, feats, targets), repeats=args.repeats)
+    logits = {r: x.detach() for r, x in flat(feats).items()}
     floor = "flat head fwd+bwd"
-    table.add(case, floor, flat_s, note=f"floor: Linear({args.features}, K) per rank + CE; peak +{peak.mib:.0f} MiB; "
-                                        f"{sum(p.numel() for p in flat.parameters()):,} params")
-    with Peak() as peak:
-        seconds = time_call(lambda: [tax.smooth(soft[r], r, 0.1, 1.0) for r in RANKS], repeats=args.repeats)
-    table.add(case, "taxonomy smoothing, 7 ranks", seconds, floor=floor, note=f"target <= 0.2x; peak +{peak.mib:.0f} MiB")
-    logits = {r: flat(feats)[r].detach() for r in RANKS}
+    fns: dict[str, Callable[[], object]] = {floor: flat_step(flat, feats, targets)}
+    notes = {floor: f"floor: Linear({args.features}, K) per rank + CE; {_params(flat):,} params"}
+    fns["taxonomy smoothing, 7 ranks"] = lambda: [tax.smooth(soft[r], r, 0.1, 1.0) for r in RANKS]
+    notes["taxonomy smoothing, 7 ranks"] = "mixed soft targets; target <= 0.2x"
     for crm in (False, True):
+        name = "metrics update" + (" + CRM" if crm else "")
         metrics = RankMetrics(tax, crm=crm)
-        with Peak() as peak:
-            seconds = time_call(lambda m=metrics: m.update(logits, targets), repeats=args.repeats)
-        table.add(case, "metrics update" + (" + CRM" if crm else ""), seconds, floor=floor,
-                  note=("target <= 0.05x; " if not crm else "") + f"peak +{peak.mib:.0f} MiB")
+        fns[name] = lambda m=metrics: m.update(logits, targets)
+        notes[name] = "7 ranks" + ("; target <= 0.05x" if not crm else "")
     for smoothing in (0.0, 0.1):
-        loss_fn = HierarchicalLoss(tax, taxonomy_smoothing=smoothing)
+        name = f"loss fwd+bwd (taxonomy_smoothing={smoothing})"
         leaves = {r: x.clone().requires_grad_() for r, x in logits.items()}
-
-        def loss_step(fn=loss_fn, leaves=leaves) -> None:
-            fn(leaves, targets)[0].backward()
-
+        loss_fn = HierarchicalLoss(tax, taxonomy_smoothing=smoothing)
+        fns[name] = lambda fn=loss_fn, x=leaves: fn(x, targets)[0].backward()
+        notes[name] = "index targets, logits given"
+    old = sum((args.features + tax.num_classes[RANKS[k + 1]] + 1) * tax.num_classes[RANKS[k]] for k in range(6))
+    for name, head in (("parent_conditioned head fwd+bwd", ParentConditionedHead(args.features, tax, embedding=32)),
+                       ("hierarchical_softmax head fwd+bwd", HierarchicalSoftmaxHead(args.features, tax))):
+        fns[name] = flat_step(head, feats, targets)
+        extra = f"; Linear(features + K_parent, K_child) heads would hold {old:,}" if "parent" in name else ""
+        notes[name] = f"{_params(head):,} params{extra}"
+    peaks = {}
+    for name, fn in fns.items():
+        fn()  # warm: builds cached structure
         with Peak() as peak:
-            seconds = time_call(loss_step, repeats=args.repeats)
-        table.add(case, f"loss fwd+bwd (taxonomy_smoothing={smoothing})", seconds, floor=floor,
-                  note=f"logits given; peak +{peak.mib:.0f} MiB")
-    head_rows(table, tax, case, args, feats, targets, floor)
+            fn()
+        peaks[name] = peak.mib
+    times = time_interleaved(fns, repeats=args.repeats, warmup=1)
+    for name, seconds in times.items():
+        table.add(case, name, seconds, floor=None if name == floor else floor,
+                  note=f"{notes[name]}; peak +{peaks[name]:.0f} MiB")
     schedule_row(table, tax, case, soft, args)
 
 
-def head_rows(table: Table, tax: Taxonomy, case: str, args: argparse.Namespace, feats: torch.Tensor,
-              targets: dict[str, torch.Tensor], floor: str) -> None:
-    heads = {"parent_conditioned head fwd+bwd": ParentConditionedHead(args.features, tax, embedding=32),
-             "hierarchical_softmax head fwd+bwd": HierarchicalSoftmaxHead(args.features, tax)}
-    old = sum((args.features + tax.num_classes[RANKS[k + 1]] + 1) * tax.num_classes[RANKS[k]] for k in range(6))
-    for name, head in heads.items():
-        with Peak() as peak:
-            seconds = time_call(flat_step(head, feats, targets), repeats=args.repeats)
-        params = sum(p.numel() for p in head.parameters())
-        extra = f"; a Linear(features + K_parent, K_child) head would hold {old:,}" if "parent" in name else ""
-        table.add(case, name, seconds, floor=floor, note=f"{params:,} params{extra}; peak +{peak.mib:.0f} MiB")
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def schedule_row(table: Table, tax: Taxonomy, case: str, soft: dict[str, torch.Tensor],

@@ -74,27 +74,32 @@ class RankMetrics:
         """(B, k) indices of the k best real classes (the null class skipped), best first."""
         size = scores.shape[1]
         k = max(1, min(self.topk, size - 1))
+        if size > 1 and self.null_index in (0, size - 1):  # a view without the null column: no copy
+            first = 1 if self.null_index == 0 else 0
+            return scores[:, first:first + size - 1].topk(k, dim=1).indices + first
         top = scores.topk(min(k + 1, size), dim=1).indices
         last_null = (top == self.null_index).to(torch.uint8).argsort(dim=1, stable=True)
         return top.gather(1, last_null)[:, :k]
 
     def _rank_row(self, rank: str, scores: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """This batch's column sums for one rank: per-sample columns stacked, then one sum."""
         top = self._top(scores)
-        valid = t != self.null_index
+        valid = (t != self.null_index).double()
         hit = top == t[:, None]
-        dist_top = self.taxonomy.pair_distance(rank, top, t[:, None].expand_as(top)).double()
-        wrong = valid & ~hit[:, 0]
-        cols = [valid.sum(), (hit[:, 0] & valid).sum(), (hit.any(dim=1) & valid).sum(), wrong.sum(),
-                (dist_top[:, 0] * wrong).sum(), (dist_top[:, 0] * valid).sum(), (dist_top.mean(dim=1) * valid).sum()]
+        dist = self.taxonomy.pair_distance(rank, top, t[:, None].expand_as(top)).double()
+        right = hit[:, 0].double() * valid
+        wrong = valid - right
+        cols = [valid, right, hit.any(dim=1).double() * valid, wrong, dist[:, 0] * wrong, dist[:, 0] * valid,
+                dist.mean(dim=1) * valid]
         if self.crm:
             pred = self.taxonomy.crm_predict(torch.softmax(scores.float(), dim=1), rank)
             dist_crm = self.taxonomy.pair_distance(rank, pred, t).double()
-            crm_wrong = valid & (pred != t)
-            cols += [(valid & (pred == t)).sum(), crm_wrong.sum(), (dist_crm * crm_wrong).sum(),
-                     (dist_crm * valid).sum()]
+            crm_right = (pred == t).double() * valid
+            crm_wrong = valid - crm_right
+            cols += [crm_right, crm_wrong, dist_crm * crm_wrong, dist_crm * valid]
         else:
-            cols += [valid.new_zeros(())] * 4
-        return torch.stack([c.double() for c in cols])
+            cols += [torch.zeros_like(valid)] * 4
+        return torch.stack(cols, dim=1).sum(dim=0)
 
     def reduce_(self) -> None:
         """Sum the counts over all processes (no-op outside torch.distributed)."""

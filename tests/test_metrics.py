@@ -103,3 +103,22 @@ def test_crm_prefers_the_safe_genus_over_a_split_one():
     out = m.compute()["s"]
     assert out["top1"] == 0.0 and out["severity"] == 2.0  # argmax: wrong genus
     assert out["crm_top1"] == 0.0 and out["crm_severity"] == 1.0 and out["crm_mistakes"] == 1
+
+
+@pytest.mark.parametrize("null_index", [0, 2, 5])
+def test_null_class_anywhere_is_never_predicted(null_index):
+    # 6 classes at the fine rank, the null one at `null_index`; real classes split over two parents
+    first, second = [c for c in range(6) if c != null_index][:2]
+    parents = [first, first, first, second, second, second]
+    parents[null_index] = null_index
+    tax = Taxonomy(["s", "g"], {"s": 6, "g": 6}, [parents], null_index=null_index)
+    g = torch.Generator().manual_seed(null_index)
+    logits = torch.randn(16, 6, generator=g, dtype=torch.float64)
+    logits[:, null_index] += 10.0  # the null class would win every argmax and top-k
+    t = torch.randint(0, 6, (16,), generator=g)
+    metrics = RankMetrics(tax, topk=3, crm=True)
+    metrics.update({"s": logits.float()}, {"s": t})
+    expected, _ = dense_rank_metrics(tax, 0, logits, t, 3)
+    got = metrics.compute()["s"]
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
