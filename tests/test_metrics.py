@@ -122,3 +122,13 @@ def test_null_class_anywhere_is_never_predicted(null_index):
     got = metrics.compute()["s"]
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
+@pytest.mark.parametrize("size", [7, 320, 1000, 4097])
+def test_blocked_top_k_equals_top_k(size):
+    from taxaug_train.metrics import _topk_indices
+
+    scores = torch.randn(9, size, generator=torch.Generator().manual_seed(size))
+    view = scores[:, 1:]  # the strided view the metrics pass (null column 0 skipped)
+    for k in (1, 5):
+        assert torch.equal(_topk_indices(view, k), view.topk(k, dim=1).indices)
