@@ -7,11 +7,12 @@ itself so the augmentation pipeline can stay in uint8 as long as it likes.
 Heads (``ModelConfig.head``):
 - ``flat``: an independent linear layer per rank.
 - ``parent_conditioned``: coarsest rank first; each finer rank sees the
-  features plus the parent rank's probabilities through a learned embedding
-  of width ``parent_embedding`` (``(B, K_parent) @ (K_parent, d)``), and its
-  logits get the log-probability of each class's *own* parent (through the
-  taxonomy's parent table) added with a learned scale, so a child cannot
-  outscore its parent's verdict for free. Parameters grow as
+  features plus the parent rank's probabilities, projected to width
+  ``d = parent_embedding`` by a learned embedding (``(B, K_parent) @
+  (K_parent, d)``) when the parent rank has more than d classes, as they are
+  otherwise; its logits get the log-probability of each class's *own* parent
+  (through the taxonomy's parent table) added with a learned scale, so a
+  child cannot outscore its parent's verdict for free. Parameters grow as
   ``K_parent * d + (features + d) * K_child``: linear in the classes.
 - ``hierarchical_softmax``: ``log p(c) = log p(c | parent(c)) + log p(parent(c))``
   with the conditional a softmax over siblings only. Outputs are normalised
@@ -178,7 +179,8 @@ class FlatHeads(nn.Module):
 
 
 class ParentConditionedHead(nn.Module):
-    """Coarse to fine; rank k sees features + an embedding of p(rank k+1) and gets ``scale * log p(parent(c))``.
+    """Coarse to fine; rank k sees features + p(rank k+1) (embedded to width `embedding` when the parent
+    rank has more classes than that) and gets ``scale * log p(parent(c))`` added.
 
     ``embedding=0`` keeps only the additive parent prior.
     """
@@ -192,10 +194,11 @@ class ParentConditionedHead(nn.Module):
         self.fc = nn.ModuleDict()
         self.embed = nn.ModuleDict()
         for k, r in enumerate(self.ranks):
-            extra = embedding if k + 1 < len(self.ranks) else 0
-            self.fc[r] = nn.Linear(in_features + extra, nc[r])
-            if extra:
-                self.embed[r] = nn.Linear(nc[self.ranks[k + 1]], extra, bias=False)
+            parents = nc[self.ranks[k + 1]] if k + 1 < len(self.ranks) and embedding else 0
+            self.fc[r] = nn.Linear(in_features + min(parents, embedding), nc[r])
+            if parents > embedding:
+                self.embed[r] = nn.Linear(parents, embedding, bias=False)
+        self.with_parent = {r for k, r in enumerate(self.ranks) if k + 1 < len(self.ranks) and embedding}
         for k in range(len(self.ranks) - 1):
             self.register_buffer(f"parent_{k}", torch.from_numpy(taxonomy.parent_array(k)).long(), persistent=False)
         self.prior_scale = nn.Parameter(torch.ones(max(len(self.ranks) - 1, 1)))
@@ -207,7 +210,10 @@ class ParentConditionedHead(nn.Module):
         for k in reversed(range(len(self.ranks) - 1)):
             rank = self.ranks[k]
             parent_logp = torch.log_softmax(out[self.ranks[k + 1]].float(), dim=1).to(feats.dtype)
-            inputs = torch.cat([feats, self.embed[rank](parent_logp.exp())], dim=1) if rank in self.embed else feats
+            inputs = feats
+            if rank in self.with_parent:
+                parent_p = parent_logp.exp()
+                inputs = torch.cat([feats, self.embed[rank](parent_p) if rank in self.embed else parent_p], dim=1)
             logits = self.fc[rank](inputs)
             parent_of = getattr(self, f"parent_{k}")
             out[rank] = logits + self.prior_scale[k] * parent_logp[:, parent_of]

@@ -49,7 +49,7 @@ def _params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@pytest.mark.parametrize("embedding", [0, 8])
+@pytest.mark.parametrize("embedding", [0, 8, 16])
 def test_parent_conditioned_head_grows_linearly_in_the_classes(embedding):
     n_species, n_genus, n_family, features = 3001, 1001, 11, 16
     rng = np.random.default_rng(0)
@@ -57,8 +57,12 @@ def test_parent_conditioned_head_grows_linearly_in_the_classes(embedding):
                    [np.r_[0, rng.integers(1, n_genus, n_species - 1)], np.r_[0, rng.integers(1, n_family, n_genus - 1)]])
     head = ParentConditionedHead(features, tax, embedding=embedding)
     linear = (features + 1) * (n_species + n_genus + n_family)
-    embed = embedding * (n_species + n_genus) + embedding * (n_genus + n_family)  # fc inputs + embedding tables
+    # species see genera through a (1001, d) embedding; genera see the 11 families as they are when d >= 11
+    genus_input = n_family if embedding >= n_family else embedding
+    embed = embedding * (n_species + n_genus) + genus_input * n_genus + (n_family * embedding if embedding < n_family
+                                                                         else 0)
     assert _params(head) == linear + embed + 2  # + one prior scale per rank transition
+    assert ("g" in head.embed) == (0 < embedding < n_family)
     out = head(torch.randn(5, features))
     assert {r: tuple(o.shape) for r, o in out.items()} == {"s": (5, n_species), "g": (5, n_genus), "f": (5, n_family)}
     sum(o.logsumexp(1).sum() for o in out.values()).backward()
@@ -67,8 +71,9 @@ def test_parent_conditioned_head_grows_linearly_in_the_classes(embedding):
 
 def test_parent_embedding_config_key_reaches_the_head(tmp_path):
     tax = _tree()
-    model = build_model(ModelConfig(width=4, head="parent_conditioned", parent_embedding=5), tax)
-    assert model.head.embed["s"].weight.shape == (5, 4) and "f" not in model.head.embed
+    model = build_model(ModelConfig(width=4, head="parent_conditioned", parent_embedding=3), tax)
+    assert model.head.embed["s"].weight.shape == (3, 4)  # 4 genera -> width 3
+    assert "g" not in model.head.embed and model.head.fc["g"].in_features == 16 + 3  # 3 families fed as they are
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: {parent_embedding: -1}\n")
     with pytest.raises(ConfigError, match="parent_embedding"):
