@@ -9,11 +9,12 @@ update, the loss forward+backward, each head's forward+backward, against a
 flat linear head's forward+backward with cross-entropy on the same batch (the
 floor); each head's parameters; a scheduled alpha over many steps (memory
 growth). Peak memory per row is the process's high-water RSS above its RSS
-before the row (``/proc/self/clear_refs``). Optionally (``--train``) runs
+before the row (``/proc/self/clear_refs``). Then it runs
 ``taxaug-train`` on a 100k-species 7-rank labels.h5 and reports its peak RSS
 beyond the model and optimizer.
 
-``--quick``: 200k rows, 2k and 20k species, for a smoke run.
+``--quick``: 200k rows, 2k and 20k species, a 20k-species training file, for a smoke run.
+``--parts file,batch,train`` picks the sections (all by default).
 """
 
 from __future__ import annotations
@@ -305,7 +306,8 @@ def main() -> None:
     own.add_argument("--big-species", type=int, default=None, help="species of the generated taxonomy (100,000)")
     own.add_argument("--batch", type=int, default=256)
     own.add_argument("--features", type=int, default=512)
-    own.add_argument("--train", action="store_true", help="also run taxaug-train on a --train-species file")
+    own.add_argument("--parts", default="file,batch,train",
+                     help="comma list of file (write/validate/open), batch (per-batch ops), train (taxaug-train run)")
     own.add_argument("--train-species", type=int, default=100_000)
     ours, rest = own.parse_known_args()
     sys.argv = [sys.argv[0], *rest]
@@ -317,14 +319,19 @@ def main() -> None:
     args.big_species = args.big_species or (20_000 if args.quick else 100_000)
     args.file_repeats = 1 if args.quick else 3
     args.schedule_steps = 20 if args.quick else 50
+    args.train_species = args.train_species if not args.quick or args.train_species != 100_000 else 20_000
     table = Table(f"Scale ({'quick' if args.quick else 'full'} run, B={args.batch}, {args.features} features)")
+    parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory() as tmp:
-        small = file_rows(table, args, Path(tmp))
-        gc.collect()
-        batch_rows(table, small, f"{small.num_classes[RANKS[0]] - 1:,} species (from the file)", args)
-        big = generated_taxonomy(args.big_species)
-        batch_rows(table, big, f"{args.big_species:,} species x 7 ranks (generated)", args)
-        if args.train:
+        if "file" in parts:
+            small = file_rows(table, args, Path(tmp))
+            gc.collect()
+        if "batch" in parts:
+            if "file" not in parts:
+                small = generated_taxonomy(args.species)
+            batch_rows(table, small, f"{small.num_classes[RANKS[0]] - 1:,} species", args)
+            batch_rows(table, generated_taxonomy(args.big_species), f"{args.big_species:,} species", args)
+        if "train" in parts:
             train_row(table, args, Path(tmp))
     table.emit(args.out, "scale")
 
