@@ -454,6 +454,7 @@ class Taxonomy:
         levels = len(self.rank_names) - k
         if len(f) != levels + 1:
             raise ValueError(f"f must give a weight for each distance 0..{levels} at rank {rank!r}, got {len(f)}")
+        values = self._dense(values, k, "values")
         maps = self._level_maps(k, values.device)
         sums = [values]
         for up, width in maps:
@@ -477,8 +478,7 @@ class Taxonomy:
         its last known ancestor, if that one is unknown). O(B * K * R).
         """
         k = self.rank_index(rank)
-        probs = self._dense(probs, k, "probs")
-        return self.distance_transform(probs, k, list(range(len(self.rank_names) - k + 1)))
+        return self.distance_transform(self._dense(probs, k, "probs"), k, list(range(len(self.rank_names) - k + 1)))
 
     def crm_predict(self, probs: torch.Tensor, rank: str | int) -> torch.Tensor:
         """(B,) the real class minimising the expected LCA distance (conditional risk minimisation).

@@ -191,3 +191,15 @@ def test_smoothing_metrics_and_loss_on_a_100k_species_tree_stay_within_a_memory_
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["finite"]
     assert result["extra_mib"] < 400, result
+
+
+def test_structured_ops_name_the_bad_argument():
+    tax = Taxonomy(["s", "g"], {"s": 4, "g": 2}, [[0, 1, 1, 1]])
+    with pytest.raises(ValueError, match=r"probs must be dense float \(B, 4\) for rank 's', got shape \(2, 3\)"):
+        tax.crm_predict(torch.rand(2, 3), "s")
+    with pytest.raises(ValueError, match=r"targets must be dense float \(B, 4\).*torch.int64"):
+        tax.smooth(torch.ones(2, 4, dtype=torch.long), "s")
+    with pytest.raises(ValueError, match=r"f must give a weight for each distance 0..2 at rank 's', got 2"):
+        tax.distance_transform(torch.rand(2, 4), "s", [0.0, 1.0])
+    with pytest.raises(ValueError, match=r"beta must be >= 0, got -1"):
+        tax.smooth(torch.rand(2, 4), "s", 0.1, -1)
