@@ -191,7 +191,7 @@ class Taxonomy:
             if 0 <= self.null_index < arr.size and arr[self.null_index] != self.null_index:
                 raise ValueError(
                     f"parents[{k}] ({child} -> {parent}) gives the null class {self.null_index} the parent "
-                    f"{arr[self.null_index]}; unknown at {child!r} must stay unknown at {parent!r}"
+                    f"{arr[self.null_index]}; map it to {self.null_index} (unknown at {child!r} stays unknown at {parent!r})"
                 )
             checked.append(arr)
         self._parents = tuple(checked)
