@@ -441,14 +441,16 @@ class Taxonomy:
         idx = torch.arange(size)
         return self.pair_distance(k, idx[:, None].expand(size, size), idx[None, :].expand(size, size))
 
-    def distance_transform(self, values: torch.Tensor, rank: str | int, f: Sequence[float]) -> torch.Tensor:
-        """``out[:, c] = sum_j values[:, j] * f[d(c, j)]`` for (B, K) `values`, without a K x K matrix.
+    def distance_transform(self, values: torch.Tensor, rank: str | int, f: Sequence[float], *,
+                           weights: torch.Tensor | None = None, diagonal: torch.Tensor | None = None) -> torch.Tensor:
+        """``out[:, c] = sum_j values[:, j] * weights[j] * f[d(c, j)] + values[:, c] * diagonal[c]``, no K x K.
 
-        `f` lists the weight of each LCA distance 0..R-k. Since the classes
-        within distance m of c form one group per level,
-        ``f(d) = f(L) + sum_{m >= d} (f(m) - f(m+1))`` turns the sum into
-        group sums: scatter-add up the levels, gather back down, O(B * K) per
-        level and O(B * (K + groups)) in all.
+        `values` is (B, K); `f` lists the weight of each LCA distance 0..R-k;
+        `weights` and `diagonal` are optional (K,) per-class factors (default
+        1 and 0). Since the classes within distance m of c form one group per
+        level, ``f(d) = f(L) + sum_{m >= d} (f(m) - f(m+1))`` turns the sum
+        into group sums: scatter-add up the levels, gather back down,
+        O(B * (K + groups)) with a handful of passes over the (B, K) values.
         """
         k = self.rank_index(rank)
         levels = len(self.rank_names) - k
@@ -456,19 +458,22 @@ class Taxonomy:
             raise ValueError(f"f must give a weight for each distance 0..{levels} at rank {rank!r}, got {len(f)}")
         values = self._dense(values, k, "values")
         maps = self._level_maps(k, values.device)
-        sums = [values]
+        sums = [values if weights is None else values * weights]
         for up, width in maps:
             sums.append(values.new_zeros(values.shape[0], width).index_add_(1, up, sums[-1]))
-        z = float(f[levels]) * values.sum(dim=1, keepdim=True)
-        for m in reversed(range(levels)):
+        z = float(f[levels]) * sums[-1].sum(dim=1, keepdim=True)
+        for m in reversed(range(1, levels)):
             coeff = float(f[m]) - float(f[m + 1])
             if m == levels - 1:  # z is (B, 1): broadcast
-                z = torch.add(z, sums[m], alpha=coeff) if coeff else z.expand(values.shape[0], sums[m].shape[1])
-            else:  # a fresh gather, updated in place: one (B, K) allocation at the class level
-                z = z.index_select(1, maps[m][0])
-                if coeff:
-                    z.add_(sums[m], alpha=coeff)
-        return z.expand_as(values).contiguous()  # a new tensor: callers may write into it
+                z = torch.add(z, sums[m], alpha=coeff) if coeff else z.expand_as(sums[m])
+            else:
+                z = z.index_select(1, maps[m][0]).add_(sums[m], alpha=coeff)
+        # the class level: one gather, then one fused pass adds each class's own terms
+        z = z.index_select(1, maps[0][0]) if levels > 1 else z.expand_as(values).contiguous()
+        own = (float(f[0]) - float(f[1])) * (values.new_ones(values.shape[1]) if weights is None else weights)
+        if diagonal is not None:
+            own = own + diagonal
+        return z.addcmul_(values, own.to(values.dtype))
 
     def expected_distance(self, probs: torch.Tensor, rank: str | int) -> torch.Tensor:
         """(B, K) expected LCA distance of each candidate class under the (B, K) class probabilities.
@@ -530,10 +535,10 @@ class Taxonomy:
         work = self._dense(targets, k, "targets")
         inverse, has_other, coarse = self._smoothing_norm(k, beta, work.device)
         work = work.double() if coarse and work.dtype != torch.float64 else work.float() if work.dtype in _LOW else work
-        amount = inverse.to(work.dtype) * float(alpha)
-        out = self.distance_transform(work * amount, k, self._kernel(k, beta))
+        keep = 1.0 - float(alpha) * has_other.to(work.dtype)
+        out = self.distance_transform(work, k, self._kernel(k, beta), weights=inverse.to(work.dtype) * float(alpha),
+                                      diagonal=keep)
         out.clamp_min_(0.0)  # the level sums cancel the class's own term only to rounding
-        out.addcmul_(work, 1.0 - float(alpha) * has_other.to(work.dtype))
         out[:, self.null_index] = work[:, self.null_index]
         return out.to(targets.dtype)
 

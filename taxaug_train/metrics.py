@@ -84,22 +84,22 @@ class RankMetrics:
     def _rank_row(self, rank: str, scores: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """This batch's column sums for one rank: per-sample columns stacked, then one sum."""
         top = self._top(scores)
-        valid = (t != self.null_index).double()
+        valid = (t != self.null_index).float()
         hit = top == t[:, None]
-        dist = self.taxonomy.pair_distance(rank, top, t[:, None].expand_as(top)).double()
-        right = hit[:, 0].double() * valid
+        dist = self.taxonomy.pair_distance(rank, top, t[:, None].expand_as(top)).float()
+        right = hit[:, 0].float() * valid
         wrong = valid - right
-        cols = [valid, right, hit.any(dim=1).double() * valid, wrong, dist[:, 0] * wrong, dist[:, 0] * valid,
+        cols = [valid, right, hit.any(dim=1).float() * valid, wrong, dist[:, 0] * wrong, dist[:, 0] * valid,
                 dist.mean(dim=1) * valid]
         if self.crm:
             pred = self.taxonomy.crm_predict(torch.softmax(scores.float(), dim=1), rank)
-            dist_crm = self.taxonomy.pair_distance(rank, pred, t).double()
-            crm_right = (pred == t).double() * valid
+            dist_crm = self.taxonomy.pair_distance(rank, pred, t).float()
+            crm_right = (pred == t).float() * valid
             crm_wrong = valid - crm_right
             cols += [crm_right, crm_wrong, dist_crm * crm_wrong, dist_crm * valid]
         else:
             cols += [torch.zeros_like(valid)] * 4
-        return torch.stack(cols, dim=1).sum(dim=0)
+        return torch.stack(cols, dim=1).sum(dim=0).double()  # per batch, exact in float32 up to 2**24 rows
 
     def reduce_(self) -> None:
         """Sum the counts over all processes (no-op outside torch.distributed)."""
