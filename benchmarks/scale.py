@@ -273,9 +273,11 @@ def train_row(table: Table, args: argparse.Namespace, folder: Path) -> None:
                  "train.eval_every": 0, "train.device": "cpu", "train.threads": 1, "train.progress_bar": "false",
                  "train.out_dir": str(folder / "run"), "checkpoint.every": 0, "algorithms": "[]"}
     sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
-    script = ("import resource, runpy, sys; sys.argv = ['taxaug-train'] + sys.argv[1:]\n"
+    # VmHWM is this process's own high-water mark (ru_maxrss would carry the forking parent's over exec)
+    hwm = "[int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM')][0]"
+    script = ("import runpy, sys; sys.argv = ['taxaug-train'] + sys.argv[1:]\n"
               "try:\n    runpy.run_module('taxaug_train', run_name='__main__')\nfinally:\n"
-              "    print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+              f"    print('MAXRSS_KIB', {hwm}, file=sys.stderr)\n")
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", script, *sets], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
@@ -285,8 +287,7 @@ def train_row(table: Table, args: argparse.Namespace, folder: Path) -> None:
         table.add(case, "5 steps + eval", None, note=f"failed: {done.stderr.strip().splitlines()[-1][:200]}")
         return
     peak = int(done.stderr.split("MAXRSS_KIB")[-1].split()[0]) / 1024
-    base = subprocess.run([sys.executable, "-c", "import resource, taxaug_train.trainer; "
-                           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"], capture_output=True,
+    base = subprocess.run([sys.executable, "-c", f"import taxaug_train.trainer; print({hwm})"], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     interp = int(base.stdout.strip()) / 1024
     sizes = generated_taxonomy(args.train_species).num_classes

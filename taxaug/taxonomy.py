@@ -27,6 +27,8 @@ import attrs
 import numpy as np
 import torch
 
+from taxaug import _memory
+
 
 @attrs.frozen
 class Conflict:
@@ -369,8 +371,14 @@ class Taxonomy:
         self._cache.put(key, out, sum(a.nbytes for a in out))
         return out
 
-    def _group_table(self, k: int) -> np.ndarray:
-        """(K, R-k) int64: column m is each class's level-m group (column 0: the class itself)."""
+    def level_groups(self, rank: str | int) -> np.ndarray:
+        """(K, R-k) int64: column m is each class's level-m group (column 0: the class itself).
+
+        Two classes are within LCA distance m exactly when they share column m,
+        and groups nest, so their distance is the number of columns in which they
+        differ (what `pair_distance` computes).
+        """
+        k = self.rank_index(rank)
         cols = [np.arange(self.num_classes[self.rank_names[k]], dtype=np.int64)]
         for up in self._levels(k):
             cols.append(up[cols[-1]])
@@ -429,7 +437,7 @@ class Taxonomy:
         """
         k = self.rank_index(rank)
         a, b = torch.as_tensor(a), torch.as_tensor(b)
-        groups = self._on("groups", k, a.device, lambda: torch.from_numpy(self._group_table(k)).to(a.device))
+        groups = self._on("groups", k, a.device, lambda: torch.from_numpy(self.level_groups(k)).to(a.device))
         # groups nest, so the classes differ in exactly the levels below their distance
         return (groups[a.long()] != groups[b.long()]).sum(dim=-1)
 
@@ -458,7 +466,10 @@ class Taxonomy:
             raise ValueError(f"f must give a weight for each distance 0..{levels} at rank {rank!r}, got {len(f)}")
         values = self._dense(values, k, "values")
         maps = self._level_maps(k, values.device)
-        sums = [values if weights is None else values * weights]
+        # (B, K) buffers come from taxaug's buffer cache: no fresh pages (and their faults) every call
+        sums = [values if weights is None else torch.mul(values, weights, out=_memory.empty(values.shape,
+                                                                                            dtype=values.dtype,
+                                                                                            device=values.device))]
         for up, width in maps:
             sums.append(values.new_zeros(values.shape[0], width).index_add_(1, up, sums[-1]))
         z = float(f[levels]) * sums[-1].sum(dim=1, keepdim=True)
@@ -469,7 +480,8 @@ class Taxonomy:
             else:
                 z = z.index_select(1, maps[m][0]).add_(sums[m], alpha=coeff)
         # the class level: one gather, then one fused pass adds each class's own terms
-        z = z.index_select(1, maps[0][0]) if levels > 1 else z.expand_as(values).contiguous()
+        out = _memory.empty(values.shape, dtype=values.dtype, device=values.device)
+        z = torch.index_select(z, 1, maps[0][0], out=out) if levels > 1 else out.copy_(z.expand_as(values))
         own = (float(f[0]) - float(f[1])) * (values.new_ones(values.shape[1]) if weights is None else weights)
         if diagonal is not None:
             own = own + diagonal

@@ -23,12 +23,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from taxaug.taxonomy import Taxonomy
 
 __all__ = ["RankMetrics"]
+
+_SHARED_TOPK = 512  # ranks with at most this many classes share one top-k call
 
 # columns of the per-rank sum table
 _COLUMNS = ("n", "top1", "topk", "mistakes", "severity", "hdist1", "hdistk",
@@ -53,22 +56,91 @@ class RankMetrics:
         self.crm = bool(crm)
         self.num_classes = dict(taxonomy.num_classes)
         self.sums = torch.zeros(len(self.ranks), len(_COLUMNS), dtype=torch.float64)
+        self._offsets = np.cumsum([0] + [self.num_classes[r] for r in self.ranks[:-1]]).tolist()
+        self._groups: torch.Tensor | None = None
 
     def reset(self) -> None:
         self.sums.zero_()
 
     @torch.no_grad()
     def update(self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> None:
-        for i, r in enumerate(self.ranks):
-            if r not in targets or r not in logits:
-                continue
-            t = targets[r]
-            if t.ndim != 1:
-                raise ValueError(f"metrics need index targets (B,) for rank {r!r}; got shape {tuple(t.shape)}")
-            row = self._rank_row(r, logits[r].detach(), t.to(logits[r].device).long())
-            if self.sums.device != row.device:  # accumulate where the logits are: no host sync per batch
-                self.sums = self.sums.to(row.device)
-            self.sums[i] += row
+        """Add one batch. Each rank costs a top-k; the rest runs once for all ranks stacked (classes of every
+        rank numbered in one range, distances from one stacked level-group table)."""
+        rows = [i for i, r in enumerate(self.ranks) if r in targets and r in logits]
+        for i in rows:
+            if targets[self.ranks[i]].ndim != 1:
+                raise ValueError(f"metrics need index targets (B,) for rank {self.ranks[i]!r}; got shape "
+                                 f"{tuple(targets[self.ranks[i]].shape)}")
+        if not rows:
+            return
+        tops = self._tops([logits[self.ranks[i]].detach() for i in rows])
+        truths, valids, preds = [], [], []
+        for n, i in enumerate(rows):
+            r, offset, scores = self.ranks[i], self._offsets[i], logits[self.ranks[i]].detach()
+            tops[n] = tops[n] + offset
+            t = targets[r].to(scores.device).long()
+            valids.append(t != self.null_index)
+            truths.append(t + offset)
+            if self.crm:
+                preds.append(self.taxonomy.crm_predict(torch.softmax(scores.float(), dim=1), r) + offset)
+        table = self._row_sums(torch.stack(tops), torch.stack(truths), torch.stack(valids).float(),
+                               torch.stack(preds) if preds else None)
+        if self.sums.device != table.device:  # accumulate where the logits are: no host sync per batch
+            self.sums = self.sums.to(table.device)
+        self.sums.index_add_(0, torch.tensor(rows, device=table.device), table)
+
+    def _groups_on(self, device: torch.device) -> torch.Tensor:
+        """Every rank's `Taxonomy.level_groups` stacked (rank i's classes from offset i), zero-padded to R columns
+        (equal padding adds no distance)."""
+        if self._groups is None or self._groups.device != device:
+            parts = []
+            for r in self.ranks:
+                groups = self.taxonomy.level_groups(r)
+                parts.append(np.pad(groups, ((0, 0), (0, len(self.ranks) - groups.shape[1]))))
+            self._groups = torch.from_numpy(np.concatenate(parts)).to(device)
+        return self._groups
+
+    def _row_sums(self, top: torch.Tensor, t: torch.Tensor, valid: torch.Tensor,
+                  pred: torch.Tensor | None) -> torch.Tensor:
+        """(ranks, columns) sums of this batch from (ranks, B, k) top-k, (ranks, B) truths, their validity and
+        the CRM decisions."""
+        groups = self._groups_on(top.device)
+        truth_groups = groups[t]
+        hit = top == t[..., None]
+        dist = (groups[top] != truth_groups[:, :, None, :]).sum(dim=-1).float()
+        right = hit[..., 0].float() * valid
+        wrong = valid - right
+        cols = [valid, right, hit.any(dim=-1).float() * valid, wrong, dist[..., 0] * wrong, dist[..., 0] * valid,
+                dist.mean(dim=-1) * valid]
+        if pred is not None:
+            dist_crm = (groups[pred] != truth_groups).sum(dim=-1).float()
+            crm_right = (pred == t).float() * valid
+            crm_wrong = valid - crm_right
+            cols += [crm_right, crm_wrong, dist_crm * crm_wrong, dist_crm * valid]
+        else:
+            cols += [torch.zeros_like(valid)] * 4
+        return torch.stack(cols, dim=-1).sum(dim=1).double()  # per batch, exact in float32 up to 2**24 rows
+
+    def _tops(self, scores: list[torch.Tensor]) -> list[torch.Tensor]:
+        """(B, topk) best real classes per rank, best first. Ranks with few classes share one padded top-k
+        call (a call's fixed cost exceeds their whole work); a rank with at most `topk` real classes repeats
+        its best guess (its top-k is n/a)."""
+        small = [j for j, s in enumerate(scores) if self.topk < s.shape[1] - 1 <= _SHARED_TOPK]
+        out: list[torch.Tensor | None] = [None] * len(scores)
+        if len(small) > 1:
+            width = max(scores[j].shape[1] for j in small)
+            padded = scores[small[0]].new_full((len(small), scores[small[0]].shape[0], width), float("-inf"))
+            for n, j in enumerate(small):
+                padded[n, :, : scores[j].shape[1]] = scores[j]
+            padded[:, :, self.null_index] = float("-inf")
+            top = padded.topk(self.topk, dim=2).indices
+            for n, j in enumerate(small):
+                out[j] = top[n]
+        for j, s in enumerate(scores):
+            if out[j] is None:
+                top = self._top(s)
+                out[j] = torch.cat([top, top[:, :1].expand(-1, self.topk - top.shape[1])], dim=1)
+        return out  # type: ignore[return-value]
 
     def _top(self, scores: torch.Tensor) -> torch.Tensor:
         """(B, k) indices of the k best real classes (the null class skipped), best first."""
@@ -80,26 +152,6 @@ class RankMetrics:
         top = scores.topk(min(k + 1, size), dim=1).indices
         last_null = (top == self.null_index).to(torch.uint8).argsort(dim=1, stable=True)
         return top.gather(1, last_null)[:, :k]
-
-    def _rank_row(self, rank: str, scores: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """This batch's column sums for one rank: per-sample columns stacked, then one sum."""
-        top = self._top(scores)
-        valid = (t != self.null_index).float()
-        hit = top == t[:, None]
-        dist = self.taxonomy.pair_distance(rank, top, t[:, None].expand_as(top)).float()
-        right = hit[:, 0].float() * valid
-        wrong = valid - right
-        cols = [valid, right, hit.any(dim=1).float() * valid, wrong, dist[:, 0] * wrong, dist[:, 0] * valid,
-                dist.mean(dim=1) * valid]
-        if self.crm:
-            pred = self.taxonomy.crm_predict(torch.softmax(scores.float(), dim=1), rank)
-            dist_crm = self.taxonomy.pair_distance(rank, pred, t).float()
-            crm_right = (pred == t).float() * valid
-            crm_wrong = valid - crm_right
-            cols += [crm_right, crm_wrong, dist_crm * crm_wrong, dist_crm * valid]
-        else:
-            cols += [torch.zeros_like(valid)] * 4
-        return torch.stack(cols, dim=1).sum(dim=0).double()  # per batch, exact in float32 up to 2**24 rows
 
     def reduce_(self) -> None:
         """Sum the counts over all processes (no-op outside torch.distributed)."""
