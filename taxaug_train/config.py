@@ -99,6 +99,7 @@ class ModelConfig:
     width: int = attrs.field(default=32, validator=_positive)  # small_cnn base width
     pretrained: bool = False
     head: Literal["flat", "parent_conditioned", "hierarchical_softmax"] = "flat"
+    parent_embedding: int = attrs.field(default=32, validator=_non_negative)  # parent_conditioned: width d (0: prior only)
     metadata_branch: bool | Literal["auto"] = False  # auto: on when the run has metadata
     metadata_hidden: int = attrs.field(default=32, validator=_positive)
     dropout: float = attrs.field(default=0.0, validator=_fraction)

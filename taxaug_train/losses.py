@@ -9,9 +9,9 @@ half-null mixed sample contributes half. Each rank's loss is a mean over the
 samples with a known label; the total is ``sum_r w_r * loss_r / sum_r w_r``
 over the ranks present in the batch.
 
-Taxonomy-aware smoothing multiplies the soft targets by
-``Taxonomy.smoothing_matrix(rank, alpha, beta)`` (``targets @ M``, never an
-argmax), so mixed targets are smoothed as mixtures.
+Taxonomy-aware smoothing is ``Taxonomy.smooth(targets, rank, alpha, beta)``
+(``targets @ M`` computed level by level over the ancestors, no K x K matrix;
+never an argmax), so mixed targets are smoothed as mixtures.
 """
 
 from __future__ import annotations
@@ -26,17 +26,21 @@ from taxaug.taxonomy import Taxonomy
 __all__ = ["HierarchicalLoss", "dense_targets", "soft_cross_entropy"]
 
 
+def _check_indices(target: torch.Tensor, num_classes: int, rank: str) -> torch.Tensor:
+    if target.is_floating_point():
+        raise TypeError(f"targets[{rank!r}] is 1-D float; index targets must be integer, dense ones (B, K)")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+        raise ValueError(
+            f"targets[{rank!r}] holds indices outside [0, {num_classes}) (min {int(target.min())}, "
+            f"max {int(target.max())})"
+        )
+    return target.long()
+
+
 def dense_targets(target: torch.Tensor, num_classes: int, rank: str = "target") -> torch.Tensor:
     """Index or dense targets -> float (B, K) rows."""
     if target.ndim == 1:
-        if target.is_floating_point():
-            raise TypeError(f"targets[{rank!r}] is 1-D float; index targets must be integer, dense ones (B, K)")
-        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
-            raise ValueError(
-                f"targets[{rank!r}] holds indices outside [0, {num_classes}) (min {int(target.min())}, "
-                f"max {int(target.max())})"
-            )
-        return torch.nn.functional.one_hot(target.long(), num_classes).float()
+        return torch.nn.functional.one_hot(_check_indices(target, num_classes, rank), num_classes).float()
     if target.ndim == 2 and target.shape[1] == num_classes:
         return target.float()
     raise ValueError(f"targets[{rank!r}] must be (B,) indices or (B, {num_classes}) dense, got {tuple(target.shape)}")
@@ -71,12 +75,8 @@ class HierarchicalLoss(nn.Module):
         self.null_index = taxonomy.null_index if null_index is None else int(null_index)
         self.label_smoothing = float(label_smoothing)
         self.taxonomy_smoothing = float(taxonomy_smoothing)
-        for r in self.ranks:
-            if self.taxonomy_smoothing > 0:
-                m = taxonomy.smoothing_matrix(r, self.taxonomy_smoothing, taxonomy_smoothing_beta)
-            else:
-                m = torch.empty(0)
-            self.register_buffer(f"smooth_{r}", m, persistent=False)
+        self.taxonomy_smoothing_beta = float(taxonomy_smoothing_beta)
+        self.taxonomy = taxonomy
 
     def _prepare(self, rank: str, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(renormalised real-class target, per-sample weight = known mass)."""
@@ -87,12 +87,19 @@ class HierarchicalLoss(nn.Module):
         t[:, self.null_index] = 0.0
         t = t / known.clamp_min(1e-12).unsqueeze(1)
         if self.taxonomy_smoothing > 0:
-            t = t @ getattr(self, f"smooth_{rank}").to(t.device)
+            t = self.taxonomy.smooth(t, rank, self.taxonomy_smoothing, self.taxonomy_smoothing_beta)
         if self.label_smoothing > 0:
             real = torch.ones_like(t)
             real[:, self.null_index] = 0
             t = (1 - self.label_smoothing) * t + self.label_smoothing * real / real.sum(dim=1, keepdim=True)
         return t, known
+
+    def _index_terms(self, rank: str, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_prepare` + `soft_cross_entropy` for unsmoothed index targets, without a dense (B, K) target."""
+        target = _check_indices(target, self.num_classes[rank], rank)
+        known = target != self.null_index
+        ce = torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
+        return torch.where(known, ce, torch.zeros_like(ce)), known.float()
 
     def rank_terms(
         self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
@@ -104,7 +111,11 @@ class HierarchicalLoss(nn.Module):
                 continue
             if r not in logits:
                 raise KeyError(f"the model produced no logits for rank {r!r}; it produced {sorted(logits)}")
-            t, known = self._prepare(r, targets[r].to(logits[r].device))
+            target = targets[r].to(logits[r].device)
+            if target.ndim == 1 and self.taxonomy_smoothing == 0 and self.label_smoothing == 0:
+                terms[r] = self._index_terms(r, logits[r], target)
+                continue
+            t, known = self._prepare(r, target)
             terms[r] = (soft_cross_entropy(logits[r], t), known)
         if not terms:
             raise ValueError(f"targets name none of the model's ranks {self.ranks}; got {sorted(targets)}")

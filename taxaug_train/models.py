@@ -7,10 +7,13 @@ itself so the augmentation pipeline can stay in uint8 as long as it likes.
 Heads (``ModelConfig.head``):
 - ``flat``: an independent linear layer per rank.
 - ``parent_conditioned``: coarsest rank first; each finer rank sees the
-  features plus the parent rank's probabilities, and its logits get the
-  log-probability of each class's *own* parent (through the taxonomy's parent
-  table) added with a learned scale, so a child cannot outscore its parent's
-  verdict for free.
+  features plus the parent rank's probabilities, projected to width
+  ``d = parent_embedding`` by a learned embedding (``(B, K_parent) @
+  (K_parent, d)``) when the parent rank has more than d classes, as they are
+  otherwise; its logits get the log-probability of each class's *own* parent
+  (through the taxonomy's parent table) added with a learned scale, so a
+  child cannot outscore its parent's verdict for free. Parameters grow as
+  ``K_parent * d + (features + d) * K_child``: linear in the classes.
 - ``hierarchical_softmax``: ``log p(c) = log p(c | parent(c)) + log p(parent(c))``
   with the conditional a softmax over siblings only. Outputs are normalised
   log-probabilities, and the marginals are consistent with the tree by
@@ -176,16 +179,26 @@ class FlatHeads(nn.Module):
 
 
 class ParentConditionedHead(nn.Module):
-    """Coarse to fine; rank k sees features + p(rank k+1) and gets ``scale * log p(parent(c))`` added."""
+    """Coarse to fine; rank k sees features + p(rank k+1) (embedded to width `embedding` when the parent
+    rank has more classes than that) and gets ``scale * log p(parent(c))`` added.
 
-    def __init__(self, in_features: int, taxonomy: Taxonomy):
+    ``embedding=0`` keeps only the additive parent prior.
+    """
+
+    def __init__(self, in_features: int, taxonomy: Taxonomy, *, embedding: int = 32):
         super().__init__()
+        if embedding < 0:
+            raise ValueError(f"parent embedding width must be >= 0, got {embedding}")
         self.ranks = list(taxonomy.rank_names)
         nc = taxonomy.num_classes
         self.fc = nn.ModuleDict()
+        self.embed = nn.ModuleDict()
         for k, r in enumerate(self.ranks):
-            extra = nc[self.ranks[k + 1]] if k + 1 < len(self.ranks) else 0
-            self.fc[r] = nn.Linear(in_features + extra, nc[r])
+            parents = nc[self.ranks[k + 1]] if k + 1 < len(self.ranks) and embedding else 0
+            self.fc[r] = nn.Linear(in_features + min(parents, embedding), nc[r])
+            if parents > embedding:
+                self.embed[r] = nn.Linear(parents, embedding, bias=False)
+        self.with_parent = {r for k, r in enumerate(self.ranks) if k + 1 < len(self.ranks) and embedding}
         for k in range(len(self.ranks) - 1):
             self.register_buffer(f"parent_{k}", torch.from_numpy(taxonomy.parent_array(k)).long(), persistent=False)
         self.prior_scale = nn.Parameter(torch.ones(max(len(self.ranks) - 1, 1)))
@@ -195,10 +208,15 @@ class ParentConditionedHead(nn.Module):
         coarse = self.ranks[-1]
         out[coarse] = self.fc[coarse](feats)
         for k in reversed(range(len(self.ranks) - 1)):
+            rank = self.ranks[k]
             parent_logp = torch.log_softmax(out[self.ranks[k + 1]].float(), dim=1).to(feats.dtype)
-            logits = self.fc[self.ranks[k]](torch.cat([feats, parent_logp.exp()], dim=1))
+            inputs = feats
+            if rank in self.with_parent:
+                parent_p = parent_logp.exp()
+                inputs = torch.cat([feats, self.embed[rank](parent_p) if rank in self.embed else parent_p], dim=1)
+            logits = self.fc[rank](inputs)
             parent_of = getattr(self, f"parent_{k}")
-            out[self.ranks[k]] = logits + self.prior_scale[k] * parent_logp[:, parent_of]
+            out[rank] = logits + self.prior_scale[k] * parent_logp[:, parent_of]
         return {r: out[r] for r in self.ranks}
 
 
@@ -246,6 +264,7 @@ class HierarchicalClassifier(nn.Module):
         *,
         head: str = "flat",
         metadata: MetadataBranch | None = None,
+        parent_embedding: int = 32,
     ):
         super().__init__()
         self.backbone = backbone
@@ -254,7 +273,7 @@ class HierarchicalClassifier(nn.Module):
         if head == "flat":
             self.head = FlatHeads(in_features, taxonomy.num_classes)
         elif head == "parent_conditioned":
-            self.head = ParentConditionedHead(in_features, taxonomy)
+            self.head = ParentConditionedHead(in_features, taxonomy, embedding=parent_embedding)
         elif head == "hierarchical_softmax":
             self.head = HierarchicalSoftmaxHead(in_features, taxonomy)
         else:
@@ -297,4 +316,5 @@ def build_model(
                 "data.metadata (e.g. [spatial, temporal, elevation]) or set model.metadata_branch: false"
             )
         branch = MetadataBranch(aux_chunks, aux_dim, cfg.metadata_hidden)
-    return HierarchicalClassifier(backbone, dim, taxonomy, head=cfg.head, metadata=branch)
+    return HierarchicalClassifier(backbone, dim, taxonomy, head=cfg.head, metadata=branch,
+                                  parent_embedding=cfg.parent_embedding)

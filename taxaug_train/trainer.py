@@ -400,7 +400,7 @@ class Trainer:
         self.val_loader = PrefetchLoader(
             self.val_set, _ShardedEvalBatches(len(self.val_set), self.eval_batch_size, self.dist.rank,
                                               self.dist.world_size), **loader_kwargs)
-        self.metrics = RankMetrics(self.taxonomy)
+        self.metrics = RankMetrics(self.taxonomy, crm=cfg.train.crm)
         self.history: list[dict[str, Any]] = []
         self.resumed_from: Path | None = None
         self.replaced = {"train": _Replaced(self.train_set), "val": _Replaced(self.val_set)}
@@ -1096,21 +1096,33 @@ class _Window:
         return record
 
 
+def _cell(value: float, spec: str, width: int) -> str:
+    return f"{'n/a':>{width}}" if value != value else f"{value:>{width}{spec}}"  # NaN: undefined here
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    """The final table: per rank, classes, chance, top-1, top-5 and mistake severity."""
+    """The final table: per rank, classes, chance, top-1, top-5, mistake severity (over how many mistakes),
+    hierarchical distance @1/@5, and the CRM decision's top-1 and hdist@1 when it was evaluated."""
+    crm = any("crm_top1" in m for m in summary["ranks"].values())
     lines = [
         f"finished {summary['step']} steps in {summary['wall_s']:.0f} s "
         f"({summary['world_size']} process(es), batch {summary['batch_size']} each); validation loss "
         f"{summary['val_loss']:.4f}",
         "",
-        f"{'rank':<20} {'classes':>7} {'chance':>7} {'top-1':>7} {'top-5':>7} {'severity':>9} {'n':>6}",
+        f"{'rank':<20} {'classes':>7} {'chance':>7} {'top-1':>7} {'top-5':>7} {'severity':>9} {'mistakes':>8} "
+        f"{'hdist@1':>7} {'hdist@5':>7}" + (f" {'crm top-1':>9} {'crm hd@1':>8}" if crm else "") + f" {'n':>6}",
     ]
     for r, m in summary["ranks"].items():
-        lines.append(f"{rank_label(r):<20} {m['classes']:>7d} {m['chance']:>7.1%} {m['top1']:>7.1%} "
-                     f"{m['top5']:>7.1%} {m['severity']:>9.2f} {m['n']:>6d}")
+        lines.append(f"{rank_label(r):<20} {m['classes']:>7d} {m['chance']:>7.1%} {_cell(m['top1'], '.1%', 7)} "
+                     f"{_cell(m['top5'], '.1%', 7)} {_cell(m['severity'], '.2f', 9)} {m.get('mistakes', 0):>8d} "
+                     f"{_cell(m.get('hdist@1', float('nan')), '.3f', 7)} {_cell(m.get('hdist@5', float('nan')), '.3f', 7)}"
+                     + (f" {_cell(m['crm_top1'], '.1%', 9)} {_cell(m['crm_hdist@1'], '.3f', 8)}" if crm else "")
+                     + f" {m['n']:>6d}")
     lines += _replaced_lines(summary.get("load_failures"))
-    lines += ["", "top-1/top-5: validation accuracy (null labels excluded); chance: 1/classes; severity: mean "
-              "taxonomic distance of wrong top-1 predictions (1 = right parent, wrong class)",
+    lines += ["", "top-1/top-5: validation accuracy (null labels excluded; n/a with <= 5 classes); chance: "
+              "1/classes; severity: mean taxonomic distance of the wrong top-1 predictions (1 = right parent, "
+              "wrong class), over `mistakes` of them; hdist@k: mean distance of the top-k predictions to the "
+              "truth over all samples" + ("; crm: the least-expected-distance decision" if crm else ""),
               f"metrics: {summary['out_dir']}/metrics.jsonl, checkpoints: {summary['out_dir']}/checkpoints/"]
     return "\n".join(lines)
 

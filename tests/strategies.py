@@ -48,3 +48,29 @@ def images_for(size: int, dtype: torch.dtype, seed: int, channels_last: bool = F
     else:
         x = x.to(dtype)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@st.composite
+def ragged_trees(draw, max_ranks: int = 5, max_classes: int = 9) -> Taxonomy:
+    """A 1..`max_ranks`-rank tree with the awkward shapes: unbalanced fan-out, single-child chains, classes
+    whose parent is unknown (null), parents with no child, classes with no relative at all."""
+    num_ranks = draw(st.integers(1, max_ranks))
+    names = [f"r{i}" for i in range(num_ranks)]
+    sizes = [draw(st.integers(1, max_classes)) for _ in range(num_ranks)]  # including the null class 0
+    parents = []
+    for k in range(num_ranks - 1):
+        # each real class picks any parent, null included; the null class stays null
+        picks = draw(st.lists(st.integers(0, sizes[k + 1] - 1), min_size=sizes[k] - 1, max_size=sizes[k] - 1))
+        parents.append(np.array([0, *picks], dtype=np.int64))
+    return Taxonomy(names, dict(zip(names, sizes)), parents)
+
+
+@st.composite
+def soft_rows(draw, size: int, max_batch: int = 5, min_batch: int = 1) -> torch.Tensor:
+    """(B, size) float64 rows of non-negative weights summing to 1 (some one-hot, some null, some mixed)."""
+    batch = draw(st.integers(min_batch, max_batch))
+    raw = draw(st.lists(st.lists(st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0, 3.0]), min_size=size, max_size=size),
+                        min_size=batch, max_size=batch))
+    rows = torch.tensor(raw, dtype=torch.float64)
+    rows[rows.sum(1) == 0, 0] = 1.0
+    return rows / rows.sum(1, keepdim=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -101,3 +102,29 @@ def test_bad_inputs():
         small().smoothing_matrix("s", alpha=1.5)
     with pytest.raises(ValueError, match=r"dense float \(B, 6\)"):
         small().smooth(torch.tensor([1, 2]), "s")
+
+
+def _reference_parent_table(child: np.ndarray, parent: np.ndarray, size: int) -> tuple[np.ndarray, set]:
+    """Row-wise unique of (child, parent) pairs; majority parent, ties to the smaller parent index."""
+    known = (child != 0) & (parent != 0)
+    pairs, counts = np.unique(np.stack([child[known], parent[known]], axis=1), axis=0, return_counts=True)
+    table = np.zeros(size, dtype=np.int64)
+    conflicts = set()
+    for kid in np.unique(pairs[:, 0]):
+        rows = pairs[:, 0] == kid
+        best = np.flatnonzero(counts[rows] == counts[rows].max())[0]
+        table[kid] = pairs[rows][best, 1]
+        if rows.sum() > 1:
+            conflicts.add((int(kid), tuple(int(p) for p in pairs[rows, 1]), tuple(int(c) for c in counts[rows])))
+    return table, conflicts
+
+
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 4)), min_size=1, max_size=40))
+def test_from_labels_one_dimensional_keys_match_row_unique(rows):
+    child, parent = np.array(rows).T
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tax = Taxonomy.from_labels({"s": child, "g": parent}, on_conflict="majority")
+    table, conflicts = _reference_parent_table(child, parent, tax.num_classes["s"])
+    assert np.array_equal(tax.parent_array("s"), table)
+    assert {(c.child, c.parents, c.counts) for c in tax.conflicts} == conflicts

@@ -1,7 +1,8 @@
 """Label smoothing algorithms: uniform, and taxonomy-aware (mass spread to taxonomic neighbours).
 
 Both act at BEFORE_LOSS on `state.batch.targets`, after every mixing step, so
-they smooth soft (mixed) targets as `targets @ M` and never via argmax. They
+they smooth soft (mixed) targets as `targets @ M` (taxonomy smoothing computes
+it level by level over the ancestors, never as a K x K matrix), never via argmax. They
 leave rows that are entirely null (unknown at that rank) as they are, and are
 exact no-ops while their smoothing amount is 0. A mixing algorithm with
 `interpolate_loss` re-reads the smoothed targets at AFTER_LOSS, so the two
@@ -9,8 +10,6 @@ compose.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
@@ -80,11 +79,12 @@ class LabelSmoothing(_Smoothing):
 
 @register("taxonomy_label_smoothing")
 class TaxonomyLabelSmoothing(_Smoothing):
-    """Taxonomy-aware smoothing: `targets @ M` with M from `State.taxonomy.smoothing_matrix(rank, alpha, beta)`.
+    """Taxonomy-aware smoothing: `State.taxonomy.smooth(targets, rank, alpha, beta)` (= `targets @ M`).
 
     Keeps `1 - alpha` on the true class and spreads `alpha` over the other real classes with weights
-    `exp(-beta * LCA distance)`. `alpha` may be a schedule; `ranks` defaults to every target that is a
-    taxonomy rank.
+    `exp(-beta * LCA distance)`, O(B * K * R) per rank with no K x K matrix. `alpha` may be a schedule:
+    the alpha-independent part is cached by the taxonomy (per rank and beta), so a changing alpha costs
+    nothing extra. `ranks` defaults to every target that is a taxonomy rank.
     """
 
     def __init__(self, *, alpha: AmountSpec = 0.1, beta: float = 1.0, ranks: list[str] | None = None) -> None:
@@ -92,17 +92,6 @@ class TaxonomyLabelSmoothing(_Smoothing):
         self.alpha = as_schedule(alpha, "alpha", low=0.0, high=1.0)
         self.beta = check_real(beta, "beta", low=0.0)
         self.ranks = check_str_list(ranks, "ranks", allow_none=True)
-        self._matrices: dict[tuple, torch.Tensor] = {}
-
-    def _matrix(self, taxonomy: Any, rank: str, alpha: float, like: torch.Tensor) -> torch.Tensor:
-        key = (id(taxonomy), rank, alpha, like.device, like.dtype)
-        matrix = self._matrices.get(key)
-        if matrix is None:
-            if len(self._matrices) > 64:  # a scheduled alpha changes every step; keep the cache small
-                self._matrices.clear()
-            matrix = taxonomy.smoothing_matrix(rank, alpha, self.beta).to(device=like.device, dtype=like.dtype)
-            self._matrices[key] = matrix
-        return matrix
 
     def apply(self, event: Event, state: State) -> None:
         self._note_position(state)
@@ -123,5 +112,5 @@ class TaxonomyLabelSmoothing(_Smoothing):
         dense = F.to_dense_targets({r: batch.targets[r] for r in ranks}, dict(taxonomy.num_classes))
         targets = dict(batch.targets)
         for rank, t in dense.items():
-            targets[rank] = t @ self._matrix(taxonomy, rank, amount, t)
+            targets[rank] = taxonomy.smooth(t, rank, amount, self.beta)
         state.batch = batch.replace(targets=targets)
