@@ -341,33 +341,9 @@ class Trainer:
         self.out_dir = Path(cfg.train.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         t = cfg.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
-        if t.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        if t.amp != "none" and self.device.type == "cpu" and t.amp == "fp16":
-            raise ConfigError("train.amp: fp16 needs a CUDA device; use bf16 on CPU")
+        self._set_torch_modes()
         _seed_everything(t.seed)
-
-        self.train_set, self.val_set = build_datasets(cfg)
-        self.taxonomy = self.train_set.taxonomy
-        self.ranks = list(self.train_set.rank_names)
-        self.aux_components = list(self.train_set.aux_components)
-        aux_chunks = F.aux_chunks_from_components(self.aux_components) if self.aux_components else []
-
-        model = build_model(cfg.model, self.taxonomy, image_size=cfg.data.image_size, aux_chunks=aux_chunks,
-                            aux_dim=self.train_set.aux_dim).to(self.device)
-        if t.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.loss = HierarchicalLoss(self.taxonomy, rank_weights=cfg.loss.rank_weights,
-                                     taxonomy_smoothing=cfg.loss.taxonomy_smoothing,
-                                     taxonomy_smoothing_beta=cfg.loss.taxonomy_smoothing_beta,
-                                     label_smoothing=cfg.loss.label_smoothing).to(self.device)
+        self._build_data_and_model()
         if t.generator_device == "cuda" and self.device.type != "cuda":
             raise ConfigError("train.generator_device: cuda needs the run on a CUDA device; use cpu")
         self.engine = Engine(self._build_algorithms(), seed=t.seed + 100_003 * self.dist.rank,
@@ -382,24 +358,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            self.train_model: nn.Module = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         else:
-            self.train_model = model
+            self.train_model = self.model
 
         self.state = State(model=self.train_model, optimizer=self.optimizer, max_steps=t.max_steps,
                            taxonomy=self.taxonomy, num_classes=dict(self.taxonomy.num_classes),
                            loss_fn=self.loss.per_sample)
-        self.group_rank = self._group_rank()
-        self.sampler = self._build_sampler(self.group_rank)
-        loader_kwargs = dict(num_io_threads=cfg.data.io_threads, num_decode_threads=cfg.data.decode_threads,
-                             batch_concurrency=cfg.data.prefetch_batches, max_ready_batches=cfg.data.prefetch_batches,
-                             cache_bytes=cfg.data.cache_mb << 20, monitor_interval=None,
-                             pin_memory=self.device.type == "cuda")
-        self.train_loader = PrefetchLoader(self.train_set, self.sampler, batch_transform=self.engine.loader_transform(),
-                                           **loader_kwargs)
-        self.val_loader = PrefetchLoader(
-            self.val_set, _ShardedEvalBatches(len(self.val_set), self.eval_batch_size, self.dist.rank,
-                                              self.dist.world_size), **loader_kwargs)
+        self._build_loaders()
         self.metrics = RankMetrics(self.taxonomy, crm=cfg.train.crm)
         self.history: list[dict[str, Any]] = []
         self.resumed_from: Path | None = None
@@ -411,6 +377,53 @@ class Trainer:
             self._resume_payload = None
 
     # ------------------------------------------------------------------------------------ construction
+
+    def _set_torch_modes(self) -> None:
+        """Threads, determinism and cuDNN autotuning as the config asks."""
+        t = self.cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        if t.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if t.amp != "none" and self.device.type == "cpu" and t.amp == "fp16":
+            raise ConfigError("train.amp: fp16 needs a CUDA device; use bf16 on CPU")
+
+    def _build_data_and_model(self) -> None:
+        """Datasets, taxonomy, model (on the device) and loss."""
+        cfg = self.cfg
+        self.train_set, self.val_set = build_datasets(cfg)
+        self.taxonomy = self.train_set.taxonomy
+        self.ranks = list(self.train_set.rank_names)
+        self.aux_components = list(self.train_set.aux_components)
+        aux_chunks = F.aux_chunks_from_components(self.aux_components) if self.aux_components else []
+        model = build_model(cfg.model, self.taxonomy, image_size=cfg.data.image_size, aux_chunks=aux_chunks,
+                            aux_dim=self.train_set.aux_dim).to(self.device)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.loss = HierarchicalLoss(self.taxonomy, rank_weights=cfg.loss.rank_weights,
+                                     taxonomy_smoothing=cfg.loss.taxonomy_smoothing,
+                                     taxonomy_smoothing_beta=cfg.loss.taxonomy_smoothing_beta,
+                                     label_smoothing=cfg.loss.label_smoothing).to(self.device)
+
+    def _build_loaders(self) -> None:
+        """The grouped training sampler and the prefetching training and (sharded) validation loaders."""
+        cfg = self.cfg
+        self.group_rank = self._group_rank()
+        self.sampler = self._build_sampler(self.group_rank)
+        loader_kwargs = dict(num_io_threads=cfg.data.io_threads, num_decode_threads=cfg.data.decode_threads,
+                             batch_concurrency=cfg.data.prefetch_batches, max_ready_batches=cfg.data.prefetch_batches,
+                             cache_bytes=cfg.data.cache_mb << 20, monitor_interval=None,
+                             pin_memory=self.device.type == "cuda")
+        self.train_loader = PrefetchLoader(self.train_set, self.sampler, batch_transform=self.engine.loader_transform(),
+                                           **loader_kwargs)
+        self.val_loader = PrefetchLoader(
+            self.val_set, _ShardedEvalBatches(len(self.val_set), self.eval_batch_size, self.dist.rank,
+                                              self.dist.world_size), **loader_kwargs)
 
     def _build_algorithms(self) -> list[Any]:
         return build_algorithms(self.cfg.algorithms, self.aux_components)
