@@ -40,6 +40,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
+@pytest.fixture(scope="session")
+def tiny_labels(tmp_path_factory):
+    """The tiny demo dataset (2x2x2 taxonomy, 16 px images) shared by the trainer tests; read-only:
+    a test that damages files makes its own copy (trainer_helpers.make_tiny_demo)."""
+    from trainer_helpers import make_tiny_demo
+
+    return make_tiny_demo(tmp_path_factory.mktemp("tiny_demo"))
+
+
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)

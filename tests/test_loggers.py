@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import DEMO_CONFIG, make_tiny_demo, tiny_overrides
+from trainer_helpers import DEMO_CONFIG, tiny_overrides
 
 from taxaug.algorithms import from_config, to_config
 from taxaug_train.config import ConfigError, load_config
@@ -23,11 +23,6 @@ from taxaug_train.loggers import (
     strict_json,
 )
 from taxaug_train.trainer import Trainer
-
-
-@pytest.fixture(scope="module")
-def tiny_labels(tmp_path_factory) -> Path:
-    return make_tiny_demo(tmp_path_factory.mktemp("tiny_demo_loggers"))
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:

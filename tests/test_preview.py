@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from trainer_helpers import DEMO_CONFIG, tiny_overrides
 
 from taxaug_train import preview
-from tests.test_train import DEMO_CONFIG, tiny_overrides
 
 SPECIES = {("Felidae", "Felis", "catus"), ("Felidae", "Felis", "silvestris"), ("Felidae", "Panthera", "leo"),
            ("Felidae", "Panthera", "tigris"), ("Canidae", "Canis", "lupus"), ("Canidae", "Canis", "latrans"),

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from trainer_helpers import DEMO_CONFIG, tiny_overrides
 
 from taxaug_train import report
 from taxaug_train.config import load_config
 from taxaug_train.trainer import Trainer
-from tests.test_train import DEMO_CONFIG, make_tiny_demo, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {"a0": {"train.seed": 0}, "a1": {"train.seed": 1},
@@ -24,11 +24,10 @@ RUNS = {"a0": {"train.seed": 0}, "a1": {"train.seed": 1},
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(tiny_labels, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("report_runs")
-    labels = make_tiny_demo(root / "data")
     for name, extra in RUNS.items():
-        Trainer(load_config(DEMO_CONFIG, tiny_overrides(labels, root / name, **extra))).fit()
+        Trainer(load_config(DEMO_CONFIG, tiny_overrides(tiny_labels, root / name, **extra))).fit()
     return {name: root / name for name in RUNS}
 
 

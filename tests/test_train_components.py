@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_train import DEMO_CONFIG, make_tiny_demo, tiny_overrides
+from trainer_helpers import DEMO_CONFIG, tiny_overrides
 
 from taxaug.taxonomy import Taxonomy
 from taxaug_train.autobatch import find_batch_size
@@ -19,11 +18,6 @@ from taxaug_train.losses import HierarchicalLoss
 from taxaug_train.metrics import RankMetrics
 from taxaug_train.models import HierarchicalSoftmaxHead, build_model
 from taxaug_train.trainer import Trainer
-
-
-@pytest.fixture(scope="module")
-def tiny_labels(tmp_path_factory) -> Path:
-    return make_tiny_demo(tmp_path_factory.mktemp("tiny_demo_parts"))
 
 
 def _tree() -> Taxonomy:

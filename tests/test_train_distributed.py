@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_train import DEMO_CONFIG, make_tiny_demo, tiny_overrides
+from trainer_helpers import DEMO_CONFIG, tiny_overrides
 
 
 def _free_port() -> int:
@@ -51,9 +51,9 @@ def _worker(rank: int, world: int, port: int, labels: str, out: str, report_dir:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
+def two_process_run(tiny_labels, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    labels = make_tiny_demo(root / "data")
+    labels = tiny_labels
     out, reports = root / "run", root / "reports"
     reports.mkdir()
     mp.spawn(_worker, args=(2, _free_port(), str(labels), str(out), str(reports)), nprocs=2, join=True)

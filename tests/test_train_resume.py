@@ -10,16 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import DEMO_CONFIG, make_tiny_demo, tiny_overrides
+from trainer_helpers import DEMO_CONFIG, tiny_overrides
 
 from taxaug_train import checkpoint as ckpt
 from taxaug_train.config import load_config
 from taxaug_train.trainer import Trainer
-
-
-@pytest.fixture(scope="module")
-def tiny_labels(tmp_path_factory) -> Path:
-    return make_tiny_demo(tmp_path_factory.mktemp("tiny_demo_resume"))
 
 
 def _config(labels: Path, out: Path, **extra):
