@@ -30,28 +30,15 @@ WARMUP = 3
 
 # ---------------------------------------------------------------- worker side (imports its own taxaug)
 
-def _worker_calls(gen):
-    """The image_ops benchmark's taxaug calls (benchmarks/image_ops.py::_taxaug_policies)."""
-    from taxaug.functional import policies as P
-    from taxaug.transforms import ColorJitter
-
-    jitter = ColorJitter(0.4, 0.4, 0.4, 0.1, generator=gen)
-    return {
-        "auto_augment": lambda x: P.auto_augment(x, "imagenet", generator=gen),
-        "rand_augment": lambda x: P.rand_augment(x, 2, 9, generator=gen),
-        "trivial_augment_wide": lambda x: P.trivial_augment_wide(x, generator=gen),
-        "augmix": lambda x: P.augmix(x, generator=gen),
-        "random_erasing": lambda x: P.random_erasing(x, p=0.5, generator=gen),
-        "color_jitter": jitter,
-    }
-
-
 def _worker(threads: int, batch: int, side: int) -> None:
     """Answers 'row dtype seed' lines with one JSON line: wall and CPU seconds, output digest."""
     import hashlib
     import time
 
     import torch
+
+    # the rows exactly as the image_ops benchmark calls them, with taxaug from this worker's tree
+    from image_ops import _taxaug_policies
 
     import taxaug
 
@@ -60,7 +47,7 @@ def _worker(threads: int, batch: int, side: int) -> None:
     x8 = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, generator=data)
     inputs = {"uint8": x8, "float32": x8.float() / 255}
     gen = torch.Generator()
-    calls = _worker_calls(gen)
+    calls = _taxaug_policies(gen)
     print(json.dumps({"taxaug": taxaug.__file__, "threads": torch.get_num_threads()}), flush=True)
     for line in sys.stdin:
         row, dtype, seed = line.split()
