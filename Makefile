@@ -46,7 +46,7 @@ $(BENCH_STAMP): pyproject.toml setup.py $(wildcard taxaug/_native/*.c taxaug/_na
 
 bench: $(BENCH_STAMP)
 	mkdir -p benchmarks/results
-	for script in benchmarks/*.py; do \
+	for script in $(filter-out benchmarks/ab_%,$(wildcard benchmarks/[!_]*.py)); do \
 		echo "== $$script"; \
 		$(BENCH_VENV)/bin/python $$script --out benchmarks/results || exit 1; \
 	done

@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000, help="blobs for the pure-HDF5 image write")
     parser.add_argument("--code", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--work", type=Path, default=None, help="reuse this folder (keeps the CSV)")
+    parser.add_argument("--out", type=Path, default=None, help="folder to write the markdown table into")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="taxaug-build-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -112,14 +113,19 @@ def main() -> None:
     if not csv_path.exists():
         make_csv(csv_path, args.rows)
     size_mb = csv_path.stat().st_size / 2**20
-    print(f"code {args.code}; CSV {csv_path} ({size_mb:.1f} MB)")
     base = run_step("imports", work, args.code, args.images)["peak_mb"]
-    print("| step | rows | wall s | CPU s | rows/CPU s | peak RSS MB | above imports MB |\n"
-          "|---|---|---|---|---|---|---|")
+    lines = [f"code {args.code}; CSV {csv_path} ({size_mb:.1f} MB)", "",
+             "| step | rows | wall s | CPU s | rows/CPU s | peak RSS MB | above imports MB |",
+             "|---|---|---|---|---|---|---|"]
     for step in STEPS[1:]:
         r = run_step(step, work, args.code, args.images)
-        print(f"| {step} | {r['rows']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | "
-              f"{r['rows'] / r['cpu_seconds']:,.0f} | {r['peak_mb']:.0f} | {r['peak_mb'] - base:.0f} |")
+        lines.append(f"| {step} | {r['rows']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | "
+                     f"{r['rows'] / r['cpu_seconds']:,.0f} | {r['peak_mb']:.0f} | {r['peak_mb'] - base:.0f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "data_build.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":
