@@ -48,6 +48,7 @@ __all__ = [
     "rank_level",
     "rank_names_in",
     "read_config",
+    "read_fixed_strings",
     "taxon_names",
     "tree_conflicts",
     "validate",
@@ -65,6 +66,8 @@ RAW_FLOATS = ("raw_lat", "raw_lon", "raw_elevation")
 MAX_CONFLICTS_SHOWN = 20
 #: Rows per slice when writing strings and encoded images.
 WRITE_BLOCK = 1 << 16
+#: Rows per slice when reading variable-length strings.
+READ_BLOCK = 1 << 16
 
 
 def rank_level(name: str) -> int:
@@ -151,6 +154,8 @@ def _check_finite(ds: h5py.Dataset, problems: list[str], *, allow_nan: bool = Fa
         problems.append(f"{name}: dtype must be float32, got {ds.dtype}")
         return None
     data = ds[()]
+    if np.isfinite(data).all():
+        return data
     bad = np.isinf(data) if allow_nan else ~np.isfinite(data)
     if bad.any():
         rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)) if data.ndim > 1 else np.flatnonzero(bad)
@@ -163,17 +168,26 @@ def _check_finite(ds: h5py.Dataset, problems: list[str], *, allow_nan: bool = Fa
 # ------------------------------------------------------------------ per-dataset checks (one per schema row)
 
 
+def read_fixed_strings(ds: h5py.Dataset) -> np.ndarray:
+    """A 1-D string dataset as a fixed-width bytes array (UTF-8), read :data:`READ_BLOCK` rows at a time.
+
+    h5py gives one Python bytes object per variable-length string; converting slice by slice keeps
+    one slice of them alive, not one per row of the file. HDF5 strings hold no NUL, so the
+    fixed-width form loses nothing.
+    """
+    if ds.dtype.kind == "S":
+        return ds[()]
+    blocks = [ds[start:start + READ_BLOCK].astype(np.bytes_) for start in range(0, ds.shape[0], READ_BLOCK)]
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype="S1")
+
+
 def _check_identifiers(ds: h5py.Dataset, problems: list[str]) -> np.ndarray | None:
     """Non-empty, unique strings: a sorted fixed-width bytes array, no object-array unique. Returns that
     array (UTF-8 bytes, file order), so a reader of the file need not read the identifiers again."""
     if not _is_string(ds):
         problems.append(f"{IDENTIFIERS}: dtype must be variable-length string, got {ds.dtype}")
         return None
-    raw = ds[()]
-    if raw.dtype.kind == "U":
-        fixed = np.char.encode(raw, "utf-8")
-    else:  # HDF5 strings hold no NUL, so the fixed-width form loses nothing
-        fixed = raw if raw.dtype.kind == "S" else raw.astype(np.bytes_) if raw.size else np.zeros(0, dtype="S1")
+    fixed = read_fixed_strings(ds)
     ordered = np.sort(fixed)  # UTF-8 byte order is code point order
     repeated = ordered[1:][ordered[1:] == ordered[:-1]]
     if ordered.size and ordered[0] == b"":
