@@ -9,7 +9,10 @@ update, the loss forward+backward, each head's forward+backward, against a
 flat linear head's forward+backward with cross-entropy on the same batch (the
 floor); each head's parameters; a scheduled alpha over many steps (memory
 growth). Peak memory per row is the process's high-water RSS above its RSS
-before the row (``/proc/self/clear_refs``). Then it runs
+before the row (``/proc/self/clear_refs``); for the floor, validate and the opens it
+is measured in a fresh interpreter (above its RSS after the imports), where no freed
+heap of an earlier row hides part of it. Floor, validate and opens are timed in
+turns. Then it runs
 ``taxaug-train`` on a 100k-species 7-rank labels.h5 and reports its peak RSS
 beyond the model and optimizer.
 
@@ -121,11 +124,31 @@ def h5py_floor(path: Path) -> int:
     return total
 
 
-def _peak_of(fn: Callable[[], object]) -> float:
-    """High-water RSS of one call above the RSS before it, in MiB (what fn returns is dropped inside)."""
-    with Peak() as peak:
-        fn()
-    return peak.mib
+def file_calls(path: Path) -> dict[str, Callable[[], object]]:
+    """The file rows' operations on `path`, by row name (the first is the floor)."""
+    images = path.parent / "images"
+    images.mkdir(exist_ok=True)
+    return {
+        "h5py read of the columns": lambda: h5py_floor(path),
+        "validate": lambda: schema.validate(path).raise_if_invalid(),
+        "open (LabelsDataset)": lambda: LabelsDataset(path, rank_names=RANKS, metadata=METADATA),
+        "open (HybridDataset)": lambda: HybridDataset(path, images, rank_names=RANKS, metadata=METADATA),
+    }
+
+
+def fresh_peak(name: str, path: Path) -> float:
+    """High-water RSS of one file-row call in a fresh interpreter, above its RSS after the imports, in MiB.
+
+    In this process freed heap of earlier rows stays resident and would hide part of the peak.
+    """
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import scale\n"
+              "start = scale._status_kib('VmRSS')\n"
+              f"held = scale.file_calls(scale.Path({str(path)!r}))[{name!r}]()\n"
+              "print('PEAK_KIB', scale._status_kib('VmHWM') - start)\n")
+    # run from this folder: `-c` puts the working directory first on sys.path, which must not shadow PYTHONPATH
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).parent, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return int(done.stdout.split("PEAK_KIB")[-1].split()[0]) / 1024
 
 
 def file_rows(table: Table, args: argparse.Namespace, folder: Path) -> Taxonomy:
@@ -140,16 +163,10 @@ def file_rows(table: Table, args: argparse.Namespace, folder: Path) -> Taxonomy:
         seconds = time.perf_counter() - start
     del columns
     table.add(case, "write_labels", seconds, note=f"peak +{peak.mib:.0f} MiB; {args.rows / seconds:,.0f} rows/s")
-    (folder / "images").mkdir(exist_ok=True)
-    floor = "h5py read of the columns"
-    fns: dict[str, Callable[[], object]] = {
-        floor: lambda: h5py_floor(path),
-        "validate": lambda: schema.validate(path).raise_if_invalid(),
-        "open (LabelsDataset)": lambda: LabelsDataset(path, rank_names=RANKS, metadata=METADATA),
-        "open (HybridDataset)": lambda: HybridDataset(path, folder / "images", rank_names=RANKS, metadata=METADATA),
-    }
+    fns = file_calls(path)
+    floor = next(iter(fns))
     nbytes = h5py_floor(path)
-    peaks = {name: max(_peak_of(fn) for _ in range(2)) for name, fn in fns.items()}
+    peaks = {name: fresh_peak(name, path) for name in fns}
     times = time_interleaved(fns, repeats=args.file_repeats, warmup=0)
     for name, seconds in times.items():
         target = "; target <= 3x floor" if name.startswith("open") else ""
