@@ -144,8 +144,8 @@ def _nonzero_rows(block: np.ndarray) -> np.ndarray:
 
 def _check_class_map(table: np.ndarray, rank: str) -> None:
     """A class map lists 0 (null), then positive taxon ids in ascending order (each id one class)."""
-    ids = table[1:]
-    if table.ndim != 1 or table.size == 0 or table[0] != 0 or (ids.size and (ids[0] <= 0 or (np.diff(ids) <= 0).any())):
+    ascending = table.ndim == 1 and table.size > 0 and table[0] == 0 and bool(np.all(np.diff(table) > 0))
+    if not ascending:
         raise ValueError(f"class_maps[{rank!r}] must be 1-D: 0 (the null class) first, then distinct positive "
                          "taxon ids in ascending order, like a dataset's class_to_taxon_id")
 
@@ -279,12 +279,11 @@ class LabelsDataset:
             log.info("%s: filters removed %s; %d of %d rows kept", self.labels_path.name, removed,
                      int(keep.sum()), n_file)
         self.file_rows = np.flatnonzero(keep).astype(np.int64, copy=False)
-        self._all_rows = self.file_rows.size == n_file
         if self.file_rows.size == 0:
             raise ValueError(f"no rows of {self.labels_path} remain after filtering ({removed}); "
                              "relax the filters (FilterConfig) or check the file")
         ids = cols.identifiers
-        self.identifiers = IdentifierArray(ids if self._all_rows else ids[self.file_rows])
+        self.identifiers = IdentifierArray(ids if self.file_rows.size == n_file else ids[self.file_rows])
 
     def _build_targets(self, raw_ranks: dict[str, np.ndarray], class_maps: Mapping[str, np.ndarray] | None) -> None:
         """Contiguous int32 class indices per rank (0 = null), from `class_maps` or the kept rows.
@@ -296,7 +295,7 @@ class LabelsDataset:
         self._targets: dict[str, np.ndarray] = {}
         for r in self.rank_names:
             raw = raw_ranks.pop(r)
-            raw = raw if self._all_rows else raw[self.file_rows]
+            raw = raw if raw.shape[0] == self.file_rows.size else raw[self.file_rows]  # all rows kept: no copy
             if class_maps is not None and r in class_maps:
                 table = np.asarray(class_maps[r], dtype=np.int64)
                 _check_class_map(table, r)
@@ -326,7 +325,7 @@ class LabelsDataset:
             lo, hi = np.searchsorted(self.file_rows, [start, start + AUX_BLOCK])
             if lo == hi:
                 continue
-            local = None if self._all_rows else self.file_rows[lo:hi] - start
+            local = None if len(self.file_rows) == n_file else self.file_rows[lo:hi] - start
             offset = 0
             for j, (name, width) in enumerate(self.aux_components):
                 block = f[name][start:start + AUX_BLOCK]
@@ -338,6 +337,7 @@ class LabelsDataset:
                     block = np.where(finite, block, np.float32(0))
                 self._aux[lo:hi, offset:offset + width] = block
                 offset += width
+
     def _failed(self, name: str, reason: str) -> MissingImage:
         """A read failure: raised in strict mode, a MissingImage (decoded to a counted placeholder) otherwise."""
         if self.missing == "strict":
