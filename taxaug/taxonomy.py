@@ -68,7 +68,8 @@ def _as_index_array(values: object, name: str) -> np.ndarray:
         raise TypeError(f"labels[{name!r}] must hold integer class indices, got dtype {arr.dtype}")
     if arr.size and arr.min() < 0:
         raise ValueError(f"labels[{name!r}] holds negative class indices (min {arr.min()}); indices start at 0")
-    return arr.astype(np.int64, copy=False)
+    # integer columns stay as they are (no whole-column int64 copy); uint64 does not mix with int64
+    return arr if arr.dtype.kind in "iu" and arr.dtype != np.uint64 else arr.astype(np.int64)
 
 
 _LOW = (torch.float16, torch.bfloat16)
@@ -122,7 +123,10 @@ def _parent_table(name: str, child: np.ndarray, parent: np.ndarray, n_child: int
     (a sort of N integers, not a row-wise unique of an (N, 2) array).
     """
     known = (child != null_index) & (parent != null_index)
-    keys, counts = np.unique(child[known] * n_parent + parent[known], return_counts=True)
+    keys = child[known].astype(np.int64)
+    keys *= n_parent
+    keys += parent[known]
+    keys, counts = np.unique(keys, return_counts=True)
     kids, dads = np.divmod(keys, n_parent)
     table = np.full(n_child, null_index, dtype=np.int64)
     conflicts = []

@@ -5,17 +5,21 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import warnings
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from taxaug.data import (
     FilterConfig,
     HybridDataset,
     ImageLoadError,
+    LabelsDataset,
     PureHDF5Dataset,
     SchemaError,
     decode_image,
@@ -280,6 +284,138 @@ def test_raw_columns_as_metadata_have_no_nan(hybrid):
     aux, mask = ds.aux(np.arange(N))
     assert torch.isfinite(aux).all()
     assert mask[:, 0].tolist() == (~np.isnan(lat)).tolist()
+
+
+# ------------------------------------------------------------------ one lean read on open
+
+
+def _dense_open_reference(path, names, rows, class_maps=None):
+    """Targets, aux and mask of the kept file `rows` from whole columns, a Python dict per class map."""
+    with h5py.File(path) as f:
+        ranks = {r: f[r][()].astype(np.int64)[rows] for r in ("taxa_L10", "taxa_L20")}
+        blocks = [f[n][()].astype(np.float32).reshape(f[n].shape[0], -1)[rows] for n in names]
+    targets, tables = {}, {}
+    for r, raw in ranks.items():
+        table = class_maps[r] if class_maps else [0, *sorted(set(raw.tolist()) - {0})]
+        index = {int(t): c for c, t in enumerate(table) if c}
+        targets[r] = np.array([index.get(v, 0) for v in raw.tolist()])
+        tables[r] = np.asarray(table)
+    mask = np.stack([np.array([bool(np.any(b != 0)) and bool(np.isfinite(b).all()) for b in block])
+                     for block in blocks], axis=1)
+    aux = np.concatenate([np.where(np.isfinite(b), b, 0) for b in blocks], axis=1)
+    return targets, tables, aux, mask
+
+
+@pytest.mark.parametrize("class_maps", [False, True])
+def test_open_in_slices_equals_a_dense_reference(hybrid, monkeypatch, caplog, class_maps):
+    from taxaug.data import dataset as dataset_module
+
+    path, img_dir, ids, *_ = hybrid
+    monkeypatch.setattr(dataset_module, "AUX_BLOCK", 4)  # 30 rows: 8 slices, the last one short
+    names = ("spatial", "raw_lat", "elevation_multiscale", "in_region")
+    maps = {"taxa_L10": np.array([0, 101, 102, 104, 777]), "taxa_L20": np.array([0, 11, 12])} if class_maps else None
+    chosen = np.r_[1:6, 9, 13:25, 29]  # slice 2 keeps one row, slices 5-6 all, slice 7 none of its first rows
+    cfg = FilterConfig(in_region_only=True)
+    with caplog.at_level(logging.WARNING, logger="taxaug.data"):
+        ds = HybridDataset(path, img_dir, metadata=names, filters=cfg, rows=chosen, class_maps=maps)
+    rows = np.intersect1d(chosen, np.flatnonzero(h5py.File(path)["in_region"][()] == 1))
+    targets, tables, aux, mask = _dense_open_reference(path, names, rows, maps)
+    np.testing.assert_array_equal(ds.file_rows, rows)
+    assert ds.identifiers.tolist() == [ids[r] for r in rows]
+    for r in ("taxa_L10", "taxa_L20"):
+        np.testing.assert_array_equal(ds.class_to_taxon_id[r], tables[r])
+        np.testing.assert_array_equal(ds.class_targets(r), targets[r])
+    got = ds.targets(np.arange(len(ds)))
+    assert all(t.dtype == torch.int64 for t in got.values())
+    np.testing.assert_array_equal(got["taxa_L10"].numpy(), targets["taxa_L10"])
+    aux_t, mask_t = ds.aux(np.arange(len(ds)))
+    np.testing.assert_array_equal(aux_t.numpy(), aux)
+    np.testing.assert_array_equal(mask_t.numpy(), mask)
+    assert ds.aux_components == [("spatial", 3), ("raw_lat", 1), ("elevation_multiscale", 6), ("in_region", 1)]
+    assert ("carry taxon ids absent from the given class map" in caplog.text) == class_maps  # 100, 103, 105 unmapped
+
+
+@pytest.mark.parametrize("table", [[0, 105, 101], [3, 101], [0, 101, 101], [0, -1, 101], [[0, 101]]])
+def test_class_map_that_is_not_ascending_is_refused(hybrid, table):
+    path, img_dir, *_ = hybrid
+    with pytest.raises(ValueError, match=r"class_maps\['taxa_L10'\] must be 1-D: 0 \(the null class\) first"):
+        HybridDataset(path, img_dir, class_maps={"taxa_L10": np.array(table)})
+
+
+@given(raw=st.lists(st.sampled_from([0, 0, 1, 7, 300, 2**22 + 5, 2**31, 2**32 - 1]), max_size=40),
+       extra=st.lists(st.sampled_from([2, 7, 2**22 - 1, 2**33]), max_size=3, unique=True),
+       dtype=st.sampled_from([np.uint32, np.int64, np.uint64]))
+def test_class_indices_equal_a_dict_reference(raw, extra, dtype):
+    """The dense lookup (small ids) and the sort (ids past LOOKUP_IDS) agree with a dict, with and without a map."""
+    from taxaug.data.schema import class_indices, taxon_table
+
+    ids = np.array(raw, dtype=dtype)
+    table = taxon_table(ids)
+    assert table.tolist() == [0, *sorted(set(raw) - {0})]
+    idx, unseen = class_indices(ids, table)
+    assert idx.dtype == np.int32 and unseen == 0
+    assert idx.tolist() == [table.tolist().index(v) if v else 0 for v in raw]
+    given_map = np.array([0, *sorted(set(raw[::2]) - {0} | set(extra))], dtype=np.int64)
+    position = {int(t): c for c, t in enumerate(given_map) if c}
+    idx, unseen = class_indices(ids, given_map)
+    assert idx.tolist() == [position.get(v, 0) for v in raw]
+    assert unseen == sum(1 for v in raw if v and v not in position)
+
+
+@given(names=st.lists(st.binary(max_size=5), min_size=1, max_size=12), width=st.integers(1, 8))
+def test_inner_nul_equals_a_bytes_reference(names, width):
+    from taxaug.data.images import _inner_nul
+
+    ids = np.array(names, dtype=f"S{width}")  # truncated to width, trailing NULs are padding
+    expected = [b"\0" in bytes(v).rstrip(b"\0") for v in ids.tolist()]
+    assert _inner_nul(ids).tolist() == expected
+
+
+def _tree_of(child, parent, on_conflict):
+    from taxaug.taxonomy import Taxonomy
+
+    try:
+        tax = Taxonomy.from_labels({"s": child, "g": parent}, num_classes={"s": 100_001, "g": 40_000},
+                                   on_conflict=on_conflict)
+    except TaxonomyConflictError as exc:
+        return exc.conflicts
+    return tax.parent_array("s").tolist(), tax.conflicts
+
+
+@given(cols=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 3)), min_size=1, max_size=30),
+       child_dtype=st.sampled_from([np.int32, np.uint32, np.uint64]),
+       parent_dtype=st.sampled_from([np.uint8, np.int32, np.uint64]), on_conflict=st.sampled_from(["raise", "majority"]))
+def test_taxonomy_from_narrow_columns_equals_int64(cols, child_dtype, parent_dtype, on_conflict):
+    """Datasets hand int32 targets to Taxonomy.from_labels; pair keys past int32 (K_child * K_parent) stay exact."""
+    child, parent = np.array(cols, dtype=np.int64).T
+    child *= 20_000  # child * K_parent reaches 3.2e9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert (_tree_of(child.astype(child_dtype), parent.astype(parent_dtype), on_conflict)
+                == _tree_of(child, parent, on_conflict))
+
+
+def test_open_peak_memory_stays_under_twice_the_columns(tmp_path):
+    """tracemalloc peak of an open (validate included) against the in-memory size of the columns it reads."""
+    import tracemalloc
+
+    n, rng = 60_000, np.random.default_rng(0)
+    species = rng.integers(1, 500, n)
+    taxa = {f"taxa_L{10 * (k + 1)}": (species // 3**k + 1) * 7 for k in range(4)}
+    path = write_labels(tmp_path / "m.h5", [f"{i:09d}" for i in range(n)], taxa, lat=rng.uniform(-60, 60, n),
+                        lon=rng.uniform(-100, 100, n), dates=["2020-06-01"] * n, elevation=rng.uniform(0, 9, n))
+    names = ("spatial", "temporal", "elevation_multiscale")
+    with h5py.File(path) as f:
+        ids = f["img_identifiers"][()]
+        columns = ids.nbytes + sum(len(v) for v in ids) + sum(f[c][()].nbytes for c in (*taxa, *names))
+    del ids
+    tracemalloc.start()
+    try:
+        LabelsDataset(path, metadata=names)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 2 * columns, f"open peaked at {peak / columns:.2f}x the columns"
 
 
 # ------------------------------------------------------------------ decode as a viewer shows it

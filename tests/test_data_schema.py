@@ -275,3 +275,20 @@ def test_strings_and_encoded_images_written_in_slices_round_trip(tmp_path, monke
         assert [bytes(b) for b in f["images"][()]] == blobs
         assert f["raw_date_observed"].asstr()[()].tolist() == [d or "" for d in dates]
     assert validate(path).ok
+
+
+def test_identifiers_read_in_slices_equal_the_whole_column(tmp_path, monkeypatch):
+    from taxaug.data import schema
+    from taxaug.data.dataset import read_identifiers
+
+    monkeypatch.setattr(schema, "READ_BLOCK", 3)  # slices of different widths, a one-row last slice
+    ids = ["a", "bb", "c", "\u00e9\u4e2d.jpg", "d", "e", "longest_name.png", "f", "g", "h"]
+    path = write_labels(tmp_path / "l.h5", ids, {"taxa_L10": np.ones(len(ids))})
+    expected = np.array([i.encode() for i in ids])
+    report = validate(path)
+    assert report.ok and report.identifiers.dtype == expected.dtype
+    np.testing.assert_array_equal(report.identifiers, expected)
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(read_identifiers(f["img_identifiers"]), expected)
+    empty = write_labels(tmp_path / "e.h5", [], {"taxa_L10": np.ones(0)})
+    assert validate(empty).identifiers.shape == (0,)

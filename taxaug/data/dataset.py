@@ -122,31 +122,38 @@ class IdentifierArray:
 
 def read_identifiers(ds: h5py.Dataset) -> np.ndarray:
     """``img_identifiers`` as a fixed-width bytes array (UTF-8), read once."""
-    if ds.dtype.kind == "S":
-        return ds[()]
-    if h5py.check_string_dtype(ds.dtype) is None:
+    if ds.dtype.kind != "S" and h5py.check_string_dtype(ds.dtype) is None:
         raise schema.SchemaError(ds.file.filename, [f"{schema.IDENTIFIERS}: dtype must be variable-length string, "
                                                     f"got {ds.dtype}"])
-    raw = ds[()]  # vlen strings arrive as bytes objects; the object array lives only for this call
-    return raw.astype(np.bytes_) if raw.size else np.zeros(0, dtype="S1")
+    return schema.read_fixed_strings(ds)
 
 
-def _map_ids(raw: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, int]:
-    """Class index per row for raw ids given ``table[c] = taxon id`` (table[0] = 0); unknown ids -> 0."""
-    known = table[1:]
-    pos = np.searchsorted(known, raw)
-    pos_c = np.minimum(pos, max(known.shape[0] - 1, 0))
-    found = (known.shape[0] > 0) & (raw != 0)
-    if known.shape[0]:
-        found &= known[pos_c] == raw
-    idx = np.where(found, pos_c + 1, 0).astype(np.int64)
-    unseen = int(((raw != 0) & ~found).sum())
-    return idx, unseen
+#: File rows per slice when the aux features are assembled (bounds the temporaries of one slice).
+AUX_BLOCK = 1 << 18
+
+
+def _nonzero_rows(block: np.ndarray) -> np.ndarray:
+    """Rows of a 2-D block holding a non-zero (or NaN) value, OR-ed column by column (NumPy's row-wise
+    ``any`` over a few columns is several times slower)."""
+    nonzero = block != 0
+    rows = np.zeros(block.shape[0], dtype=bool)
+    for col in range(block.shape[1]):
+        rows |= nonzero[:, col]
+    return rows
+
+
+def _check_class_map(table: np.ndarray, rank: str) -> None:
+    """A class map lists 0 (null), then positive taxon ids in ascending order (each id one class)."""
+    ascending = table.ndim == 1 and table.size > 0 and table[0] == 0 and bool(np.all(np.diff(table) > 0))
+    if not ascending:
+        raise ValueError(f"class_maps[{rank!r}] must be 1-D: 0 (the null class) first, then distinct positive "
+                         "taxon ids in ascending order, like a dataset's class_to_taxon_id")
 
 
 @attrs.frozen
 class _Columns:
-    """What one open of the labels file reads: row count, raw rank ids, feature columns, identifiers."""
+    """What one open of the labels file reads before choosing rows: row count, raw rank ids (as stored,
+    uint32), the columns the filters need, identifiers. Aux features are read later, per slice."""
 
     num_rows: int
     ranks: dict[str, np.ndarray]
@@ -205,10 +212,13 @@ class LabelsDataset:
         report = schema.validate(self.labels_path, required_ranks=tuple(rank_names or ()),
                                  required_datasets=metadata, check_tree=False)  # the Taxonomy below checks it
         report.raise_if_invalid()
-        cols = self._read_columns(list(rank_names or report.rank_names), metadata, report.identifiers)
-        self._select_rows(cols, rows)
-        self._build_targets(cols.ranks, class_maps)
-        self._build_aux(cols.columns, metadata, cols.num_rows)
+        with h5py.File(self.labels_path, "r") as f:
+            cols = self._read_columns(f, list(rank_names or report.rank_names), metadata, report.identifiers)
+            del report
+            self._select_rows(cols, rows)
+            self._build_targets(cols.ranks, class_maps)  # consumes cols.ranks
+            del cols
+            self._build_aux(f, metadata)
 
         from taxaug.taxonomy import Taxonomy
 
@@ -233,28 +243,26 @@ class LabelsDataset:
         self.filters = filters or FilterConfig()
         self.failures = LoadFailures()
 
-    def _read_columns(self, ranks: list[str], metadata: tuple[str, ...],
+    def _read_columns(self, f: h5py.File, ranks: list[str], metadata: tuple[str, ...],
                       identifiers: np.ndarray | None = None) -> _Columns:
-        """Every array the dataset needs, read once with the file open (ranks sorted finest first);
-        `identifiers` as validation already read them."""
+        """The arrays the dataset needs before choosing rows (ranks sorted finest first); `identifiers`
+        as validation already read them."""
         for name in ranks:
             schema.rank_level(name)
         ranks.sort(key=schema.rank_level)
-        needed = set(metadata) | set(self.filters.required_metadata)
+        needed = set(self.filters.required_metadata)
         if self.filters.in_region_only:
             needed.add("in_region")
         if self.filters.max_anomaly_score is not None:
             needed.add("anomaly_score")
-        with h5py.File(self.labels_path, "r") as f:
-            cols = _Columns(
-                num_rows=f[schema.IDENTIFIERS].shape[0],
-                ranks={r: f[r][()].astype(np.int64) for r in ranks},
-                columns={c: f[c][()] for c in needed if c in f},
-                identifiers=read_identifiers(f[schema.IDENTIFIERS]) if identifiers is None else identifiers,
-            )
-            self.config_json = (f[schema.METADATA_GROUP].attrs.get("config_json")
-                                if schema.METADATA_GROUP in f else None)
-            self._init_source(f)
+        cols = _Columns(
+            num_rows=f[schema.IDENTIFIERS].shape[0],
+            ranks={r: f[r][()] for r in ranks},
+            columns={c: f[c][()] for c in needed if c in f},
+            identifiers=read_identifiers(f[schema.IDENTIFIERS]) if identifiers is None else identifiers,
+        )
+        self.config_json = f[schema.METADATA_GROUP].attrs.get("config_json") if schema.METADATA_GROUP in f else None
+        self._init_source(f)
         self.rank_names: tuple[str, ...] = tuple(ranks)
         return cols
 
@@ -270,7 +278,7 @@ class LabelsDataset:
         if removed:
             log.info("%s: filters removed %s; %d of %d rows kept", self.labels_path.name, removed,
                      int(keep.sum()), n_file)
-        self.file_rows = np.flatnonzero(keep).astype(np.int64)
+        self.file_rows = np.flatnonzero(keep).astype(np.int64, copy=False)
         if self.file_rows.size == 0:
             raise ValueError(f"no rows of {self.labels_path} remain after filtering ({removed}); "
                              "relax the filters (FilterConfig) or check the file")
@@ -278,35 +286,57 @@ class LabelsDataset:
         self.identifiers = IdentifierArray(ids if self.file_rows.size == n_file else ids[self.file_rows])
 
     def _build_targets(self, raw_ranks: dict[str, np.ndarray], class_maps: Mapping[str, np.ndarray] | None) -> None:
-        """Contiguous class indices per rank (0 = null), from `class_maps` or the kept rows."""
+        """Contiguous int32 class indices per rank (0 = null), from `class_maps` or the kept rows.
+
+        Each raw column is dropped from `raw_ranks` once mapped, so raw ids and targets of every rank
+        are never all held at once.
+        """
         self.class_to_taxon_id: dict[str, np.ndarray] = {}
         self._targets: dict[str, np.ndarray] = {}
         for r in self.rank_names:
-            raw = raw_ranks[r][self.file_rows]
+            raw = raw_ranks.pop(r)
+            raw = raw if raw.shape[0] == self.file_rows.size else raw[self.file_rows]  # all rows kept: no copy
             if class_maps is not None and r in class_maps:
                 table = np.asarray(class_maps[r], dtype=np.int64)
-                idx, unseen = _map_ids(raw, table)
+                _check_class_map(table, r)
+                idx, unseen = schema.class_indices(raw, table)
                 if unseen:
                     log.warning("%s: %d row(s) at %s carry taxon ids absent from the given class map; "
                                 "they are labelled null (0)", self.labels_path.name, unseen, r)
             else:
-                table = np.concatenate([[0], np.unique(raw[raw != 0])]).astype(np.int64)
-                idx, _ = _map_ids(raw, table)
+                table = schema.taxon_table(raw)
+                idx, _ = schema.class_indices(raw, table)
             self.class_to_taxon_id[r] = table
             self._targets[r] = idx
         self.num_classes: dict[str, int] = {r: int(t.shape[0]) for r, t in self.class_to_taxon_id.items()}
 
-    def _build_aux(self, columns: dict[str, np.ndarray], metadata: tuple[str, ...], n_file: int) -> None:
-        """``aux`` (kept rows, metadata concatenated, non-finite -> 0) and its per-component validity mask."""
-        self.aux_components: list[tuple[str, int]] = []
-        blocks, masks = [], []
-        for name in metadata:
-            block = np.asarray(columns[name], dtype=np.float32).reshape(n_file, -1)[self.file_rows]
-            self.aux_components.append((name, int(block.shape[1])))
-            masks.append((block != 0).any(axis=1) & np.isfinite(block).all(axis=1))
-            blocks.append(np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0))  # raw columns may hold NaN
-        self._aux = np.concatenate(blocks, axis=1) if blocks else None
-        self._aux_mask = np.stack(masks, axis=1) if masks else None
+    def _build_aux(self, f: h5py.File, metadata: tuple[str, ...]) -> None:
+        """``aux`` (kept rows, metadata concatenated as float32, non-finite -> 0) and its per-component
+        validity mask, filled :data:`AUX_BLOCK` file rows at a time straight from the file."""
+        widths = [int(np.prod(f[name].shape[1:], dtype=np.int64)) for name in metadata]
+        self.aux_components: list[tuple[str, int]] = list(zip(metadata, widths))
+        if not metadata:
+            self._aux = self._aux_mask = None
+            return
+        self._aux = np.empty((len(self.file_rows), sum(widths)), dtype=np.float32)
+        self._aux_mask = np.empty((len(self.file_rows), len(metadata)), dtype=bool)
+        n_file = f[schema.IDENTIFIERS].shape[0]
+        for start in range(0, n_file, AUX_BLOCK):
+            lo, hi = np.searchsorted(self.file_rows, [start, start + AUX_BLOCK])
+            if lo == hi:
+                continue
+            local = None if len(self.file_rows) == n_file else self.file_rows[lo:hi] - start
+            offset = 0
+            for j, (name, width) in enumerate(self.aux_components):
+                block = f[name][start:start + AUX_BLOCK]
+                block = np.asarray(block if local is None else block[local], dtype=np.float32).reshape(hi - lo, -1)
+                self._aux_mask[lo:hi, j] = _nonzero_rows(block)
+                if not np.isfinite(block).all():  # raw columns may hold NaN: such rows count as unknown
+                    finite = np.isfinite(block)
+                    self._aux_mask[lo:hi, j] &= finite.all(axis=1)
+                    block = np.where(finite, block, np.float32(0))
+                self._aux[lo:hi, offset:offset + width] = block
+                offset += width
 
     def _failed(self, name: str, reason: str) -> MissingImage:
         """A read failure: raised in strict mode, a MissingImage (decoded to a counted placeholder) otherwise."""
@@ -367,7 +397,7 @@ class LabelsDataset:
     def targets(self, indices: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """Class-index targets (long, 0 = null) of the given positions, per rank."""
         idx = np.asarray(indices, dtype=np.int64)
-        return {r: torch.from_numpy(self._targets[r][idx]) for r in self.rank_names}
+        return {r: torch.from_numpy(self._targets[r][idx].astype(np.int64)) for r in self.rank_names}
 
     def aux(self, indices: np.ndarray | torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(aux (B, D) float32, aux_mask (B, n_components) bool) of the given positions, or (None, None)."""
@@ -400,13 +430,13 @@ class LabelsDataset:
         """
         if rank not in self._targets:
             raise KeyError(f"rank {rank!r} not loaded; ranks are {self.rank_names}")
-        ids = self._targets[rank].copy()
+        ids = self._targets[rank].astype(np.int64)
         ids[ids == 0] = -1
         return ids
 
     def class_targets(self, rank: str) -> np.ndarray:
         """int64 class index (0 = null) per sample at `rank`."""
-        return self._targets[rank].copy()
+        return self._targets[rank].astype(np.int64)
 
     def taxon_ids(self, rank: str, classes: np.ndarray | torch.Tensor) -> np.ndarray:
         """Raw taxon ids of predicted class indices at `rank` (0 for the null class)."""

@@ -157,7 +157,11 @@ def _inner_nul(ids: np.ndarray) -> np.ndarray:
     width = ids.dtype.itemsize
     if ids.size == 0 or width == 0:
         return np.zeros(ids.shape, dtype=bool)
-    nonzero = np.ascontiguousarray(ids).view(np.uint8).reshape(-1, width) != 0
+    data = np.ascontiguousarray(ids).view(np.uint8)
+    lengths = np.char.str_len(ids)  # one past the last non-NUL byte of each row
+    if np.count_nonzero(data) == int(lengths.sum()):  # a row holds at most `length` non-NULs: none is inside
+        return np.zeros(ids.shape, dtype=bool)
+    nonzero = data.reshape(-1, width) != 0
     last = width - np.argmax(nonzero[:, ::-1], axis=1)  # one past the last non-NUL byte
     return nonzero.sum(axis=1) < np.where(nonzero.any(axis=1), last, 0)
 

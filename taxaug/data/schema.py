@@ -44,11 +44,14 @@ __all__ = [
     "RANK_PATTERN",
     "SchemaError",
     "ValidationReport",
+    "class_indices",
     "describe_conflict",
     "rank_level",
     "rank_names_in",
     "read_config",
+    "read_fixed_strings",
     "taxon_names",
+    "taxon_table",
     "tree_conflicts",
     "validate",
     "write_labels",
@@ -65,6 +68,11 @@ RAW_FLOATS = ("raw_lat", "raw_lon", "raw_elevation")
 MAX_CONFLICTS_SHOWN = 20
 #: Rows per slice when writing strings and encoded images.
 WRITE_BLOCK = 1 << 16
+#: Rows per slice when reading variable-length strings.
+READ_BLOCK = 1 << 16
+#: Raw taxon ids below this (or below the row count) become class indices through a dense lookup
+#: table (one pass over the rows); larger ids through a sort.
+LOOKUP_IDS = 1 << 22
 
 
 def rank_level(name: str) -> int:
@@ -151,6 +159,8 @@ def _check_finite(ds: h5py.Dataset, problems: list[str], *, allow_nan: bool = Fa
         problems.append(f"{name}: dtype must be float32, got {ds.dtype}")
         return None
     data = ds[()]
+    if np.isfinite(data).all():
+        return data
     bad = np.isinf(data) if allow_nan else ~np.isfinite(data)
     if bad.any():
         rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)) if data.ndim > 1 else np.flatnonzero(bad)
@@ -163,17 +173,26 @@ def _check_finite(ds: h5py.Dataset, problems: list[str], *, allow_nan: bool = Fa
 # ------------------------------------------------------------------ per-dataset checks (one per schema row)
 
 
+def read_fixed_strings(ds: h5py.Dataset) -> np.ndarray:
+    """A 1-D string dataset as a fixed-width bytes array (UTF-8), read :data:`READ_BLOCK` rows at a time.
+
+    h5py gives one Python bytes object per variable-length string; converting slice by slice keeps
+    one slice of them alive, not one per row of the file. HDF5 strings hold no NUL, so the
+    fixed-width form loses nothing.
+    """
+    if ds.dtype.kind == "S":
+        return ds[()]
+    blocks = [ds[start:start + READ_BLOCK].astype(np.bytes_) for start in range(0, ds.shape[0], READ_BLOCK)]
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype="S1")
+
+
 def _check_identifiers(ds: h5py.Dataset, problems: list[str]) -> np.ndarray | None:
     """Non-empty, unique strings: a sorted fixed-width bytes array, no object-array unique. Returns that
     array (UTF-8 bytes, file order), so a reader of the file need not read the identifiers again."""
     if not _is_string(ds):
         problems.append(f"{IDENTIFIERS}: dtype must be variable-length string, got {ds.dtype}")
         return None
-    raw = ds[()]
-    if raw.dtype.kind == "U":
-        fixed = np.char.encode(raw, "utf-8")
-    else:  # HDF5 strings hold no NUL, so the fixed-width form loses nothing
-        fixed = raw if raw.dtype.kind == "S" else raw.astype(np.bytes_) if raw.size else np.zeros(0, dtype="S1")
+    fixed = read_fixed_strings(ds)
     ordered = np.sort(fixed)  # UTF-8 byte order is code point order
     repeated = ordered[1:][ordered[1:] == ordered[:-1]]
     if ordered.size and ordered[0] == b"":
@@ -304,6 +323,42 @@ def _check_metadata(group: h5py.Group, problems: list[str]) -> None:
 # ------------------------------------------------------------------ the tree
 
 
+def _lookup_size(raw: np.ndarray) -> int | None:
+    """Entries of a dense lookup table over the ids in `raw`, or None when its ids are negative or
+    too large for one (then ids are matched through a sort)."""
+    if raw.size == 0:
+        return 1
+    top, low = int(raw.max()), int(raw.min())
+    return top + 1 if low >= 0 and top < max(LOOKUP_IDS, raw.shape[0]) else None
+
+
+def taxon_table(raw: np.ndarray) -> np.ndarray:
+    """``table[c]`` = taxon id of class c: 0 (null), then the distinct non-zero ids of `raw`, ascending (int64)."""
+    size = _lookup_size(raw)
+    seen = np.unique(raw) if size is None else np.flatnonzero(np.bincount(raw.astype(np.intp, copy=False), minlength=size))
+    return np.concatenate([[0], seen[seen != 0]]).astype(np.int64)
+
+
+def class_indices(raw: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, int]:
+    """int32 class index per row of raw taxon ids, given ``table[c]`` = taxon id of class c (0 first, then
+    ascending distinct positive ids), and the number of rows whose non-zero id is not in it (-> 0).
+
+    One pass over the rows through a dense lookup table; a sort (searchsorted) when ids are too large.
+    """
+    known = table[1:]
+    size = _lookup_size(raw)
+    if size is not None:
+        lut = np.zeros(size, dtype=np.int32)
+        inside = known < size  # ids no row can carry need no entry
+        lut[known[inside]] = np.flatnonzero(inside) + 1
+        idx = lut[raw]
+    else:
+        pos = np.minimum(np.searchsorted(known, raw), max(known.shape[0] - 1, 0))
+        found = (raw != 0) & (known[pos] == raw) if known.shape[0] else np.zeros(raw.shape, dtype=bool)
+        idx = np.where(found, pos + 1, 0).astype(np.int32)
+    return idx, int(np.count_nonzero(raw)) - int(np.count_nonzero(idx))
+
+
 def tree_conflicts(columns: Mapping[str, np.ndarray]) -> tuple[Conflict, ...]:
     """Taxa seen under more than one parent, in raw taxon ids (``Conflict.child`` / ``parents``).
 
@@ -315,8 +370,9 @@ def tree_conflicts(columns: Mapping[str, np.ndarray]) -> tuple[Conflict, ...]:
     names = list(columns)
     tables, compact = {}, {}
     for name in names:
-        table, index = np.unique(np.concatenate([[0], np.asarray(columns[name]).reshape(-1)]), return_inverse=True)
-        tables[name], compact[name] = table, index[1:]  # table[0] == 0: the null id keeps index 0
+        raw = np.asarray(columns[name]).reshape(-1)
+        tables[name] = taxon_table(raw)
+        compact[name], _ = class_indices(raw, tables[name])
     try:
         Taxonomy.from_labels(compact, null_index=0, on_conflict="raise")
     except TaxonomyConflictError as exc:
