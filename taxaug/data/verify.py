@@ -97,8 +97,7 @@ def _read_labels(labels_path: str | Path, check: bool) -> tuple[np.ndarray, list
     fatal = [p for p in report.problems if p.startswith((schema.IDENTIFIERS, "file not found", "not an HDF5"))]
     if fatal:
         raise schema.SchemaError(labels_path, fatal)
-    with h5py.File(labels_path, "r") as f:
-        return read_identifiers(f[schema.IDENTIFIERS]), list(report.problems)  # schema and tree problems
+    return report.identifiers, list(report.problems)  # the identifiers validate read; schema and tree problems
 
 
 def _stat_file(path: Path) -> tuple[int, str]:
