@@ -26,7 +26,6 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as nnf
 
 from taxaug.taxonomy import Taxonomy
 
@@ -34,7 +33,7 @@ __all__ = ["RankMetrics"]
 
 _SHARED_TOPK = 512  # ranks with at most this many classes share one top-k call
 
-# columns of the per-rank sum table
+# columns of the per-rank sum table (all integer counts; hdistk sums the distances of all top-k picks)
 _COLUMNS = ("n", "top1", "topk", "mistakes", "severity", "hdist1", "hdistk",
             "crm_top1", "crm_mistakes", "crm_severity", "crm_hdist1")
 
@@ -60,7 +59,7 @@ class RankMetrics:
         # the named columns, then the top-1 mistakes at each LCA distance 1..R
         self.sums = torch.zeros(len(self.ranks), len(_COLUMNS) + len(self.ranks), dtype=torch.float64)
         self._offsets = np.cumsum([0] + [self.num_classes[r] for r in self.ranks[:-1]]).tolist()
-        self._groups: torch.Tensor | None = None
+        self._tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def reset(self) -> None:
         self.sums.zero_()
@@ -76,55 +75,59 @@ class RankMetrics:
                                  f"{tuple(targets[self.ranks[i]].shape)}")
         if not rows:
             return
-        tops = self._tops([logits[self.ranks[i]].detach() for i in rows])
-        truths, valids, preds = [], [], []
-        for n, i in enumerate(rows):
-            r, offset, scores = self.ranks[i], self._offsets[i], logits[self.ranks[i]].detach()
-            tops[n] = tops[n] + offset
-            t = targets[r].to(scores.device).long()
-            valids.append(t != self.null_index)
-            truths.append(t + offset)
-            if self.crm:
-                preds.append(self.taxonomy.crm_predict(torch.softmax(scores.float(), dim=1), r) + offset)
-        table = self._row_sums(torch.stack(tops), torch.stack(truths), torch.stack(valids).float(),
-                               torch.stack(preds) if preds else None)
+        scores = [logits[self.ranks[i]].detach() for i in rows]
+        device = scores[0].device
+        offsets = self._tables_on(device)[1][rows]
+        t = torch.stack([targets[self.ranks[i]] for i in rows]).to(device, torch.long)
+        pred = None
+        if self.crm:
+            pred = torch.stack([self.taxonomy.crm_predict(torch.softmax(s.float(), dim=1), self.ranks[i])
+                                for i, s in zip(rows, scores)]) + offsets[:, None]
+        table = self._row_sums(torch.stack(self._tops(scores)) + offsets[:, None, None], t + offsets[:, None],
+                               t != self.null_index, pred)
         if self.sums.device != table.device:  # accumulate where the logits are: no host sync per batch
             self.sums = self.sums.to(table.device)
-        self.sums.index_add_(0, torch.tensor(rows, device=table.device), table)
+        self.sums[rows] += table
 
-    def _groups_on(self, device: torch.device) -> torch.Tensor:
-        """Every rank's `Taxonomy.level_groups` stacked (rank i's classes from offset i), zero-padded to R columns
-        (equal padding adds no distance)."""
-        if self._groups is None or self._groups.device != device:
+    def _tables_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """On `device`: every rank's `Taxonomy.level_groups` stacked (rank i's classes from offset i; int32,
+        zero-padded to R columns: equal padding adds no distance), the offsets, and the distances 1..R."""
+        if self._tables is None or self._tables[0].device != device:
             parts = []
             for r in self.ranks:
                 groups = self.taxonomy.level_groups(r)
                 parts.append(np.pad(groups, ((0, 0), (0, len(self.ranks) - groups.shape[1]))))
-            self._groups = torch.from_numpy(np.concatenate(parts)).to(device)
-        return self._groups
+            groups = torch.from_numpy(np.concatenate(parts).astype(np.int32))
+            self._tables = (groups.to(device), torch.tensor(self._offsets, device=device),
+                            torch.arange(1, len(self.ranks) + 1, device=device))
+        return self._tables
 
     def _row_sums(self, top: torch.Tensor, t: torch.Tensor, valid: torch.Tensor,
                   pred: torch.Tensor | None) -> torch.Tensor:
         """(ranks, columns) sums of this batch from (ranks, B, k) top-k, (ranks, B) truths, their validity and
-        the CRM decisions."""
-        groups = self._groups_on(top.device)
-        truth_groups = groups[t]
-        hit = top == t[..., None]
-        dist = (groups[top] != truth_groups[:, :, None, :]).sum(dim=-1).float()
-        right = hit[..., 0].float() * valid
+        the CRM decisions. A right prediction is at distance 0, so the distance of the wrong ones sums to the
+        distance of all."""
+        groups, _, distances = self._tables_on(top.device)
+        picks = top if pred is None else torch.cat([top, pred[..., None]], dim=-1)
+        shape = (*picks.shape, groups.shape[1])
+        truth_groups = groups.index_select(0, t.flatten()).view(shape[0], shape[1], 1, shape[3])
+        dist = (groups.index_select(0, picks.flatten()).view(shape) != truth_groups).sum(dim=-1, dtype=torch.int32)
+        hit = picks == t[..., None]
+        valid = valid.float()
+        right = hit[..., 0] * valid
         wrong = valid - right
-        cols = [valid, right, hit.any(dim=-1).float() * valid, wrong, dist[..., 0] * wrong, dist[..., 0] * valid,
-                dist.mean(dim=-1) * valid]
+        d1 = dist[..., 0] * valid
+        cols = [valid, right, hit[..., :self.topk].any(dim=-1) * valid, wrong, d1, d1,
+                dist[..., :self.topk].sum(dim=-1) * valid]
         if pred is not None:
-            dist_crm = (groups[pred] != truth_groups).sum(dim=-1).float()
-            crm_right = (pred == t).float() * valid
-            crm_wrong = valid - crm_right
-            cols += [crm_right, crm_wrong, dist_crm * crm_wrong, dist_crm * valid]
+            crm_right = hit[..., -1] * valid
+            d_crm = dist[..., -1] * valid
+            cols += [crm_right, valid - crm_right, d_crm, d_crm]
         else:
             cols += [torch.zeros_like(valid)] * 4
-        by_distance = nnf.one_hot(dist[..., 0].long(), len(self.ranks) + 1)[..., 1:] * wrong[..., None]
+        by_distance = (dist[..., :1] == distances) * wrong[..., None]
         table = torch.cat([torch.stack(cols, dim=-1), by_distance], dim=-1)
-        return table.sum(dim=1).double()  # per batch, exact in float32 up to 2**24 rows
+        return table.sum(dim=1).double()  # integer counts: exact in float32 while B * topk * R < 2**24
 
     def _tops(self, scores: list[torch.Tensor]) -> list[torch.Tensor]:
         """(B, topk) best real classes per rank, best first. Ranks with few classes share one padded top-k
@@ -181,7 +184,7 @@ class RankMetrics:
                 "severity": _severity(s["severity"], s["mistakes"], n),
                 "mistakes": int(s["mistakes"]),
                 "hdist@1": _ratio(s["hdist1"], n),
-                "hdist@5": _ratio(s["hdistk"], n) if has_k else math.nan,
+                "hdist@5": _ratio(s["hdistk"], n * self.topk) if has_k else math.nan,
                 "mistakes_by_distance": {str(d): int(c) for d, c in  # a class at rank i is at most R - i away
                                          enumerate(row[len(_COLUMNS):len(_COLUMNS) + len(self.ranks) - i], 1)},
                 "n": int(n),
