@@ -59,7 +59,6 @@ class RankMetrics:
         self.num_classes = dict(taxonomy.num_classes)
         # the named columns, then the top-1 mistakes at each LCA distance 1..R
         self.sums = torch.zeros(len(self.ranks), len(_COLUMNS) + len(self.ranks), dtype=torch.float64)
-        self._offsets = np.cumsum([0] + [self.num_classes[r] for r in self.ranks[:-1]]).tolist()
         self._tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def reset(self) -> None:
@@ -95,28 +94,46 @@ class RankMetrics:
             self.sums[rows] += table
 
     def _tables_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """On `device`: every rank's `Taxonomy.level_groups` stacked (rank i's classes from offset i; int32,
-        zero-padded to R columns: equal padding adds no distance), the offsets, and the distances 1..R."""
+        """On `device`: the level-group chain `_group_chain`, each rank's first class id in it, and the
+        distances 1..R."""
         if self._tables is None or self._tables[0].device != device:
-            parts = []
-            for r in self.ranks:
-                groups = self.taxonomy.level_groups(r)
-                parts.append(np.pad(groups, ((0, 0), (0, len(self.ranks) - groups.shape[1]))))
-            groups = torch.from_numpy(np.concatenate(parts).astype(np.int32))
-            self._tables = (groups.to(device), torch.tensor(self._offsets, device=device),
+            up, offsets = self._group_chain()
+            self._tables = (torch.from_numpy(up).to(device), torch.from_numpy(offsets).to(device),
                             torch.arange(1, len(self.ranks) + 1, device=device))
         return self._tables
 
+    def _group_chain(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every rank's `Taxonomy.level_groups` as one map: each (rank, level) numbers its groups in its own id
+        range, ``up[g]`` is group g's group one level up, and a rank's last level goes to one shared id that
+        maps to itself (no distance above the top). O(sum of group counts), far smaller than the (K, R) tables,
+        so the lookups of an update touch little memory. Returns (up, each rank's id of its class 0)."""
+        tables = [self.taxonomy.level_groups(r) for r in self.ranks]
+        sizes = [(g.max(axis=0) + 1) if g.size else np.ones(g.shape[1], np.int64) for g in tables]
+        starts = np.cumsum([0] + [int(n) for s in sizes for n in s])
+        top = int(starts[-1])  # the shared id above every rank's top level
+        up = np.full(top + 1, top, dtype=np.int64)
+        first, at = [], 0
+        for groups in tables:
+            first.append(int(starts[at]))
+            for m in range(groups.shape[1] - 1):
+                up[starts[at + m] + groups[:, m]] = starts[at + m + 1] + groups[:, m + 1]
+            at += groups.shape[1]
+        return up, np.array(first, dtype=np.int64)
+
     def _row_sums(self, top: torch.Tensor, t: torch.Tensor, valid: torch.Tensor,
                   pred: torch.Tensor | None) -> torch.Tensor:
-        """(ranks, columns) sums of this batch from (ranks, B, k) top-k, (ranks, B) truths, their validity and
-        the CRM decisions. A right prediction is at distance 0, so the distance of the wrong ones sums to the
-        distance of all."""
-        groups, _, distances = self._tables_on(top.device)
+        """(ranks, columns) sums of this batch from (ranks, B, k) top-k, (ranks, B) class ids in
+        `_group_chain`, their validity and the CRM decisions. The LCA distance of a pick is the number of
+        levels at which its group differs from the truth's. A right prediction is at distance 0, so the
+        distance of the wrong ones sums to the distance of all."""
+        up, _, distances = self._tables_on(top.device)
         picks = top if pred is None else torch.cat([top, pred[..., None]], dim=-1)
-        shape = (*picks.shape, groups.shape[1])
-        truth_groups = groups.index_select(0, t.flatten()).view(shape[0], shape[1], 1, shape[3])
-        dist = (groups.index_select(0, picks.flatten()).view(shape) != truth_groups).sum(dim=-1, dtype=torch.int32)
+        ids = torch.cat([picks, t[..., None]], dim=-1)
+        dist = torch.zeros(picks.shape, dtype=torch.int32, device=top.device)
+        for level in range(len(self.ranks)):
+            dist += ids[..., :-1] != ids[..., -1:]
+            if level < len(self.ranks) - 1:
+                ids = up.take(ids)
         hit = picks == t[..., None]
         valid = valid.float()
         right = hit[..., 0] * valid
