@@ -128,12 +128,11 @@ class RankMetrics:
         distance of the wrong ones sums to the distance of all."""
         up, _, distances = self._tables_on(top.device)
         picks = top if pred is None else torch.cat([top, pred[..., None]], dim=-1)
-        ids = torch.cat([picks, t[..., None]], dim=-1)
-        dist = torch.zeros(picks.shape, dtype=torch.int32, device=top.device)
-        for level in range(len(self.ranks)):
-            dist += ids[..., :-1] != ids[..., -1:]
-            if level < len(self.ranks) - 1:
-                ids = up.take(ids)
+        chain = [torch.cat([picks, t[..., None]], dim=-1)]
+        for _ in range(len(self.ranks) - 1):
+            chain.append(up.take(chain[-1]))
+        groups = torch.stack(chain)  # (R levels, ranks, B, picks + truth)
+        dist = (groups[..., :-1] != groups[..., -1:]).sum(dim=0, dtype=torch.int32)
         hit = picks == t[..., None]
         valid = valid.float()
         right = hit[..., 0] * valid
