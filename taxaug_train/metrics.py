@@ -108,7 +108,7 @@ class RankMetrics:
         maps to itself (no distance above the top). O(sum of group counts), far smaller than the (K, R) tables,
         so the lookups of an update touch little memory. Returns (up, each rank's id of its class 0)."""
         tables = [self.taxonomy.level_groups(r) for r in self.ranks]
-        sizes = [(g.max(axis=0) + 1) if g.size else np.ones(g.shape[1], np.int64) for g in tables]
+        sizes = [g.max(axis=0) + 1 for g in tables]  # every rank has a class (the null one)
         starts = np.cumsum([0] + [int(n) for s in sizes for n in s])
         top = int(starts[-1])  # the shared id above every rank's top level
         up = np.full(top + 1, top, dtype=np.int64)
