@@ -67,7 +67,7 @@ class RankMetrics:
     @torch.no_grad()
     def update(self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> None:
         """Add one batch. Each rank costs a top-k; the rest runs once for all ranks stacked (classes of every
-        rank numbered in one range, distances from one stacked level-group table)."""
+        rank numbered in one range, distances from one stacked level-group chain)."""
         rows = [i for i, r in enumerate(self.ranks) if r in targets and r in logits]
         for i in rows:
             if targets[self.ranks[i]].ndim != 1:
