@@ -168,7 +168,8 @@ class RankMetrics:
         for j, s in enumerate(scores):
             if out[j] is None:
                 top = self._top(s)
-                out[j] = torch.cat([top, top[:, :1].expand(-1, self.topk - top.shape[1])], dim=1)
+                short = self.topk - top.shape[1]
+                out[j] = torch.cat([top, top[:, :1].expand(-1, short)], dim=1) if short else top
         return out  # type: ignore[return-value]
 
     def _top(self, scores: torch.Tensor) -> torch.Tensor:
