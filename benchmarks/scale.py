@@ -17,7 +17,8 @@ turns. Then it runs
 beyond the model and optimizer.
 
 ``--quick``: 200k rows, 2k and 20k species, a 20k-species training file, for a smoke run.
-``--parts file,batch,train`` picks the sections (all by default).
+``--parts file,batch,train`` picks the sections (all by default); ``--ops metrics,loss`` keeps only the
+per-batch rows whose names start so (the flat head always runs).
 """
 
 from __future__ import annotations
@@ -238,6 +239,7 @@ def batch_rows(table: Table, tax: Taxonomy, case: str, args: argparse.Namespace)
         fns[name] = flat_step(head, feats, targets)
         extra = f"; Linear(features + K_parent, K_child) heads would hold {old:,}" if "parent" in name else ""
         notes[name] = f"{_params(head):,} params{extra}"
+    fns = {name: fn for name, fn in fns.items() if name == floor or _picked(name, args.ops)}
     peaks = {}
     for name, fn in fns.items():
         fn()  # warm: builds cached structure
@@ -248,7 +250,13 @@ def batch_rows(table: Table, tax: Taxonomy, case: str, args: argparse.Namespace)
     for name, seconds in times.items():
         table.add(case, name, seconds, floor=None if name == floor else floor,
                   note=f"{notes[name]}; peak +{peaks[name]:.0f} MiB")
-    schedule_row(table, tax, case, soft, args)
+    if _picked("alpha scheduled", args.ops):
+        schedule_row(table, tax, case, soft, args)
+
+
+def _picked(name: str, ops: str | None) -> bool:
+    """Whether per-batch row `name` is among the comma list `ops` of name prefixes (all rows without one)."""
+    return ops is None or any(name.startswith(p.strip()) for p in ops.split(","))
 
 
 def _params(module: torch.nn.Module) -> int:
@@ -339,6 +347,8 @@ def main() -> None:
     own.add_argument("--features", type=int, default=512)
     own.add_argument("--parts", default="file,batch,train",
                      help="comma list of file (write/validate/open), batch (per-batch ops), train (taxaug-train run)")
+    own.add_argument("--ops", default=None,
+                     help="comma list of per-batch row name prefixes to time (with the flat head), e.g. 'metrics'")
     own.add_argument("--train-species", type=int, default=100_000)
     own.add_argument("--file-repeats", type=int, default=None,
                      help="timed turns of the file rows (floor, validate, opens); default 5 (1 with --quick)")

@@ -26,15 +26,15 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as nnf
 
 from taxaug.taxonomy import Taxonomy
 
 __all__ = ["RankMetrics"]
 
 _SHARED_TOPK = 512  # ranks with at most this many classes share one top-k call
+_DIRECT_TOPK = 2048  # ranks with at most this many classes take a plain top-k, the rest one through block maxima
 
-# columns of the per-rank sum table
+# columns of the per-rank sum table (all integer counts; hdistk sums the distances of all top-k picks)
 _COLUMNS = ("n", "top1", "topk", "mistakes", "severity", "hdist1", "hdistk",
             "crm_top1", "crm_mistakes", "crm_severity", "crm_hdist1")
 
@@ -59,8 +59,7 @@ class RankMetrics:
         self.num_classes = dict(taxonomy.num_classes)
         # the named columns, then the top-1 mistakes at each LCA distance 1..R
         self.sums = torch.zeros(len(self.ranks), len(_COLUMNS) + len(self.ranks), dtype=torch.float64)
-        self._offsets = np.cumsum([0] + [self.num_classes[r] for r in self.ranks[:-1]]).tolist()
-        self._groups: torch.Tensor | None = None
+        self._tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def reset(self) -> None:
         self.sums.zero_()
@@ -68,7 +67,7 @@ class RankMetrics:
     @torch.no_grad()
     def update(self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> None:
         """Add one batch. Each rank costs a top-k; the rest runs once for all ranks stacked (classes of every
-        rank numbered in one range, distances from one stacked level-group table)."""
+        rank numbered in one range, distances from one stacked level-group chain)."""
         rows = [i for i, r in enumerate(self.ranks) if r in targets and r in logits]
         for i in rows:
             if targets[self.ranks[i]].ndim != 1:
@@ -76,55 +75,80 @@ class RankMetrics:
                                  f"{tuple(targets[self.ranks[i]].shape)}")
         if not rows:
             return
-        tops = self._tops([logits[self.ranks[i]].detach() for i in rows])
-        truths, valids, preds = [], [], []
-        for n, i in enumerate(rows):
-            r, offset, scores = self.ranks[i], self._offsets[i], logits[self.ranks[i]].detach()
-            tops[n] = tops[n] + offset
-            t = targets[r].to(scores.device).long()
-            valids.append(t != self.null_index)
-            truths.append(t + offset)
-            if self.crm:
-                preds.append(self.taxonomy.crm_predict(torch.softmax(scores.float(), dim=1), r) + offset)
-        table = self._row_sums(torch.stack(tops), torch.stack(truths), torch.stack(valids).float(),
-                               torch.stack(preds) if preds else None)
+        scores = [logits[self.ranks[i]].detach() for i in rows]
+        device = scores[0].device
+        every = len(rows) == len(self.ranks)  # the usual case: no index op
+        offsets = self._tables_on(device)[1] if every else self._tables_on(device)[1][rows]
+        t = torch.stack([targets[self.ranks[i]] for i in rows]).to(device, torch.long)
+        pred = None
+        if self.crm:
+            pred = torch.stack([self.taxonomy.crm_predict(torch.softmax(s.float(), dim=1), self.ranks[i])
+                                for i, s in zip(rows, scores)]) + offsets[:, None]
+        table = self._row_sums(torch.stack(self._tops(scores)) + offsets[:, None, None], t + offsets[:, None],
+                               t != self.null_index, pred)
         if self.sums.device != table.device:  # accumulate where the logits are: no host sync per batch
             self.sums = self.sums.to(table.device)
-        self.sums.index_add_(0, torch.tensor(rows, device=table.device), table)
+        if every:
+            self.sums += table
+        else:
+            self.sums[rows] += table
 
-    def _groups_on(self, device: torch.device) -> torch.Tensor:
-        """Every rank's `Taxonomy.level_groups` stacked (rank i's classes from offset i), zero-padded to R columns
-        (equal padding adds no distance)."""
-        if self._groups is None or self._groups.device != device:
-            parts = []
-            for r in self.ranks:
-                groups = self.taxonomy.level_groups(r)
-                parts.append(np.pad(groups, ((0, 0), (0, len(self.ranks) - groups.shape[1]))))
-            self._groups = torch.from_numpy(np.concatenate(parts)).to(device)
-        return self._groups
+    def _tables_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """On `device`: the level-group chain `_group_chain`, each rank's first class id in it, and the
+        distances 1..R."""
+        if self._tables is None or self._tables[0].device != device:
+            up, offsets = self._group_chain()
+            self._tables = (torch.from_numpy(up).to(device), torch.from_numpy(offsets).to(device),
+                            torch.arange(1, len(self.ranks) + 1, device=device))
+        return self._tables
+
+    def _group_chain(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every rank's `Taxonomy.level_groups` as one map: each (rank, level) numbers its groups in its own id
+        range, ``up[g]`` is group g's group one level up, and a rank's last level goes to one shared id that
+        maps to itself (no distance above the top). O(sum of group counts), far smaller than the (K, R) tables,
+        so the lookups of an update touch little memory. Returns (up, each rank's id of its class 0)."""
+        tables = [self.taxonomy.level_groups(r) for r in self.ranks]
+        sizes = [g.max(axis=0) + 1 for g in tables]  # every rank has a class (the null one)
+        starts = np.cumsum([0] + [int(n) for s in sizes for n in s])
+        top = int(starts[-1])  # the shared id above every rank's top level
+        up = np.full(top + 1, top, dtype=np.int64)
+        first, at = [], 0
+        for groups in tables:
+            first.append(int(starts[at]))
+            for m in range(groups.shape[1] - 1):
+                up[starts[at + m] + groups[:, m]] = starts[at + m + 1] + groups[:, m + 1]
+            at += groups.shape[1]
+        return up, np.array(first, dtype=np.int64)
 
     def _row_sums(self, top: torch.Tensor, t: torch.Tensor, valid: torch.Tensor,
                   pred: torch.Tensor | None) -> torch.Tensor:
-        """(ranks, columns) sums of this batch from (ranks, B, k) top-k, (ranks, B) truths, their validity and
-        the CRM decisions."""
-        groups = self._groups_on(top.device)
-        truth_groups = groups[t]
-        hit = top == t[..., None]
-        dist = (groups[top] != truth_groups[:, :, None, :]).sum(dim=-1).float()
-        right = hit[..., 0].float() * valid
+        """(ranks, columns) sums of this batch from (ranks, B, k) top-k, (ranks, B) class ids in
+        `_group_chain`, their validity and the CRM decisions. The LCA distance of a pick is the number of
+        levels at which its group differs from the truth's. A right prediction is at distance 0, so the
+        distance of the wrong ones sums to the distance of all."""
+        up, _, distances = self._tables_on(top.device)
+        picks = top if pred is None else torch.cat([top, pred[..., None]], dim=-1)
+        chain = [torch.cat([picks, t[..., None]], dim=-1)]
+        for _ in range(len(self.ranks) - 1):
+            chain.append(up.take(chain[-1]))
+        groups = torch.stack(chain)  # (R levels, ranks, B, picks + truth)
+        dist = (groups[..., :-1] != groups[..., -1:]).sum(dim=0, dtype=torch.int32)
+        hit = picks == t[..., None]
+        valid = valid.float()
+        right = hit[..., 0] * valid
         wrong = valid - right
-        cols = [valid, right, hit.any(dim=-1).float() * valid, wrong, dist[..., 0] * wrong, dist[..., 0] * valid,
-                dist.mean(dim=-1) * valid]
+        d1 = dist[..., 0] * valid
+        cols = [valid, right, hit[..., :self.topk].any(dim=-1) * valid, wrong, d1, d1,
+                dist[..., :self.topk].sum(dim=-1) * valid]
         if pred is not None:
-            dist_crm = (groups[pred] != truth_groups).sum(dim=-1).float()
-            crm_right = (pred == t).float() * valid
-            crm_wrong = valid - crm_right
-            cols += [crm_right, crm_wrong, dist_crm * crm_wrong, dist_crm * valid]
+            crm_right = hit[..., -1] * valid
+            d_crm = dist[..., -1] * valid
+            cols += [crm_right, valid - crm_right, d_crm, d_crm]
         else:
             cols += [torch.zeros_like(valid)] * 4
-        by_distance = nnf.one_hot(dist[..., 0].long(), len(self.ranks) + 1)[..., 1:] * wrong[..., None]
+        by_distance = (dist[..., :1] == distances) * wrong[..., None]
         table = torch.cat([torch.stack(cols, dim=-1), by_distance], dim=-1)
-        return table.sum(dim=1).double()  # per batch, exact in float32 up to 2**24 rows
+        return table.sum(dim=1).double()  # integer counts: exact in float32 while B * topk * R < 2**24
 
     def _tops(self, scores: list[torch.Tensor]) -> list[torch.Tensor]:
         """(B, topk) best real classes per rank, best first. Ranks with few classes share one padded top-k
@@ -144,13 +168,14 @@ class RankMetrics:
         for j, s in enumerate(scores):
             if out[j] is None:
                 top = self._top(s)
-                out[j] = torch.cat([top, top[:, :1].expand(-1, self.topk - top.shape[1])], dim=1)
+                short = self.topk - top.shape[1]
+                out[j] = torch.cat([top, top[:, :1].expand(-1, short)], dim=1) if short else top
         return out  # type: ignore[return-value]
 
     def _top(self, scores: torch.Tensor) -> torch.Tensor:
         """(B, k) indices of the k best real classes (the null class skipped), best first."""
         size = scores.shape[1]
-        k = max(1, min(self.topk, size - 1))
+        k = self.topk if size - 1 > self.topk else 1  # top-k is n/a with at most k real classes
         if size > 1 and self.null_index in (0, size - 1):  # a view without the null column: no copy
             first = 1 if self.null_index == 0 else 0
             return _topk_indices(scores[:, first:first + size - 1], k) + first
@@ -181,7 +206,7 @@ class RankMetrics:
                 "severity": _severity(s["severity"], s["mistakes"], n),
                 "mistakes": int(s["mistakes"]),
                 "hdist@1": _ratio(s["hdist1"], n),
-                "hdist@5": _ratio(s["hdistk"], n) if has_k else math.nan,
+                "hdist@5": _ratio(s["hdistk"], n * self.topk) if has_k else math.nan,
                 "mistakes_by_distance": {str(d): int(c) for d, c in  # a class at rank i is at most R - i away
                                          enumerate(row[len(_COLUMNS):len(_COLUMNS) + len(self.ranks) - i], 1)},
                 "n": int(n),
@@ -201,13 +226,14 @@ class RankMetrics:
 def _topk_indices(scores: torch.Tensor, k: int, block: int = 64) -> torch.Tensor:
     """``scores.topk(k, dim=1).indices`` through block maxima: the k best lie in the k blocks with the best
     maxima, so one max pass over (B, K) and a top-k over k * block candidates replace a top-k over K
-    (2-3x faster on CPU at 10k-100k classes). Ties may be ordered differently."""
+    (2-3x faster on CPU at 10k-100k classes; below ~2k classes a plain top-k is faster). Ties may be ordered
+    differently."""
     batch, size = scores.shape
     blocks = size // block
-    if blocks <= k:
+    if blocks <= k or size <= _DIRECT_TOPK:
         return scores.topk(k, dim=1).indices
     main = scores[:, : blocks * block].unflatten(1, (blocks, block))
-    best = main.amax(dim=2).topk(k, dim=1).indices
+    best = main.amax(dim=2).topk(k, dim=1, sorted=False).indices  # any order: only the set matters
     cand = main.gather(1, best[:, :, None].expand(batch, k, block)).flatten(1)
     index = (best[:, :, None] * block + torch.arange(block, device=scores.device)).flatten(1)
     if size > blocks * block:

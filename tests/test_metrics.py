@@ -131,7 +131,7 @@ def test_null_class_anywhere_is_never_predicted(null_index):
         assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
 
 
-@pytest.mark.parametrize("size", [7, 320, 1000, 4097])
+@pytest.mark.parametrize("size", [7, 320, 1000, 2049, 4097])
 def test_blocked_top_k_equals_top_k(size):
     from taxaug_train.metrics import _topk_indices
 
