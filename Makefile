@@ -33,7 +33,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	test -f demo_data/labels.h5 || $(BIN)/taxaug-data demo --out demo_data
-	$(BIN)/taxaug-train --config configs/demo.yaml
+	$(BIN)/taxaug-train --config configs/demo.yaml --set checkpoint.overwrite=true  # a rerun replaces runs/demo
 
 # Comparisons against torchvision and timm need their (CUDA) torch build, so
 # they get a separate environment; the project's own stays on the CPU wheel.
