@@ -110,7 +110,7 @@ class LossConfig:
     """Soft-target cross-entropy per rank."""
 
     rank_weights: dict[str, float] = attrs.field(factory=dict)  # missing ranks weigh 1.0
-    taxonomy_smoothing: float = attrs.field(default=0.0, validator=_fraction)  # alpha of Taxonomy.smoothing_matrix
+    taxonomy_smoothing: float = attrs.field(default=0.0, validator=_fraction)  # alpha of Taxonomy.smooth (targets keep 1 - alpha)
     taxonomy_smoothing_beta: float = attrs.field(default=1.0, validator=_non_negative)
     label_smoothing: float = attrs.field(default=0.0, validator=_fraction)
 
