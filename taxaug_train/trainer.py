@@ -145,16 +145,12 @@ def _file_contents(path: Path) -> tuple[list[str], list[str], dict[str, Any]]:
     try:
         with h5py.File(path, "r") as f:
             names = [k for k, v in f.items() if isinstance(v, h5py.Dataset)]
-            raw = f[schema.METADATA_GROUP].attrs.get("config_json") if schema.METADATA_GROUP in f else None
+            built = schema.read_config(f) or {}
     except OSError as err:
         raise ConfigError(f"data.labels: cannot open {str(path)!r} as HDF5 ({err}); point data.labels at a "
                           "labels.h5 (build one with `taxaug-data build`)") from None
     features = [n for n in schema.FEATURE_DATASETS if n in names] + sorted(n for n in names if schema.is_elevation(n))
-    try:
-        built = json.loads(raw) if raw else {}
-    except (TypeError, ValueError):
-        built = {}
-    return schema.rank_names_in(names), features, built if isinstance(built, dict) else {}
+    return schema.rank_names_in(names), features, built
 
 
 def _labels_path(d: Any) -> Path:
@@ -212,9 +208,9 @@ def _images_dir(given: str | None, labels: Path, key: str) -> Path:
         images_dir = Path(given)
     else:
         images_dir = labels.parent / "images"
-        built = _file_contents(labels)[2]
+        built = {} if images_dir.is_dir() else _file_contents(labels)[2]
         source = built.get("source")
-        if not images_dir.is_dir() and built.get("images") == "none" and source and Path(source).is_dir():
+        if built.get("images") == "none" and source and Path(source).is_dir():
             images_dir = Path(source)
     if not images_dir.is_dir():
         raise ConfigError(f"{key}: folder {str(images_dir)!r} does not exist; set {key} to the folder holding "
@@ -224,7 +220,11 @@ def _images_dir(given: str | None, labels: Path, key: str) -> Path:
 
 def build_datasets(cfg: TrainerConfig) -> tuple[HybridDataset, HybridDataset]:
     """(train, val) datasets of the config, with errors that name the config key to fix."""
-    cfg = resolve_data_config(cfg)
+    return _build_datasets(resolve_data_config(cfg))
+
+
+def _build_datasets(cfg: TrainerConfig) -> tuple[HybridDataset, HybridDataset]:
+    """`build_datasets` for a config `resolve_data_config` already filled in."""
     d = cfg.data
     labels = Path(d.labels)
     images_dir = _images_dir(d.images_dir, labels, "data.images_dir")
@@ -395,7 +395,7 @@ class Trainer:
     def _build_data_and_model(self) -> None:
         """Datasets, taxonomy, model (on the device) and loss."""
         cfg = self.cfg
-        self.train_set, self.val_set = build_datasets(cfg)
+        self.train_set, self.val_set = _build_datasets(cfg)
         self.taxonomy = self.train_set.taxonomy
         self.ranks = list(self.train_set.rank_names)
         self.aux_components = list(self.train_set.aux_components)

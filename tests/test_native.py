@@ -380,3 +380,13 @@ def test_ingroup_pairing_kernel_takes_a_large_batch_and_falls_back_on_huge_ids()
         assert _native.ingroup_perm(groups, shuffled, 2) is not None
         # 13 bits of position beside a 62-bit id do not fit in 64: the kernel declines, the torch code runs
         assert _native.ingroup_perm(torch.full((4096,), 2**62), shuffled, 2) is None
+
+
+def test_a_forced_cpu_strategy_never_hands_device_memory_to_the_kernels():
+    # the strategy picks the algorithm; only host memory may reach the C kernels (meta stands in for CUDA)
+    x = torch.empty(2, 3, 8, 8, dtype=torch.uint8, device="meta")
+    with _native.forced_strategy("cpu"):
+        assert not _native.sample_blocks_match(x, x)
+        assert not _native._contiguous_cpu_pair(x, x)
+        host = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+        assert _native.sample_blocks_match(host, host)

@@ -155,7 +155,8 @@ def forced_strategy(name: str) -> Iterator[None]:
 
 def sample_blocks_match(x: torch.Tensor, out: torch.Tensor) -> bool:
     """Whether each sample of x (and out, laid out alike) is one dense block of memory the kernels can walk."""
-    if device_strategy(x.device) != "cpu" or out.stride() != x.stride() or x.ndim != 4:
+    # C kernels need host memory, and the cpu strategy (forced strategies apply on any device)
+    if x.device.type != "cpu" or device_strategy(x.device) != "cpu" or out.stride() != x.stride() or x.ndim != 4:
         return False
     return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
 
@@ -216,8 +217,8 @@ def paste_boxes(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, out: t
 
 def _contiguous_cpu_pair(x: torch.Tensor, out: torch.Tensor) -> bool:
     """Kernels on, and x and out contiguous (B, C, H, W) CPU batches of one dtype and shape (out may be x)."""
-    return (available() and device_strategy(x.device) == "cpu" and x.ndim == 4 and x.is_contiguous() and out.is_contiguous()
-            and out.dtype == x.dtype and out.shape == x.shape)
+    return (available() and x.device.type == "cpu" and device_strategy(x.device) == "cpu" and x.ndim == 4
+            and x.is_contiguous() and out.is_contiguous() and out.dtype == x.dtype and out.shape == x.shape)
 
 
 def _pointwise_ids() -> dict[str, int]:
@@ -238,7 +239,7 @@ batch (in place). ``taxaug.functional.registry`` checks these names against its 
 def check_pointwise_ops(expected: Iterable[str]) -> None:
     """Raise unless the library's pointwise ops are exactly `expected` (the registry's ops with a C kernel);
     nothing to check when the library is not built."""
-    if _library is None or os.environ.get("TAXAUG_NATIVE", "1") == "0":
+    if _library is None or not _enabled:
         return
     expected = set(expected)
     if expected != set(POINTWISE_OPS):

@@ -209,8 +209,9 @@ def _nearest_source(data: torch.Tensor, h: int, w: int,
     (accelerators) every sample takes the axis-aligned or the fixed-point path, with no host sync, also
     beyond the fixed-point range."""
     axis = (data[:, 1::2][:, :2] == 0).all(dim=1)  # b == d == 0
-    fixed = ~axis & _fits_fixed(data, h, w)
+    fixed = None  # only the host-read branch mixes the fixed-point and float walks
     if _native.device_strategy(data.device) == "cpu" if host_read is None else host_read:
+        fixed = ~axis & _fits_fixed(data, h, w)
         kinds = torch.stack([axis, fixed, ~(axis | fixed), data[:, 3].abs() < 0.5 / 65536])  # last: d rounds to 0
         any_axis, any_fixed, any_float, _ = kinds.any(dim=1).tolist()
         all_axis, _, _, sep_y = kinds.all(dim=1).tolist()
