@@ -244,7 +244,7 @@ class LabelsDataset:
         self.failures = LoadFailures()
 
     def _read_columns(self, f: h5py.File, ranks: list[str], metadata: tuple[str, ...],
-                      identifiers: np.ndarray | None = None) -> _Columns:
+                      identifiers: np.ndarray) -> _Columns:
         """The arrays the dataset needs before choosing rows (ranks sorted finest first); `identifiers`
         as validation already read them."""
         for name in ranks:
@@ -259,7 +259,7 @@ class LabelsDataset:
             num_rows=f[schema.IDENTIFIERS].shape[0],
             ranks={r: f[r][()] for r in ranks},
             columns={c: f[c][()] for c in needed if c in f},
-            identifiers=read_identifiers(f[schema.IDENTIFIERS]) if identifiers is None else identifiers,
+            identifiers=identifiers,
         )
         self.config_json = f[schema.METADATA_GROUP].attrs.get("config_json") if schema.METADATA_GROUP in f else None
         self._init_source(f)
@@ -570,7 +570,8 @@ class PureHDF5Dataset(LabelsDataset):
     def read_raw(self, index: int) -> bytes | np.ndarray | MissingImage:
         row = int(self.file_rows[index])
         try:
-            data = call_with_timeout(f"{self.labels_path}:{row}", lambda: self._images()[row], self.read_timeout)
+            data = call_with_timeout(str(self.labels_path), lambda: self._images()[row],
+                                     self.read_timeout)  # keyed by file: h5py reads one at a time anyway
         except ReadTimeout as exc:
             return self._failed(self.describe_source(index), str(exc))
         except OSError as exc:  # a damaged chunk: h5py's message names neither file nor row

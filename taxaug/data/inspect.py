@@ -42,7 +42,7 @@ def _coverage(name: str, obj: h5py.Dataset, n: int) -> dict | None:
     if name in schema.RAW_FLOATS and obj.dtype.kind == "f":
         valid = np.isfinite(obj[()])
     elif name == "raw_date_observed" and h5py.check_string_dtype(obj.dtype) is not None:
-        valid = np.array(obj[()].tolist(), dtype=bytes) != b""
+        valid = schema.read_fixed_strings(obj) != b""
     elif name == "in_region":
         return {"in_region": int((obj[()] == 1).sum())}
     else:
