@@ -22,6 +22,8 @@ from typing import Any
 
 import attrs
 
+from taxaug_train.loggers import flatten
+
 __all__ = ["Run", "build_report", "load_run", "main"]
 
 IGNORED_KEYS = ("train.seed", "train.out_dir")
@@ -53,14 +55,9 @@ class Run:
         return steps, values
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, str]:
-    """Nested mappings as dotted keys; every leaf (lists included) as its JSON text, for comparison."""
-    if isinstance(value, Mapping):
-        out: dict[str, str] = {}
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): json.dumps(value, sort_keys=True, default=str)}
+def _config_leaves(config: Mapping[str, Any]) -> dict[str, str]:
+    """A config as dotted keys, every leaf (lists included) as its JSON text, for comparison."""
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in flatten(config).items()}
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
@@ -86,7 +83,7 @@ def load_run(path: str | Path) -> Run:
     if (path / "config.yaml").is_file():
         import yaml
 
-        config = flatten(yaml.safe_load((path / "config.yaml").read_text()) or {})
+        config = _config_leaves(yaml.safe_load((path / "config.yaml").read_text()) or {})
     final: dict[str, dict[str, Any]] = {}
     if (path / "summary.json").is_file():
         final = json.loads((path / "summary.json").read_text()).get("ranks") or {}

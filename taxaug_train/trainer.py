@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from taxaug import functional as F
-from taxaug.algorithms import Engine, Event, LearnedAugment, State, to_config
+from taxaug.algorithms import RANK_SEED_STRIDE, Engine, Event, LearnedAugment, State, to_config
 from taxaug.data import FilterConfig, GroupedBatchSampler, HybridDataset, PrefetchLoader, SchemaError, schema
 from taxaug.data._progress import Progress, is_tty
 from taxaug.taxonomy import TaxonomyConflictError
@@ -346,7 +346,7 @@ class Trainer:
         self._build_data_and_model()
         if t.generator_device == "cuda" and self.device.type != "cuda":
             raise ConfigError("train.generator_device: cuda needs the run on a CUDA device; use cpu")
-        self.engine = Engine(self._build_algorithms(), seed=t.seed + 100_003 * self.dist.rank,
+        self.engine = Engine(self._build_algorithms(), seed=t.seed + RANK_SEED_STRIDE * self.dist.rank,
                              generator_device=self.device if t.generator_device == "cuda" else "cpu")
 
         # read a checkpoint first: an `auto` batch size is taken from it, not probed again

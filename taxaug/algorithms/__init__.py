@@ -7,7 +7,7 @@ See docs/algorithms.md for which State fields a loop sets around each event.
 """
 
 from taxaug.algorithms.base import Algorithm, derive_seed
-from taxaug.algorithms.engine import Engine, TraceEntry
+from taxaug.algorithms.engine import RANK_SEED_STRIDE, Engine, TraceEntry
 from taxaug.algorithms.events import EVAL_EVENTS, REVERSED_EVENTS, Event
 from taxaug.algorithms.image import AugMix, AutoAugment, RandAugment, RandomErasing, TrivialAugment
 from taxaug.algorithms.learned import FixedPolicyAugment, LearnedAugment, UniformAugment
@@ -38,6 +38,7 @@ from taxaug.algorithms.state import State
 __all__ = [
     "ENTRY_POINT_GROUP",
     "EVAL_EVENTS",
+    "RANK_SEED_STRIDE",
     "REVERSED_EVENTS",
     "Algorithm",
     "AugMix",

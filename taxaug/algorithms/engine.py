@@ -21,9 +21,13 @@ from taxaug.algorithms.base import Algorithm
 from taxaug.algorithms.events import REVERSED_EVENTS, Event
 from taxaug.algorithms.state import State
 
-__all__ = ["Engine", "TraceEntry"]
+__all__ = ["RANK_SEED_STRIDE", "Engine", "TraceEntry"]
 
 log = logging.getLogger(__name__)
+
+#: Process `rank` of a distributed run seeds its engine with ``seed + RANK_SEED_STRIDE * rank``
+#: (taxaug-train and the Lightning callback alike), so ranks draw different augmentations.
+RANK_SEED_STRIDE = 100_003
 
 
 class TraceEntry(NamedTuple):

@@ -24,15 +24,13 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("taxaug.integrations.lightning needs Lightning: pip install 'taxaug[lightning]'") from err
 
-from taxaug.algorithms import Algorithm, Engine, Event, State, from_config
+from taxaug.algorithms import RANK_SEED_STRIDE, Algorithm, Engine, Event, State, from_config
 from taxaug.data.sampler import GroupedBatchSampler
 from taxaug.functional.batch import MixBatch
 from taxaug.taxonomy import Taxonomy
 
 __all__ = ["TaxaugCallback"]
 
-# Each DDP rank seeds its engine with seed + RANK_SEED_STRIDE * rank, as taxaug-train does.
-RANK_SEED_STRIDE = 100_003
 _LOSS_EVENTS = (Event.BEFORE_LOSS, Event.AFTER_LOSS)
 
 
