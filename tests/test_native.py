@@ -326,6 +326,13 @@ def test_a_forked_child_runs_the_kernels_on_threads_of_its_own():
     x = _images((32, 3, 256, 256), torch.uint8, 0, False)  # 6 MB: two threads of its own in the child too
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
+    # the kernels under test run only with the cpu strategy (the accelerator pass would take torch's
+    # multi-threaded ops, which hang in a forked child)
+    with _native.forced_strategy("cpu"):
+        _check_kernels_in_forked_child(x, threads)
+
+
+def _check_kernels_in_forked_child(x: torch.Tensor, threads: int) -> None:
     try:
         expected = _mixup_bytes(x, 0.3, 1).numpy().tobytes()  # the parent's OpenMP pool is now started
         if "parallel backend: OpenMP" in torch.__config__.parallel_info():
