@@ -101,17 +101,19 @@ def _geometric(name: str, bounds: tuple[float, float]) -> Op:
               diff=_diff.geometric(_diff.AFFINE[name]))
 
 
-def _enhance(name: str, kernel: Kernel, degenerate: Callable[[torch.Tensor], torch.Tensor]) -> Op:
+def _in_place(name: str, kernel: Kernel) -> Kernel | None:
+    """The op's in-place float kernel, when photometric has one."""
     in_place = _color.IN_PLACE_KERNELS.get(name)
+    return None if in_place is None else _color._float_in_place(kernel, in_place)
+
+
+def _enhance(name: str, kernel: Kernel, degenerate: Callable[[torch.Tensor], torch.Tensor]) -> Op:
     return Op(name, "enhance", kernel, neutral=1.0, valid=(0.0, math.inf), bounds=(0.1, 1.9), signed=True, native=True,
-              kernel_=None if in_place is None else _color._float_in_place(kernel, in_place),
-              degenerate=degenerate, diff=_diff.plain(kernel))
+              kernel_=_in_place(name, kernel), degenerate=degenerate, diff=_diff.plain(kernel))
 
 
 def _tone(name: str, kernel: Kernel, **fields) -> Op:
-    in_place = _color.IN_PLACE_KERNELS.get(name)
-    return Op(name, "tone", kernel, kernel_=None if in_place is None else _color._float_in_place(kernel, in_place),
-              **fields)
+    return Op(name, "tone", kernel, kernel_=_in_place(name, kernel), **fields)
 
 
 _RECORDS = (
