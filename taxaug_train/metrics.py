@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from taxaug import _native
 from taxaug.taxonomy import Taxonomy
 
 __all__ = ["RankMetrics"]
@@ -84,7 +85,7 @@ class RankMetrics:
         if self.crm:
             pred = torch.stack([self.taxonomy.crm_predict(torch.softmax(s.float(), dim=1), self.ranks[i])
                                 for i, s in zip(rows, scores)]) + offsets[:, None]
-        table = self._row_sums(torch.stack(self._tops(scores)) + offsets[:, None, None], t + offsets[:, None],
+        table = self._row_sums(self._tops(scores) + offsets[:, None, None], t + offsets[:, None],
                                t != self.null_index, pred)
         if self.sums.device != table.device:  # accumulate where the logits are: no host sync per batch
             self.sums = self.sums.to(table.device)
@@ -150,10 +151,15 @@ class RankMetrics:
         table = torch.cat([torch.stack(cols, dim=-1), by_distance], dim=-1)
         return table.sum(dim=1).double()  # integer counts: exact in float32 while B * topk * R < 2**24
 
-    def _tops(self, scores: list[torch.Tensor]) -> list[torch.Tensor]:
-        """(B, topk) best real classes per rank, best first. Ranks with few classes share one padded top-k
-        call (a call's fixed cost exceeds their whole work); a rank with at most `topk` real classes repeats
-        its best guess (its top-k is n/a)."""
+    def _tops(self, scores: list[torch.Tensor]) -> torch.Tensor:
+        """(ranks, B, topk) best real classes per rank, best first; a rank with at most `topk` real classes
+        repeats its best guess (its top-k is n/a). On CPU one C kernel pass takes every rank
+        (`taxaug._native.top_k`); otherwise ranks with few classes share one padded top-k call (a call's
+        fixed cost exceeds their whole work) and the others take `_top`."""
+        counts = [self.topk if s.shape[1] - 1 > self.topk else 1 for s in scores]
+        fast = _native.top_k(scores, counts, self.topk, self.null_index)
+        if fast is not None:
+            return fast.to(scores[0].device)
         small = [j for j, s in enumerate(scores) if self.topk < s.shape[1] - 1 <= _SHARED_TOPK]
         out: list[torch.Tensor | None] = [None] * len(scores)
         if len(small) > 1:
@@ -170,7 +176,7 @@ class RankMetrics:
                 top = self._top(s)
                 short = self.topk - top.shape[1]
                 out[j] = torch.cat([top, top[:, :1].expand(-1, short)], dim=1) if short else top
-        return out  # type: ignore[return-value]
+        return torch.stack(out)  # type: ignore[arg-type]
 
     def _top(self, scores: torch.Tensor) -> torch.Tensor:
         """(B, k) indices of the k best real classes (the null class skipped), best first."""

@@ -9,7 +9,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from taxaug import Taxonomy
+from taxaug import Taxonomy, _native
 from taxaug_train.metrics import RankMetrics
 from tests.strategies import ragged_trees
 from tests.test_taxonomy_scale import dense_distance
@@ -51,16 +51,31 @@ def dense_rank_metrics(tax: Taxonomy, k: int, logits: torch.Tensor, t: torch.Ten
     }, risk
 
 
+def _updated(metrics: RankMetrics, logits: dict, targets: dict, batch: int) -> dict:
+    for part in (slice(0, 4), slice(4, batch)):  # sums over several updates
+        metrics.update({r: x[part].float() for r, x in logits.items()}, {r: t[part] for r, t in targets.items()})
+    return metrics.compute()
+
+
+def _both_top_k_paths(compute):
+    """compute() with the C top-k kernel and with the torch code; asserts both agree, returns one."""
+    fast = compute()
+    with _native.disabled():
+        reference = compute()
+    for rank, values in fast.items():
+        for key, value in values.items():
+            other = reference[rank][key]
+            assert value == other or (isinstance(value, float) and math.isnan(value) and math.isnan(other)), (rank, key)
+    return fast
+
+
 @given(ragged_trees(max_ranks=4), st.integers(0, 2**31 - 1), st.integers(1, 3))
 def test_metrics_match_the_dense_reference(tree, seed, topk):
     g = torch.Generator().manual_seed(seed)
     batch = 10
     logits = {r: torch.randn(batch, k, generator=g, dtype=torch.float64) * 3 for r, k in tree.num_classes.items()}
     targets = {r: torch.randint(0, k, (batch,), generator=g) for r, k in tree.num_classes.items()}
-    metrics = RankMetrics(tree, topk=topk, crm=True)
-    for part in (slice(0, 4), slice(4, batch)):  # sums over several updates
-        metrics.update({r: x[part].float() for r, x in logits.items()}, {r: t[part] for r, t in targets.items()})
-    got = metrics.compute()
+    got = _both_top_k_paths(lambda: _updated(RankMetrics(tree, topk=topk, crm=True), logits, targets, batch))
     for k, rank in enumerate(tree.rank_names):
         expected, risk = dense_rank_metrics(tree, k, logits[rank], targets[rank], topk)
         if tree.num_classes[rank] > 2:  # the float32 CRM decision equals the float64 one unless two risks nearly tie
@@ -123,10 +138,8 @@ def test_null_class_anywhere_is_never_predicted(null_index):
     logits = torch.randn(16, 6, generator=g, dtype=torch.float64)
     logits[:, null_index] += 10.0  # the null class would win every argmax and top-k
     t = torch.randint(0, 6, (16,), generator=g)
-    metrics = RankMetrics(tax, topk=3, crm=True)
-    metrics.update({"s": logits.float()}, {"s": t})
     expected, _ = dense_rank_metrics(tax, 0, logits, t, 3)
-    got = metrics.compute()["s"]
+    got = _both_top_k_paths(lambda: _updated(RankMetrics(tax, topk=3, crm=True), {"s": logits}, {"s": t}, 16))["s"]
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
 

@@ -397,3 +397,52 @@ def test_a_forced_cpu_strategy_never_hands_device_memory_to_the_kernels():
         assert not _native._contiguous_cpu_pair(x, x)
         host = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
         assert _native.sample_blocks_match(host, host)
+
+
+def _stable_top(row_scores: torch.Tensor, count: int, skip: int) -> torch.Tensor:
+    """The reference order: a stable descending sort (NaN first, ties to the lower column), `skip` left out."""
+    batch, width = row_scores.shape
+    order = torch.sort(row_scores, dim=1, descending=True, stable=True).indices
+    return order[order != skip].reshape(batch, width - (skip < width))[:, :count]
+
+
+special_scores = st.sampled_from([0.0, 1.0, -1.0, float("nan"), float("inf"), float("-inf")])
+
+
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=4), st.integers(0, 6), st.integers(1, 6),
+       st.sampled_from([torch.float32, torch.float64]), st.booleans(), st.integers(0, 10_000),
+       st.lists(special_scores, max_size=8))
+def test_top_k_kernel_equals_a_stable_sort(widths, batch, k, dtype, strided, seed, specials):
+    # ties (scores drawn from a few values), NaN and infinities sprinkled in, the skipped column anywhere
+    gen = torch.Generator().manual_seed(seed)
+    scores = [torch.randint(-4, 5, (batch, w + 3 * strided), generator=gen).to(dtype) / 2 for w in widths]
+    scores = [s[:, 3:] if strided else s for s in scores]  # rows further apart than their width
+    for s in scores:
+        for n, value in enumerate(specials):
+            if s.numel():
+                at = (seed * (n + 1)) % s.numel()
+                s[at // s.shape[1], at % s.shape[1]] = value
+    skip = seed % (max(widths) + 1)
+    counts = [max(1, min(k, w - (skip < w))) for w in widths]
+    top = _native.top_k(scores, counts, k, skip)
+    assert top is not None and top.shape == (len(widths), batch, k)
+    for m, s in enumerate(scores):
+        real = s.shape[1] - (skip < s.shape[1])
+        if real == 0:
+            assert bool((top[m] == skip).all())
+            continue
+        expected = _stable_top(s, counts[m], skip)
+        assert torch.equal(top[m, :, : counts[m]], expected)
+        assert torch.equal(top[m, :, counts[m]:], top[m, :, :1].expand(-1, k - counts[m]))  # the best, again
+
+
+def test_top_k_kernel_declines_what_it_cannot_take():
+    scores = [torch.randn(4, 50)]
+    assert _native.top_k([scores[0].half()], [5], 5, 0) is None  # the caller runs torch.topk
+    assert _native.top_k(scores, [5], _native.TOPK_MAX + 1, 0) is None
+    assert _native.top_k(scores, [6], 5, 0) is None
+    with _native.forced_strategy("accelerator"):
+        assert _native.top_k(scores, [5], 5, 0) is None
+    with _native.disabled():
+        assert _native.top_k(scores, [5], 5, 0) is None
+    assert torch.equal(_native.top_k(scores, [5], 5, 0)[0], _stable_top(scores[0], 5, 0))

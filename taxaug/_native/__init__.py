@@ -34,6 +34,7 @@ __all__ = [
     "paste_boxes",
     "pointwise",
     "thread_pool",
+    "top_k",
     "warp_nearest",
 ]
 
@@ -65,6 +66,7 @@ def _load() -> ctypes.CDLL | None:
             library.taxaug_kernel_isa.restype = ctypes.c_char_p
             library.taxaug_thread_pool.argtypes = [i32]
             library.taxaug_ingroup_perm.argtypes = [pointer, pointer, pointer, i64, i64]
+            library.taxaug_topk.argtypes = [pointer, pointer, pointer, pointer, pointer, i64, i64, i64, i64, i32, i32]
             library.taxaug_pointwise_op_name.argtypes = [i32]
             library.taxaug_pointwise_op_name.restype = ctypes.c_char_p
             return library
@@ -305,4 +307,33 @@ def warp_nearest(x: torch.Tensor, rows: torch.Tensor, data: torch.Tensor, fill: 
                                           _threads(rows.shape[0] * x[0].numel() * x.element_size()))
     if status != 0:
         raise MemoryError("warp_nearest: no memory for its row buffers")
+    return out
+
+
+TOPK_MAX = 64  # kernels.h's TOPK_MAX
+
+
+def top_k(scores: list[torch.Tensor], counts: list[int], k: int, skip: int) -> torch.Tensor | None:
+    """(len(scores), B, k) int64: per row of each (B, K_m) matrix its best ``counts[m]`` columns other than
+    `skip`, best first (the order of a stable descending torch.sort: NaN above all, ties to the lower column;
+    torch.topk may order ties either way), the best one repeated
+    in the slots after them. None where the kernels cannot take it (the caller runs torch.topk): not built,
+    not host memory under the cpu strategy, not float32/float64, or k above TOPK_MAX."""
+    if not (available() and scores and 1 <= k <= TOPK_MAX and all(1 <= c <= k for c in counts)):
+        return None
+    device, dtype = scores[0].device, scores[0].dtype
+    if device.type != "cpu" or device_strategy(device) != "cpu" or dtype not in (torch.float32, torch.float64):
+        return None
+    batch = scores[0].shape[0]
+    if any(s.dtype != dtype or s.ndim != 2 or s.shape[0] != batch or s.shape[1] < 1 for s in scores):
+        return None
+    scores = [s if s.stride(1) == 1 else s.contiguous() for s in scores]
+    pointers = (ctypes.c_void_p * len(scores))(*[s.data_ptr() for s in scores])
+    meta = torch.tensor([[s.shape[1] for s in scores], [s.stride(0) for s in scores], counts], dtype=torch.int64)
+    out = torch.empty(len(scores), batch, k, dtype=torch.int64)
+    nbytes = sum(s.numel() for s in scores) * scores[0].element_size()
+    status = _library.taxaug_topk(out.data_ptr(), pointers, meta[0].data_ptr(), meta[1].data_ptr(), meta[2].data_ptr(),
+                                  len(scores), batch, k, skip, int(dtype == torch.float64), _threads(nbytes))
+    if status != 0:
+        raise ValueError(f"taxaug_topk refused k={k}, counts={counts}")
     return out

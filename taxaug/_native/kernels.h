@@ -6,6 +6,7 @@
  * - pointwise.c: the policies' per-pixel ops;
  * - warp.c: the nearest-neighbour affine warp;
  * - pairing.c: ingroup_permutation's pairing;
+ * - topk.c: RankMetrics' per-row top-k;
  * - parallel.c: the job runner (torch's OpenMP pool, or threads of its own) and CPU checks.
  *
  * Every kernel reproduces the float arithmetic of the torch code operation by operation (built with
@@ -48,10 +49,21 @@
 typedef void (*mix_row_fn)(uint8_t *, const uint8_t *, const uint8_t *, int64_t, float);
 typedef void (*copy_fn)(uint8_t *, const uint8_t *, int64_t);
 
+#define TOPK_MAX 64 /* the largest k taxaug_topk takes */
+
+/* A taxaug_topk call: see topk.c. */
+typedef struct {
+    const void *const *mats;
+    const int64_t *widths, *strides, *counts;
+    int64_t rows, k, skip;
+    int is_double;
+    int64_t *out;
+} topk_job_t;
+
 /* One call of a kernel: the threads take chunks of samples from a shared counter, so a thread
  * that the OS holds back does not leave the others waiting on a fixed half of the batch. */
 typedef struct {
-    int kind; /* 0 = mix, 1 = paste, 2 = pointwise, 3 = warp */
+    int kind; /* 0 = mix, 1 = paste, 2 = pointwise, 3 = warp, 4 = topk */
     uint8_t *out;
     const uint8_t *images;
     const int64_t *perm;
@@ -72,6 +84,7 @@ typedef struct {
     int64_t plane;                  /* pointwise: H * W */
     const double *data;             /* warp: (n_rows, 6) Pillow affine data per listed sample */
     const uint8_t *fill;            /* warp: one element per channel */
+    const topk_job_t *topk;         /* topk: the whole call */
     int failed;                     /* set by a thread that could not do its part */
 } job_t;
 
@@ -87,5 +100,6 @@ TAXAUG_INTERNAL void run_mix(const job_t *job, int64_t first, int64_t last);
 TAXAUG_INTERNAL void run_paste(const job_t *job, int64_t first, int64_t last);
 TAXAUG_INTERNAL void run_pointwise(job_t *job, int64_t first, int64_t last);
 TAXAUG_INTERNAL void run_warp(job_t *job, int64_t first, int64_t last);
+TAXAUG_INTERNAL void run_topk(const job_t *job, int64_t first, int64_t last);
 
 #endif

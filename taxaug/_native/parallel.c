@@ -26,8 +26,10 @@ static void run_job(job_t *job) {
             run_paste(job, first, last);
         else if (job->kind == 2)
             run_pointwise(job, first, last);
-        else
+        else if (job->kind == 3)
             run_warp(job, first, last);
+        else
+            run_topk(job, first, last);
     }
 }
 
