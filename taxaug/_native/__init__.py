@@ -1,4 +1,5 @@
-"""Optional C kernels for the CPU image passes of Mixup, CutMix and the policies' per-pixel ops.
+"""Optional C kernels for the CPU image passes of Mixup, CutMix and the policies' per-pixel ops, and the
+evaluation metrics' top-k.
 
 The C sources beside this file (``kernels.h`` lists them) are built into one
 library at install time when a C compiler is present, and loaded here through
