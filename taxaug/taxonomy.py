@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from taxaug import _memory
+from taxaug.cache import LRUCache
 
 
 @attrs.frozen
@@ -80,39 +80,6 @@ def _check_smoothing(alpha: float, beta: float) -> None:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if float(beta) < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
-
-
-def _nbytes(value: object) -> int:
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        return int(value.nbytes)
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    return 0
-
-
-class _ByteCache:
-    """Least-recently-used cache whose limit is the bytes of the arrays it holds, not an entry count."""
-
-    def __init__(self, limit: int):
-        self.limit = int(limit)
-        self.used = 0
-        self._items: OrderedDict[object, tuple[object, int]] = OrderedDict()
-
-    def get(self, key: object) -> object | None:
-        item = self._items.get(key)
-        if item is None:
-            return None
-        self._items.move_to_end(key)
-        return item[0]
-
-    def put(self, key: object, value: object, nbytes: int) -> None:
-        if key in self._items:
-            self.used -= self._items.pop(key)[1]
-        while self._items and self.used + nbytes > self.limit:
-            self.used -= self._items.popitem(last=False)[1][1]
-        if nbytes <= self.limit:
-            self._items[key] = (value, nbytes)
-            self.used += nbytes
 
 
 def _parent_table(name: str, child: np.ndarray, parent: np.ndarray, n_child: int, n_parent: int,
@@ -201,7 +168,7 @@ class Taxonomy:
                 )
             checked.append(arr)
         self._parents = tuple(checked)
-        self._cache = _ByteCache(self.cache_limit_bytes)
+        self._cache = LRUCache(self.cache_limit_bytes)
 
     # ------------------------------------------------------------------ build
 
@@ -326,7 +293,7 @@ class Taxonomy:
                 cols.append(self._parents[j][cols[-1]])
             table = np.stack(cols, axis=1)
             table.flags.writeable = False
-            self._cache.put(key, table, table.nbytes)
+            self._cache.put(key, table)
         return table
 
     def lineage(self, rank: str | int, index: int) -> dict[str, int]:
@@ -372,7 +339,7 @@ class Taxonomy:
             maps.append(up)
             prev = group.astype(np.int64, copy=False)
         out = tuple(maps)
-        self._cache.put(key, out, sum(a.nbytes for a in out))
+        self._cache.put(key, out)
         return out
 
     def level_groups(self, rank: str | int) -> np.ndarray:
@@ -408,7 +375,7 @@ class Taxonomy:
         cached = self._cache.get(key)
         if cached is None:
             cached = build()
-            self._cache.put(key, cached, _nbytes(cached))
+            self._cache.put(key, cached)
         return cached
 
     def _level_maps(self, k: int, device: torch.device) -> tuple[tuple[torch.Tensor, int], ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import queue
 import threading
 import time
@@ -301,6 +302,15 @@ def test_nbytes_counts_payload_not_headers():
     assert nbytes((b"ab", np.zeros(3, np.uint8))) == 5
     with pytest.raises(TypeError, match="cannot measure"):
         nbytes(object())
+    assert nbytes((np.zeros(3, np.uint8), 7)) == 3  # numbers beside arrays have no buffer
+
+
+def test_cache_pickles_empty_with_its_bound():
+    cache = LRUCache(100)
+    cache.put("a", b"x" * 10)
+    copy = pickle.loads(pickle.dumps(cache))
+    assert copy.max_bytes == 100 and len(copy) == 0 and copy.size_bytes == 0
+    assert copy.put("b", b"y" * 90) and copy.get("b") == b"y" * 90 and cache.get("a") == b"x" * 10
 
 
 def test_lru_evicts_least_recent_by_bytes():

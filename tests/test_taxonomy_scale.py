@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -134,22 +135,22 @@ def test_scheduled_alpha_reuses_one_cached_norm_per_beta():
     tax = Taxonomy(["s", "g", "f"], {"s": 50, "g": 8, "f": 3}, [np.r_[0, np.arange(49) % 7 + 1], np.r_[0, np.arange(7) % 2 + 1]])
     targets = torch.nn.functional.one_hot(torch.arange(50) % 50, 50).float()
     tax.smooth(targets, "s", 0.05)
-    used = tax._cache.used
+    used = tax._cache.size_bytes
     for alpha in np.linspace(0.0, 0.5, 40):
         out = tax.smooth(targets, "s", float(alpha))
         assert torch.allclose(out.sum(1), torch.ones(50), atol=1e-5)
-    assert tax._cache.used == used
+    assert tax._cache.size_bytes == used
     tax.smooth(targets, "s", 0.1, beta=2.0)  # a new beta adds one norm vector of K float64 + K bool
-    assert tax._cache.used == used + 50 * 9
+    assert tax._cache.size_bytes == used + 50 * 9
 
 
 def test_cache_is_bounded_by_bytes():
     tax = Taxonomy(["s", "g"], {"s": 1000, "g": 5}, [np.r_[0, np.arange(999) % 4 + 1]])
-    tax._cache.limit = 40_000
+    tax._cache.max_bytes = 40_000
     targets = torch.rand(2, 1000, dtype=torch.float64)
     for beta in np.linspace(0.1, 3.0, 20):
         tax.smooth(targets, "s", 0.1, float(beta))
-        assert tax._cache.used <= 40_000
+        assert tax._cache.size_bytes <= 40_000
     assert torch.allclose(tax.smooth(targets, "s", 0.1, 1.0), targets @ dense_smoothing(tax, 0, 0.1, 1.0))
 
 
@@ -203,3 +204,14 @@ def test_structured_ops_name_the_bad_argument():
         tax.distance_transform(torch.rand(2, 4), "s", [0.0, 1.0])
     with pytest.raises(ValueError, match=r"beta must be >= 0, got -1"):
         tax.smooth(torch.rand(2, 4), "s", 0.1, -1)
+
+
+def test_taxonomy_pickles_and_rebuilds_its_cache():
+    # DataLoader workers under spawn and Lightning checkpoints pickle the taxonomy; its cache goes empty
+    tax = Taxonomy(["s", "g", "f"], {"s": 7, "g": 4, "f": 3}, [np.array([0, 1, 1, 2, 3, 3, 0]), np.array([0, 1, 2, 2])])
+    targets = torch.rand(3, 7, dtype=torch.float64)
+    before = tax.smooth(targets, "s", 0.2)
+    copy = pickle.loads(pickle.dumps(tax))
+    assert copy._cache.size_bytes == 0 and copy._cache.max_bytes == tax._cache.max_bytes
+    assert torch.equal(copy.smooth(targets, "s", 0.2), before)
+    assert np.array_equal(copy.ancestors("s"), tax.ancestors("s"))

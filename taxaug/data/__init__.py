@@ -14,9 +14,9 @@ Typical use::
             ...
 """
 
+from taxaug.cache import LRUCache, nbytes
 from taxaug.data import encoders
 from taxaug.data.build import BuildResult, build_from_csv, build_from_folder
-from taxaug.data.cache import LRUCache, nbytes
 from taxaug.data.dataset import HybridDataset, LabelsDataset, LoadFailures, MissingImage, PureHDF5Dataset
 from taxaug.data.filters import FilterConfig, apply_filters
 from taxaug.data.images import DecodeSpec, ImageLoadError, ImageLocator, decode_image, shard_name

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from taxaug.data.cache import LRUCache
+from taxaug.cache import LRUCache
 
 __all__ = ["PrefetchLoader", "train_val_loaders"]
 

@@ -1,4 +1,5 @@
-"""A thread-safe LRU cache bounded by the real size of what it holds."""
+"""A thread-safe LRU cache bounded by the real size of what it holds (the loader's decoded images, the
+taxonomy's derived tables)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ __all__ = ["LRUCache", "nbytes"]
 
 
 def nbytes(value: object) -> int:
-    """Bytes of payload held by `value`: buffer lengths, array/tensor storage, summed over tuples/lists.
+    """Bytes of payload held by `value`: buffer lengths, array/tensor storage, summed over tuples/lists
+    (numbers in them count 0).
 
     Raises ``TypeError`` for anything else rather than guessing (``sys.getsizeof`` would count a
     container's header, not its data).
@@ -26,6 +28,8 @@ def nbytes(value: object) -> int:
         return int(value.numel() * value.element_size())
     if isinstance(value, (tuple, list)):
         return sum(nbytes(v) for v in value)
+    if isinstance(value, (int, float)):  # a number beside arrays in a tuple: no buffer of its own
+        return 0
     raise TypeError(f"cannot measure a {type(value).__name__}; cache bytes, arrays, tensors or tuples of them")
 
 
@@ -90,3 +94,11 @@ class LRUCache:
         with self._lock:
             return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions,
                     "size_bytes": self.size_bytes, "max_bytes": self.max_bytes, "items": len(self._items)}
+
+    def __getstate__(self) -> dict[str, int]:
+        """Pickles as an empty cache of the same bound (what it holds is rebuilt on demand; a lock cannot
+        travel), so objects holding one go to spawned workers and into checkpoints."""
+        return {"max_bytes": self.max_bytes}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.__init__(state["max_bytes"])
