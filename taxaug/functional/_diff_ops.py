@@ -14,7 +14,7 @@ and is differentiable in the magnitude:
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Callable
 
 import torch
@@ -29,19 +29,9 @@ Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tens
 SOLARIZE_TAU = 16.0 / 255.0
 
 
-def rotate_data(angle: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """`geometry.rotate_data` without its rounding of cos and sin to 15 decimals (which has no gradient)."""
-    rad = -angle.double() * (math.pi / 180.0)
-    cos, sin = torch.cos(rad), torch.sin(rad)
-    cx, cy = width / 2.0, height / 2.0
-    c = cos * -cx + sin * -cy + cx
-    f = -sin * -cx + cos * -cy + cy
-    return torch.stack([cos, sin, c, -sin, cos, f], dim=1)
-
-
 AFFINE: dict[str, Callable[[torch.Tensor, int, int], torch.Tensor]] = {
     **_geometry.GEOMETRIC_DATA,
-    "rotate": rotate_data,
+    "rotate": functools.partial(_geometry.rotate_data, pillow_rounding=False),
 }
 """Op name -> differentiable (magnitudes (B,), height, width) -> (B, 6) float64 Pillow affine data."""
 

@@ -51,12 +51,14 @@ __all__ = [
 INTERPOLATIONS = ("nearest", "bilinear")
 
 
-def rotate_data(angle: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def rotate_data(angle: torch.Tensor, height: int, width: int, *, pillow_rounding: bool = True) -> torch.Tensor:
     """(B, 6) Pillow affine data of Image.rotate(angle) about the centre (float64), computed as
-    Pillow computes it: angle mod 360, cosine and sine rounded to 15 decimals, centre (w/2, h/2)."""
+    Pillow computes it: angle mod 360, cosine and sine rounded to 15 decimals, centre (w/2, h/2).
+    ``pillow_rounding=False`` skips the rounding, which has no gradient (the differentiable ops)."""
     rad = -torch.deg2rad(torch.remainder(angle.double(), 360.0))
-    cos = _round15(torch.cos(rad))
-    sin = _round15(torch.sin(rad))
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    if pillow_rounding:
+        cos, sin = _round15(cos), _round15(sin)
     cx, cy = width / 2.0, height / 2.0
     c = cos * -cx + sin * -cy + cx
     f = -sin * -cx + cos * -cy + cy
