@@ -37,6 +37,14 @@ __all__ = ["CutMix", "Mix", "MixUp", "SelectiveCutMix", "SelectiveMix", "Selecti
 ProbSpec = float | dict | Schedule
 
 
+def _unpacked(result: F.MixResult, **extra: Any) -> tuple[F.MixBatch, torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """(batch, perm, lam, extra) of a mix; `extra` gains the op that ran ("mixup" or "cutmix") and its boxes."""
+    extra["op"] = "mixup" if result.boxes is None else "cutmix"
+    if result.boxes is not None:
+        extra["boxes"] = result.boxes
+    return result.batch, result.perm, result.lam, extra
+
+
 def _check_components(components: Any) -> list[tuple[int, int]] | None:
     if components is None:
         return None
@@ -228,10 +236,7 @@ class _Selective(_Mixing):
         result = F.selective_mix(batch, ids, per_sample_lam=self.per_sample_lam, min_group_size=self.min_group_size,
                                  aux_chunks=self.aux_chunks, num_classes=num_classes, generator=self.generator,
                                  **op)
-        extra: dict[str, Any] = {"level": level, "op": "mixup" if result.boxes is None else "cutmix"}
-        if result.boxes is not None:
-            extra["boxes"] = result.boxes
-        return result.batch, result.perm, result.lam, extra
+        return _unpacked(result, level=level)
 
 
 @register("selective_mixup")
@@ -351,10 +356,7 @@ class _Plain(_Mixing):
     def _mix_plain(self, batch: F.MixBatch, num_classes: dict[str, int] | None, **op: Any):
         result = F.mix(batch, per_sample_lam=self.per_sample_lam, aux_chunks=self.aux_chunks,
                        num_classes=num_classes, generator=self.generator, **op)
-        extra: dict[str, Any] = {"op": "mixup" if result.boxes is None else "cutmix"}
-        if result.boxes is not None:
-            extra["boxes"] = result.boxes
-        return result.batch, result.perm, result.lam, extra
+        return _unpacked(result)
 
 
 @register("mixup")
