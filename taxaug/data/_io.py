@@ -14,16 +14,26 @@ What bounds the threads:
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MAX_READ_THREADS", "ReadTimeout", "call_with_timeout", "reader_threads"]
+__all__ = ["MAX_READ_THREADS", "ReadTimeout", "call_with_timeout", "check_read_timeout", "reader_threads"]
 
 #: most reader threads one process holds (idle, busy and hung together)
 MAX_READ_THREADS = 32
+
+
+def check_read_timeout(value: object) -> float | None:
+    """`value` as seconds one read may take (None: no limit), or a one-line error naming ``read_timeout``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"read_timeout must be a positive number of seconds or None (no limit), got {value!r}")
+    return float(value)
 
 
 class ReadTimeout(OSError):

@@ -77,10 +77,13 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _seconds(text: str) -> float | None:
+    from taxaug.data._io import check_read_timeout  # (imports torch: not for --help)
+
     value = float(text)
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0 (0 = no limit), got {text}")
-    return value or None
+    try:
+        return check_read_timeout(value) if value else None  # 0 = no limit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0 (0 = no limit), got {text}") from None
 
 
 def _pixels(text: str) -> int:

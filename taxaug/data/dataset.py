@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from taxaug.data import schema
-from taxaug.data._io import ReadTimeout, call_with_timeout
+from taxaug.data._io import ReadTimeout, call_with_timeout, check_read_timeout
 from taxaug.data.filters import FilterConfig, apply_filters
 from taxaug.data.images import DecodeSpec, ImageLoadError, ImageLocator, decode_image, identifier_str
 from taxaug.data.split import split_indices
@@ -231,12 +230,8 @@ class LabelsDataset:
         """Check and store the per-sample options."""
         if missing not in ("strict", "permissive"):
             raise ValueError(f"missing must be 'strict' or 'permissive', got {missing!r}")
-        if read_timeout is not None and (isinstance(read_timeout, bool) or not isinstance(read_timeout, (int, float))
-                                         or not 0 < read_timeout < math.inf):
-            raise ValueError(f"read_timeout must be a positive number of seconds or None (no limit), "
-                             f"got {read_timeout!r}")
+        self.read_timeout = check_read_timeout(read_timeout)
         self.missing: MissingMode = missing  # type: ignore[assignment]
-        self.read_timeout = None if read_timeout is None else float(read_timeout)
         self.decode_spec = decode_spec
         if missing == "permissive" and decode_spec.size is None:
             raise ValueError("missing='permissive' needs image_size, so placeholders have the batch's shape")

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from taxaug.data import schema
-from taxaug.data._io import ReadTimeout, call_with_timeout
+from taxaug.data._io import ReadTimeout, call_with_timeout, check_read_timeout
 from taxaug.data._progress import Progress
 from taxaug.data.dataset import IdentifierArray, read_identifiers
 from taxaug.data.images import DecodeSpec, ImageLoadError, ImageLocator, decode_image
@@ -180,8 +180,7 @@ def _check_arguments(max_missing_ratio: float | None, max_missing_count: int | N
         raise ValueError(f"max_missing_count must be >= 0 or None, got {max_missing_count}")
     if num_workers < 1 or chunk_size < 1:
         raise ValueError(f"num_workers and chunk_size must be >= 1, got {num_workers}, {chunk_size}")
-    if read_timeout is not None and not 0 < read_timeout < float("inf"):
-        raise ValueError(f"read_timeout must be a positive number of seconds or None, got {read_timeout}")
+    check_read_timeout(read_timeout)
 
 
 def verify_images(
