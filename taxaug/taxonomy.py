@@ -40,17 +40,21 @@ class Conflict:
     counts: tuple[int, ...]
 
     def __str__(self) -> str:
-        seen = ", ".join(f"{p} ({c} rows)" for p, c in zip(self.parents, self.counts))
+        seen = ", ".join(f"{p} ({c} row{'s' if c != 1 else ''})" for p, c in zip(self.parents, self.counts))
         return f"{self.rank} class {self.child} has parents {seen}"
 
 
 class TaxonomyConflictError(ValueError):
-    """Raised with every conflict found, not just the first."""
+    """Raised with every conflict found, not just the first. ``conflicts`` are in class indices; ``lines``
+    describe the first 20 (by default in class indices too; a dataset passes its file's taxon ids and names)."""
 
-    def __init__(self, conflicts: Sequence[Conflict]):
+    SHOWN = 20
+
+    def __init__(self, conflicts: Sequence[Conflict], lines: Sequence[str] | None = None):
         self.conflicts = tuple(conflicts)
-        shown = "\n  ".join(str(c) for c in self.conflicts[:20])
-        more = f"\n  ... and {len(self.conflicts) - 20} more" if len(self.conflicts) > 20 else ""
+        self.lines = tuple(lines) if lines is not None else tuple(str(c) for c in self.conflicts[:self.SHOWN])
+        shown = "\n  ".join(self.lines[:self.SHOWN])
+        more = f"\n  ... and {len(self.conflicts) - self.SHOWN} more" if len(self.conflicts) > self.SHOWN else ""
         super().__init__(
             f"labels do not form a tree: {len(self.conflicts)} class(es) have more than one parent:\n  "
             f"{shown}{more}\nFix the label columns, or pass on_conflict='majority' to keep each child's "

@@ -252,7 +252,7 @@ def _build_datasets(cfg: TrainerConfig) -> tuple[HybridDataset, HybridDataset]:
     except SchemaError as err:
         raise ConfigError(f"data.labels: {_one_line(str(err))}") from None
     except TaxonomyConflictError as err:
-        raise ConfigError(_conflict_message(err, cfg, labels, images_dir, kwargs)) from None
+        raise ConfigError(_conflict_message(err, labels)) from None
     except ValueError as err:  # e.g. no row left after data.partial_labels: false
         raise ConfigError(f"data.labels: {_one_line(str(err))}") from None
     except OSError as err:  # h5py reports a damaged chunk as a bare OSError
@@ -268,29 +268,12 @@ def _one_line(text: str) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _conflict_message(err: TaxonomyConflictError, cfg: TrainerConfig, labels: Path, images_dir: Path,
-                      kwargs: dict[str, Any]) -> str:
-    """The conflicts with taxon ids (and names, when the builder stored them) instead of class indices."""
-    with warnings.catch_warnings():  # the majority fallback warns about the conflicts reported here
-        warnings.simplefilter("ignore")
-        tables = HybridDataset(labels, images_dir, taxonomy_conflicts="majority", **kwargs).class_to_taxon_id
-    names = _file_contents(labels)[2].get("taxon_names") or {}
-    ranks = list(cfg.data.ranks)
-
-    def taxon(rank: str, cls: int) -> str:
-        tid = int(tables[rank][cls])
-        name = (names.get(rank) or {}).get(str(tid))
-        return f"{tid} ({name!r})" if name else str(tid)
-
-    shown = []
-    for c in err.conflicts[:3]:
-        parent = ranks[ranks.index(c.rank) + 1]
-        under = ", ".join(f"{taxon(parent, p)} in {n} rows" for p, n in zip(c.parents, c.counts))
-        shown.append(f"{c.rank} taxon {taxon(c.rank, c.child)} is under {len(c.parents)} {parent} taxa: {under}")
+def _conflict_message(err: TaxonomyConflictError, labels: Path) -> str:
+    """The dataset's description of the first conflicts (taxon ids and names), and the two ways out."""
     more = f" (and {len(err.conflicts) - 3} more)" if len(err.conflicts) > 3 else ""
-    return (f"data.labels: the labels of {str(labels)!r} do not form a tree: {'; '.join(shown)}{more}; fix the label "
-            "columns and rebuild the file, or set data.taxonomy_conflicts: majority to keep each taxon's most "
-            "frequent parent")
+    return (f"data.labels: the labels of {str(labels)!r} do not form a tree: {'; '.join(err.lines[:3])}{more}; fix "
+            "the label columns and rebuild the file, or set data.taxonomy_conflicts: majority to keep each taxon's "
+            "most frequent parent")
 
 
 def _damage_message(path: Path, err: OSError) -> str:

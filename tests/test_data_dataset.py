@@ -215,10 +215,14 @@ def test_invalid_file_refused_with_full_report(tmp_path, hybrid):
 def test_taxonomy_conflicts_are_reported(tmp_path, hybrid):
     _, img_dir, ids, *_ = hybrid
     path = write_labels(tmp_path / "c.h5", ids[:4], {"taxa_L10": [1, 1, 2, 2], "taxa_L20": [7, 8, 9, 9]})
-    with pytest.raises(TaxonomyConflictError):
+    in_file_ids = "taxa_L10 taxon 1 sits under 2 parents at taxa_L20: 7 (1 row), 8 (1 row)"  # not class indices
+    with pytest.raises(TaxonomyConflictError) as info:
         HybridDataset(path, img_dir)
-    with pytest.warns(UserWarning, match="most frequent parent"):
+    assert info.value.lines == (in_file_ids,) and in_file_ids in str(info.value)
+    assert [(c.rank, c.child, c.parents) for c in info.value.conflicts] == [("taxa_L10", 1, (1, 2))]  # classes
+    with pytest.warns(UserWarning, match="1 taxon sits under several parents; kept the most frequent parent") as got:
         HybridDataset(path, img_dir, taxonomy_conflicts="majority")
+    assert in_file_ids in str(got[0].message)
 
 
 @pytest.mark.parametrize("stored", ["encoded", "pixels"])

@@ -201,8 +201,8 @@ def test_species_under_two_genera_names_rank_and_taxa(tmp_path, capsys):
     assert cli.main(small(labels, tmp_path / "r", **{"train.batch_size": 4})) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "do not form a tree" in line and str(labels) in line
-    assert "taxa_L10 taxon 7 ('Quercus robur') is under 2 taxa_L20 taxa: 10 ('Quercus') in 3 rows, " \
-           "20 ('Pinus') in 1 rows" in line
+    assert "taxa_L10 taxon 7 ('Quercus robur') sits under 2 parents at taxa_L20: 10 ('Quercus') (3 rows), " \
+           "20 ('Pinus') (1 row)" in line
     assert "data.taxonomy_conflicts: majority" in line
     cfg = load_config(None, [a for a in small(labels, tmp_path / "r", **{"train.batch_size": 4,
                                                                         "data.taxonomy_conflicts": "majority"})

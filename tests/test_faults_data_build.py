@@ -144,7 +144,8 @@ def test_every_row_problem_is_listed_with_its_row(tmp_path):
         "lat: out of range at row 5 ('95')": "latitude",
         "date: not an ISO 8601 date at row 3 ('2021-02-30'), row 6 ('2021-13-01')": "dates",
         "identifier '0.jpg': on rows 2, 6": "duplicates",
-        "tree: taxa_L10 1 is under taxa_L20 10 at row 2 (1 row) and under 20 at row 3 (1 row)": "tree",
+        "tree: taxa_L10 taxon 1 sits under 2 parents at taxa_L20: 10 (1 row, first at row 2), "
+        "20 (1 row, first at row 3)": "tree",
     }
     for start, what in expected.items():
         assert sum(line.startswith(start) for line in lines) == 1, (what, lines)
@@ -216,8 +217,9 @@ def test_tree_conflicts_name_the_taxa_when_the_file_carries_names(tmp_path):
                    "2.jpg,Fagus sylvatica,Fagus\n")
     with pytest.raises(build.BuildError) as info:
         build.build_from_csv(csv, tmp_path / "out", images_dir=src, images="none", taxon_names=True)
-    assert info.value.problems == ["tree: taxa_L10 'Quercus robur' is under taxa_L20 'Quercus' at row 2 (1 row) "
-                                   "and under 'Fagus' at row 3 (1 row); a taxon has one parent: fix the rows"]
+    assert info.value.problems == ["tree: taxa_L10 taxon 2 ('Quercus robur') sits under 2 parents at taxa_L20: "
+                                   "1 ('Fagus') (1 row, first at row 3), 2 ('Quercus') (1 row, first at row 2); "
+                                   "a taxon has one parent, fix the rows"]
     path = write_labels(tmp_path / "labels.h5", ["a", "b"], {"taxa_L10": [2, 2], "taxa_L20": [1, 2]},
                         config={"taxon_names": {"taxa_L10": {"2": "Quercus robur"}, "taxa_L20": {"1": "Fagus"}}})
     assert validate(path).problems == ("tree: taxa_L10 taxon 2 ('Quercus robur') sits under 2 parents at taxa_L20: "

@@ -355,11 +355,6 @@ def _duplicates(table: CsvTable, problems: Problems) -> None:
         problems.note(f"identifier: ... and {groups.size - schema.MAX_CONFLICTS_SHOWN} more duplicated identifiers")
 
 
-def _label(table: CsvTable, rank: str, taxon: int) -> str:
-    name = table.names.get(rank, {}).get(str(taxon))
-    return str(taxon) if name is None else repr(name)
-
-
 def _tree(table: CsvTable, problems: Problems) -> None:
     """One line per taxon under several parents, naming the first row of each parent."""
     ranks = list(table.taxa)
@@ -367,13 +362,8 @@ def _tree(table: CsvTable, problems: Problems) -> None:
     conflicts = schema.tree_conflicts(table.taxa)
     for c in conflicts[:schema.MAX_CONFLICTS_SHOWN]:
         child, parent = table.taxa[c.rank], table.taxa[parent_of[c.rank]]
-        seen = []  # (first row, text) per parent, shown in row order
-        for p, count in zip(c.parents, c.counts):
-            first = int(table.rows[np.flatnonzero((child == c.child) & (parent == p))[0]])
-            seen.append((first, f"{_label(table, parent_of[c.rank], p)} at row {first} "
-                                f"({count} row{'s' * (count != 1)})"))
-        problems.note(f"tree: {c.rank} {_label(table, c.rank, c.child)} is under {parent_of[c.rank]} "
-                      f"{' and under '.join(text for _, text in sorted(seen))}; a taxon has one parent: fix the rows")
+        first = [int(table.rows[np.flatnonzero((child == c.child) & (parent == p))[0]]) for p in c.parents]
+        problems.note(schema.tree_problem(schema.describe_conflict(c, parent_of[c.rank], table.names, first)))
     if len(conflicts) > schema.MAX_CONFLICTS_SHOWN:
         problems.note(f"tree: ... and {len(conflicts) - schema.MAX_CONFLICTS_SHOWN} more taxa with several parents")
 

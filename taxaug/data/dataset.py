@@ -12,12 +12,14 @@ Reading is split in two stages so the prefetching loader can run them on differe
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import h5py
@@ -29,6 +31,9 @@ from taxaug.data._io import ReadTimeout, call_with_timeout, check_read_timeout
 from taxaug.data.filters import FilterConfig, apply_filters
 from taxaug.data.images import DecodeSpec, ImageLoadError, ImageLocator, decode_image, identifier_str
 from taxaug.data.split import split_indices
+
+if TYPE_CHECKING:
+    from taxaug.taxonomy import Conflict
 
 __all__ = ["HybridDataset", "IdentifierArray", "LabelsDataset", "LoadFailures", "MissingImage", "PureHDF5Dataset",
            "read_identifiers"]
@@ -219,11 +224,32 @@ class LabelsDataset:
             del cols
             self._build_aux(f, metadata)
 
-        from taxaug.taxonomy import Taxonomy
+        from taxaug.taxonomy import Taxonomy, TaxonomyConflictError
 
-        self.taxonomy = Taxonomy.from_labels(dict(self._targets), null_index=0, num_classes=self.num_classes,
-                                             on_conflict=taxonomy_conflicts)
+        try:
+            with warnings.catch_warnings():  # the majority fallback's warning, in taxon ids, comes below
+                warnings.simplefilter("ignore")
+                self.taxonomy = Taxonomy.from_labels(dict(self._targets), null_index=0, num_classes=self.num_classes,
+                                                     on_conflict=taxonomy_conflicts)
+        except TaxonomyConflictError as err:
+            raise TaxonomyConflictError(err.conflicts, self._describe_conflicts(err.conflicts)) from None
+        if self.taxonomy.conflicts:
+            n = len(self.taxonomy.conflicts)
+            warnings.warn(f"{str(self.labels_path)!r}: {n} {'taxon sits' if n == 1 else 'taxa sit'} under several "
+                          f"parents; kept the most frequent parent of each (first: "
+                          f"{self._describe_conflicts(self.taxonomy.conflicts[:1])[0]})", stacklevel=3)
         self._check_rows()
+
+    def _describe_conflicts(self, conflicts: Sequence[Conflict]) -> list[str]:
+        """The first conflicts in the file's taxon ids (and names, when the builder stored them)."""
+        from taxaug.taxonomy import TaxonomyConflictError
+
+        with h5py.File(self.labels_path, "r") as f:
+            names = schema.taxon_names(f)
+        ranks = list(self.class_to_taxon_id)
+        parent_of = dict(itertools.pairwise(ranks))
+        shown = schema.in_taxon_ids(conflicts[:TaxonomyConflictError.SHOWN], self.class_to_taxon_id, ranks)
+        return [schema.describe_conflict(c, parent_of[c.rank], names) for c in shown]
 
     def _configure(self, *, missing: str, read_timeout: float | None, filters: FilterConfig | None,
                    decode_spec: DecodeSpec) -> None:

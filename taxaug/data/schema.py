@@ -46,6 +46,7 @@ __all__ = [
     "ValidationReport",
     "class_indices",
     "describe_conflict",
+    "in_taxon_ids",
     "rank_level",
     "rank_names_in",
     "read_config",
@@ -53,6 +54,7 @@ __all__ = [
     "taxon_names",
     "taxon_table",
     "tree_conflicts",
+    "tree_problem",
     "validate",
     "write_labels",
 ]
@@ -365,7 +367,7 @@ def tree_conflicts(columns: Mapping[str, np.ndarray]) -> tuple[Conflict, ...]:
     `columns` maps rank names, finest first, to raw taxon-id columns of equal length (0 = unknown).
     The detection is :meth:`taxaug.taxonomy.Taxonomy.from_labels` on ids made contiguous per rank.
     """
-    from taxaug.taxonomy import Conflict, Taxonomy, TaxonomyConflictError
+    from taxaug.taxonomy import Taxonomy, TaxonomyConflictError
 
     names = list(columns)
     tables, compact = {}, {}
@@ -376,26 +378,44 @@ def tree_conflicts(columns: Mapping[str, np.ndarray]) -> tuple[Conflict, ...]:
     try:
         Taxonomy.from_labels(compact, null_index=0, on_conflict="raise")
     except TaxonomyConflictError as exc:
-        parent_of = dict(itertools.pairwise(names))
-        return tuple(Conflict(c.rank, int(tables[c.rank][c.child]),
-                              tuple(int(tables[parent_of[c.rank]][p]) for p in c.parents), c.counts)
-                     for c in exc.conflicts)
+        return in_taxon_ids(exc.conflicts, tables, names)
     return ()
 
 
-def describe_conflict(conflict: Conflict, parent_rank: str, names: Mapping[str, Mapping[str, str]] | None = None) -> str:
-    """One line: the taxon, its rank and every parent it was seen under, with row counts.
+def in_taxon_ids(conflicts: Sequence[Conflict], tables: Mapping[str, np.ndarray],
+                 ranks: Sequence[str]) -> tuple[Conflict, ...]:
+    """Conflicts in class indices -> the same in raw taxon ids, through each rank's class -> taxon id table
+    (`ranks` finest first)."""
+    from taxaug.taxonomy import Conflict
 
-    ``names`` (rank -> {str(id): name}, the builder's ``taxon_names``) adds each taxon's name.
+    parent_of = dict(itertools.pairwise(ranks))
+    return tuple(Conflict(c.rank, int(tables[c.rank][c.child]),
+                          tuple(int(tables[parent_of[c.rank]][p]) for p in c.parents), c.counts)
+                 for c in conflicts)
+
+
+def describe_conflict(conflict: Conflict, parent_rank: str, names: Mapping[str, Mapping[str, str]] | None = None,
+                      first_rows: Sequence[int] | None = None) -> str:
+    """The taxon, its rank and every parent it was seen under, with row counts, in one phrase.
+
+    ``names`` (rank -> {str(id): name}, the builder's ``taxon_names``) adds each taxon's name;
+    ``first_rows`` (one per parent) the first row that puts the taxon under it.
     """
     def label(rank: str, taxon: int) -> str:
         name = (names or {}).get(rank, {}).get(str(taxon))
         return str(taxon) if name is None else f"{taxon} ({name!r})"
 
-    seen = ", ".join(f"{label(parent_rank, p)} ({c} row{'s' if c != 1 else ''})"
-                     for p, c in zip(conflict.parents, conflict.counts))
-    return (f"tree: {conflict.rank} taxon {label(conflict.rank, conflict.child)} sits under "
-            f"{len(conflict.parents)} parents at {parent_rank}: {seen}; a taxon has one parent, fix the rows")
+    rows = first_rows if first_rows is not None else [None] * len(conflict.parents)
+    seen = ", ".join(f"{label(parent_rank, p)} ({c} row{'s' if c != 1 else ''}"
+                     f"{'' if row is None else f', first at row {row}'})"
+                     for p, c, row in zip(conflict.parents, conflict.counts, rows))
+    return (f"{conflict.rank} taxon {label(conflict.rank, conflict.child)} sits under {len(conflict.parents)} "
+            f"parents at {parent_rank}: {seen}")
+
+
+def tree_problem(description: str) -> str:
+    """A problem line of a labels file or CSV for one `describe_conflict` phrase."""
+    return f"tree: {description}; a taxon has one parent, fix the rows"
 
 
 def read_config(f: h5py.File) -> dict | None:
@@ -420,7 +440,8 @@ def _check_tree(f: h5py.File, ranks: Sequence[str], n: int | None, problems: lis
     conflicts = tree_conflicts({r: f[r][()] for r in ranks})
     parent_of = dict(itertools.pairwise(ranks))
     names = taxon_names(f) if conflicts else {}
-    problems.extend(describe_conflict(c, parent_of[c.rank], names) for c in conflicts[:MAX_CONFLICTS_SHOWN])
+    problems.extend(tree_problem(describe_conflict(c, parent_of[c.rank], names))
+                    for c in conflicts[:MAX_CONFLICTS_SHOWN])
     if len(conflicts) > MAX_CONFLICTS_SHOWN:
         problems.append(f"tree: ... and {len(conflicts) - MAX_CONFLICTS_SHOWN} more taxa with several parents")
     return conflicts
