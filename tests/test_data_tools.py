@@ -242,6 +242,24 @@ def test_dataset_verify_counts_only_its_rows(built, tmp_path):
     assert not ds.verify(max_missing_ratio=0.0, raise_on_failure=False).passed
 
 
+def test_dataset_verify_uses_the_identifiers_it_holds(built, monkeypatch):
+    ds = built.open(image_size=8, filters=FilterConfig(required_ranks=("taxa_L10",)))
+    os.remove(built.images_dir / ds.identifiers[2])
+    expected = verify_images(built.labels_path, built.images_dir, rows=ds.file_rows, max_missing_count=1)
+    from taxaug.data import verify
+
+    def no_read(*_args, **_kwargs):
+        raise AssertionError("the file was read again")
+
+    monkeypatch.setattr(verify, "_read_labels", no_read)
+    got = ds.verify(max_missing_count=1)
+    assert got.missing_indices == expected.missing_indices == [int(ds.file_rows[2])]
+    assert got.total_images_checked == expected.total_images_checked == 9
+    with pytest.raises(ValueError, match="must name exactly the 3 rows given"):
+        verify_images(built.labels_path, built.images_dir, rows=ds.file_rows[:3], identifiers=ds.identifiers,
+                      check_labels=False)
+
+
 def test_csv_build_memory_is_bounded_by_the_label_columns(tmp_path, monkeypatch):
     """Streamed in blocks: peak traced memory stays within a few times the converted columns (a dict per
     row, as csv.DictReader keeps, is ~10x them)."""

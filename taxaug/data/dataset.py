@@ -539,7 +539,8 @@ class HybridDataset(LabelsDataset):
                                shard_k=self.locator.shard_k, decode=decode, num_workers=num_workers,
                                max_missing_ratio=max_missing_ratio, max_missing_count=max_missing_count,
                                report_path=report_path, progress=progress, rows=self.file_rows,
-                               read_timeout=self.read_timeout, decode_spec=self.decode_spec, check_labels=False)
+                               read_timeout=self.read_timeout, decode_spec=self.decode_spec, check_labels=False,
+                               identifiers=self.identifiers)
         if raise_on_failure:
             report.raise_if_failed()
         return report

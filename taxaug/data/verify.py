@@ -202,6 +202,7 @@ def verify_images(
     exif_transpose: bool = True,
     decode_spec: DecodeSpec | None = None,
     check_labels: bool = True,
+    identifiers: IdentifierArray | None = None,
 ) -> VerifyReport:
     """Check the labels file (schema, taxonomy tree) and that every image exists, reads and decodes.
 
@@ -212,15 +213,22 @@ def verify_images(
     cannot name its images (not HDF5, truncated, identifiers missing or not strings). The JSON
     report goes to `report_path` whenever one is given. `rows` (file rows, e.g. a dataset's
     ``file_rows``) restricts the image check; indices in the report are file rows. `check_labels`
-    False skips the schema and tree checks (a dataset ran them when it opened).
+    False skips the schema and tree checks (a dataset ran them when it opened); a caller that holds the
+    identifiers of `rows` already (a dataset) passes them as `identifiers`, and the file is not read at all.
     """
     _check_arguments(max_missing_ratio, max_missing_count, num_workers, chunk_size, read_timeout)
     if max_missing_ratio is None and max_missing_count is None:
         max_missing_count = 0
     start = time.perf_counter()
-    all_ids, problems = _read_labels(labels_path, check_labels)
-    file_rows = np.arange(len(all_ids)) if rows is None else np.asarray(rows, dtype=np.int64)
-    ids = IdentifierArray(all_ids[file_rows])
+    if identifiers is not None and not check_labels:
+        file_rows = np.asarray(rows, dtype=np.int64) if rows is not None else np.arange(len(identifiers))
+        if file_rows.shape != (len(identifiers),):
+            raise ValueError(f"identifiers ({len(identifiers)}) must name exactly the {file_rows.size} rows given")
+        ids, problems = identifiers, []
+    else:
+        all_ids, problems = _read_labels(labels_path, check_labels)
+        file_rows = np.arange(len(all_ids)) if rows is None else np.asarray(rows, dtype=np.int64)
+        ids = IdentifierArray(all_ids[file_rows])
     locator = ImageLocator(images_dir, file_extension=file_extension, shard_k=shard_k)
     spec = None if not decode else decode_spec or DecodeSpec(size=64, max_pixels=max_pixels,
                                                              exif_transpose=exif_transpose)
