@@ -267,7 +267,7 @@ def schedule_row(table: Table, tax: Taxonomy, case: str, soft: dict[str, torch.T
                  args: argparse.Namespace) -> None:
     """Memory over many steps of a scheduled alpha (every rank smoothed each step)."""
     steps, rss = args.schedule_steps, []
-    start_cache = tax._cache.used
+    start_cache = tax._cache.size_bytes
     for step in range(steps):
         for r in RANKS:
             tax.smooth(soft[r], r, 0.1 * (step + 1) / steps, 1.0)
@@ -276,7 +276,7 @@ def schedule_row(table: Table, tax: Taxonomy, case: str, soft: dict[str, torch.T
             rss.append(_status_kib("VmRSS") / 1024)
     table.add(case, f"alpha scheduled over {steps} steps: growth", None,
               note=f"RSS {rss[1] - rss[0]:+.1f} MiB from step 5 to {steps}; taxonomy cache "
-                   f"{(tax._cache.used - start_cache) / 2**20:+.2f} MiB, {tax._cache.used / 2**20:.1f} MiB in all "
+                   f"{(tax._cache.size_bytes - start_cache) / 2**20:+.2f} MiB, {tax._cache.size_bytes / 2**20:.1f} MiB in all "
                    "(target: no growth)")
 
 
