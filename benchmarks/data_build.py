@@ -106,15 +106,26 @@ def main() -> None:
     parser.add_argument("--code", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--work", type=Path, default=None, help="reuse this folder (keeps the CSV)")
     parser.add_argument("--out", type=Path, default=None, help="folder to write the markdown table into")
+    parser.add_argument("--quick", action="store_true", help="5,000 rows and 500 blobs, for a smoke run")
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="taxaug-build-bench-"))
+    if args.quick:
+        args.rows, args.images = 5_000, 500
+    if args.work is not None:
+        report(args, args.work)
+    else:
+        with tempfile.TemporaryDirectory(prefix="taxaug-build-bench-") as work:
+            report(args, Path(work))
+
+
+def report(args: argparse.Namespace, work: Path) -> None:
+    """Run every step in `work` (the CSV is made once and kept there) and print the table."""
     work.mkdir(parents=True, exist_ok=True)
     csv_path = work / "obs.csv"
     if not csv_path.exists():
         make_csv(csv_path, args.rows)
     size_mb = csv_path.stat().st_size / 2**20
     base = run_step("imports", work, args.code, args.images)["peak_mb"]
-    lines = [f"code {args.code}; CSV {csv_path} ({size_mb:.1f} MB)", "",
+    lines = [f"code {args.code}; CSV {args.rows:,} rows ({size_mb:.1f} MB)", "",
              "| step | rows | wall s | CPU s | rows/CPU s | peak RSS MB | above imports MB |",
              "|---|---|---|---|---|---|---|"]
     for step in STEPS[1:]:

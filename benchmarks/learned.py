@@ -184,7 +184,7 @@ def main() -> None:
         tv = optional_import("torchvision.transforms.v2")
         table.add(case, "torchvision RandAugment (peer)", None,
                   note="not importable" if tv is None else "per-batch op choice only; not comparable per sample")
-    table.emit(args.out or Path(__file__).resolve().parent / "results", "learned")
+    table.emit(args.out, "learned")
 
 
 if __name__ == "__main__":
