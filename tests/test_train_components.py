@@ -127,7 +127,7 @@ def test_metrics_top1_top5_and_mistake_severity():
     tax = _tree()
     m = RankMetrics(tax, topk=2)
     # predictions: species 1 (right), 2 for a 1 (sibling: distance 1), 3 for a 1 (cousin: distance 2), null row
-    logits = torch.full((4, 5), -5.0)
+    logits = torch.linspace(-5.4, -5.0, 5).repeat(4, 1)  # no ties: class 4 is the second pick by default
     logits[0, 1] = logits[1, 2] = logits[2, 3] = logits[3, 1] = 5.0
     logits[1, 1] = 4.0  # the right answer is second: counts for top-2
     m.update({"taxa_L10": logits}, {"taxa_L10": torch.tensor([1, 1, 1, 0])})
