@@ -47,7 +47,8 @@ def _both_paths(fn):
                          and (shutil.which("cc") or shutil.which("gcc"))),
                     reason="the kernels are built where a C compiler is present (checked on linux x86-64)")
 def test_kernels_are_built_by_the_install():
-    assert _native.available(), "the C kernels (taxaug/_native/*.c) were not built: pip install -e . needs a C compiler"
+    built = _native._library is not None  # built, whether or not TAXAUG_NATIVE=0 turns them off
+    assert built, "the C kernels (taxaug/_native/*.c) were not built: pip install -e . needs a C compiler"
     assert _native.kernel_isa() in ("avx2", "scalar")
 
 
@@ -425,7 +426,10 @@ def test_top_k_kernel_equals_a_stable_sort(widths, batch, k, dtype, strided, see
     skip = seed % (max(widths) + 1)
     counts = [max(1, min(k, w - (skip < w))) for w in widths]
     top = _native.top_k(scores, counts, k, skip)
-    assert top is not None and top.shape == (len(widths), batch, k)
+    if not _native.available():  # TAXAUG_NATIVE=0 or no compiler: the caller is told to run torch.topk
+        assert top is None
+        return
+    assert top.shape == (len(widths), batch, k)
     for m, s in enumerate(scores):
         real = s.shape[1] - (skip < s.shape[1])
         if real == 0:
@@ -445,4 +449,5 @@ def test_top_k_kernel_declines_what_it_cannot_take():
         assert _native.top_k(scores, [5], 5, 0) is None
     with _native.disabled():
         assert _native.top_k(scores, [5], 5, 0) is None
-    assert torch.equal(_native.top_k(scores, [5], 5, 0)[0], _stable_top(scores[0], 5, 0))
+    if _native.available():
+        assert torch.equal(_native.top_k(scores, [5], 5, 0)[0], _stable_top(scores[0], 5, 0))
