@@ -17,6 +17,7 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,24 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _rounds(fns: dict[str, Callable[[], None]], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall and CPU seconds of each fn, run in rotating order so load from other processes hits all alike."""
+    for fn in fns.values():
+        fn()  # warm-up: page cache, imports, worker start-up paths
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats):
+        order = list(fns)[r % len(fns):] + list(fns)[: r % len(fns)]
+        for key in order:
+            cpu_start = _cpu_seconds()
+            start = time.perf_counter()
+            fns[key]()
+            samples[key].append(time.perf_counter() - start)
+            cpu[key].append(_cpu_seconds() - cpu_start)
+    return ({k: statistics.median(v) for k, v in samples.items()},
+            {k: statistics.median(v) for k, v in cpu.items()})
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     workers = int(os.environ.get("TAXAUG_BENCH_WORKERS", "2"))
@@ -97,22 +116,8 @@ def main() -> None:
                       f"{workers} workers/decode threads, {os.cpu_count()} cores visible, load average "
                       f"{os.getloadavg()[0]:.1f} at start (median of {repeats})")
         case = f"{count} images"
-        # rounds interleave the three so load from other processes hits them alike
         fns = {"single": single_thread, "taxaug PrefetchLoader": taxaug_loader, "torch DataLoader": torch_loader}
-        for fn in fns.values():
-            fn()  # warm-up: page cache, imports, worker start-up paths
-        samples: dict[str, list[float]] = {k: [] for k in fns}
-        cpu: dict[str, list[float]] = {k: [] for k in fns}
-        for r in range(repeats):
-            order = list(fns)[r % 3:] + list(fns)[: r % 3]
-            for key in order:
-                cpu_start = _cpu_seconds()
-                start = time.perf_counter()
-                fns[key]()
-                samples[key].append(time.perf_counter() - start)
-                cpu[key].append(_cpu_seconds() - cpu_start)
-        rows = {k: statistics.median(v) for k, v in samples.items()}
-        cpu_rows = {k: statistics.median(v) for k, v in cpu.items()}
+        rows, cpu_rows = _rounds(fns, repeats)
         single = rows.pop("single")
         floor = single / workers
         table.add(case, "Pillow decode, 1 thread", single, floor="floor",
