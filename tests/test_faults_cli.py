@@ -207,7 +207,8 @@ def test_species_under_two_genera_names_rank_and_taxa(tmp_path, capsys):
     cfg = load_config(None, [a for a in small(labels, tmp_path / "r", **{"train.batch_size": 4,
                                                                         "data.taxonomy_conflicts": "majority"})
                              if a != "--set"])
-    trainer = Trainer(cfg, write_files=False)  # majority: species 7 keeps genus 10
+    with pytest.warns(UserWarning, match=r"1 taxon sits under several parents; .*taxa_L10 taxon 7 \('Quercus robur'\)"):
+        trainer = Trainer(cfg, write_files=False)  # majority: species 7 keeps genus 10
     tax, tables = trainer.taxonomy, trainer.train_set.class_to_taxon_id
     seven = int(np.flatnonzero(tables["taxa_L10"] == 7)[0])
     assert tables["taxa_L20"][int(tax.parent_array("taxa_L10")[seven])] == 10
