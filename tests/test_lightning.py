@@ -143,28 +143,36 @@ sys.path.insert(0, {root!r})
 from taxaug.integrations.lightning import TaxaugCallback
 from tests.lightning_helpers import NUM_CLASSES, TinyModule, trainer
 
-pl.seed_everything(0, verbose=False)
+pl.seed_everything({seed}, verbose=False)
 module = TinyModule()
 callback = TaxaugCallback([{{"name": "selective_mixup", "group_levels": "taxa_L10"}}], num_classes=NUM_CLASSES)
-run = trainer(2, [callback], {out!r}, strategy="ddp", devices=2)
-run.fit(module)
-run.save_checkpoint({out!r} + "/ddp.ckpt")
+run = trainer({epochs}, [callback], {out!r}, strategy="ddp", devices=2)
+run.fit(module, ckpt_path={ckpt!r})
+if {ckpt!r} is None:
+    run.save_checkpoint({out!r} + "/ddp.ckpt")
 record = {{"rank": run.global_rank, "seed": callback.engine.seed,
-          "batches": [[s["epoch"], s["indices"], s["targets"]["taxa_L10"].ndim] for s in module.seen]}}
-with open({out!r} + f"/rank{{run.global_rank}}.json", "w") as f:
+          "batches": [[s["epoch"], s["indices"], s["targets"]["taxa_L10"].ndim] for s in module.seen],
+          "mixed": [[s["epoch"], s["indices"], s["targets"]["taxa_L10"].tolist(), s["images"].sum().item()]
+                    for s in module.seen]}}
+with open({out!r} + f"/{tag}{{run.global_rank}}.json", "w") as f:
     json.dump(record, f)
 '''
 
 
-def test_ddp_on_cpu_with_two_processes_splits_the_grouped_batches(tmp_path):
+def _ddp_run(tmp_path: Path, tag: str, *, epochs: int, seed: int = 0, ckpt: str | None = None) -> list[dict]:
+    """Run DDP_SCRIPT on 2 CPU processes; each rank's record."""
     root = str(Path(__file__).resolve().parents[1])
-    script = tmp_path / "ddp_run.py"
-    script.write_text(DDP_SCRIPT.format(root=root, out=str(tmp_path)))
+    script = tmp_path / f"ddp_{tag}.py"
+    script.write_text(DDP_SCRIPT.format(root=root, out=str(tmp_path), epochs=epochs, seed=seed, ckpt=ckpt, tag=tag))
     env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((tmp_path / f"{tag}{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_ddp_on_cpu_with_two_processes_splits_the_grouped_batches(tmp_path):
+    records = _ddp_run(tmp_path, "rank", epochs=2)
     assert records[0]["seed"] != records[1]["seed"]  # each rank draws its own numbers
     for epoch in (0, 1):
         mine = [[i for e, b, _ in r["batches"] if e == epoch for i in b] for r in records]
@@ -177,6 +185,14 @@ def test_ddp_on_cpu_with_two_processes_splits_the_grouped_batches(tmp_path):
     saved = torch.load(tmp_path / "ddp.ckpt", weights_only=False)
     engines = next(v for k, v in saved["callbacks"].items() if "TaxaugCallback" in k)["engines"]
     assert len(engines) == 2 and engines[0]["seed"] != engines[1]["seed"]
+    # resumed on 2 processes, each rank takes back its own engine: epoch 2 mixes as an unbroken 3-epoch run
+    resumed = _ddp_run(tmp_path, "resumed", epochs=3, seed=99, ckpt=str(tmp_path / "ddp.ckpt"))
+    straight = _ddp_run(tmp_path, "straight", epochs=3)
+    for rank in (0, 1):
+        assert resumed[rank]["seed"] == straight[rank]["seed"] == records[rank]["seed"]
+        tail = [m for m in straight[rank]["mixed"] if m[0] == 2]
+        assert tail and resumed[rank]["mixed"] == tail  # same batches, same mixed targets and images
+    assert resumed[0]["mixed"] != resumed[1]["mixed"]
 
 
 def test_a_datamodule_batch_hook_runs_before_the_algorithms(tmp_path):
