@@ -15,7 +15,9 @@ class is never predicted. Top-k (and hdist@k) is NaN ("n/a") where a rank has
 at most k real classes. Distances come from the taxonomy's ancestors table
 (O(B * k * R) per update, no K x K matrix). Counts are kept as sums on the
 logits' device, so an update never syncs with the host and `reduce_()` does
-one all_reduce for every rank at once.
+one all_reduce for every rank at once. On CPU the top-k of every rank comes from
+one C pass (`taxaug._native.top_k`; tied logits at the k-th place go to the lower
+class there, either way in torch.topk elsewhere).
 """
 
 from __future__ import annotations
