@@ -158,10 +158,10 @@ class RankMetrics:
         repeats its best guess (its top-k is n/a). On CPU one C kernel pass takes every rank
         (`taxaug._native.top_k`); otherwise ranks with few classes share one padded top-k call (a call's
         fixed cost exceeds their whole work) and the others take `_top`."""
-        counts = [self.topk if s.shape[1] - 1 > self.topk else 1 for s in scores]
+        counts = [self.topk if s.shape[1] - 1 > self.topk else 1 for s in scores]  # top-k n/a: the best only
         fast = _native.top_k(scores, counts, self.topk, self.null_index)
         if fast is not None:
-            return fast.to(scores[0].device)
+            return fast
         small = [j for j, s in enumerate(scores) if self.topk < s.shape[1] - 1 <= _SHARED_TOPK]
         out: list[torch.Tensor | None] = [None] * len(scores)
         if len(small) > 1:
@@ -175,15 +175,14 @@ class RankMetrics:
                 out[j] = top[n]
         for j, s in enumerate(scores):
             if out[j] is None:
-                top = self._top(s)
+                top = self._top(s, counts[j])
                 short = self.topk - top.shape[1]
                 out[j] = torch.cat([top, top[:, :1].expand(-1, short)], dim=1) if short else top
         return torch.stack(out)  # type: ignore[arg-type]
 
-    def _top(self, scores: torch.Tensor) -> torch.Tensor:
+    def _top(self, scores: torch.Tensor, k: int) -> torch.Tensor:
         """(B, k) indices of the k best real classes (the null class skipped), best first."""
         size = scores.shape[1]
-        k = self.topk if size - 1 > self.topk else 1  # top-k is n/a with at most k real classes
         if size > 1 and self.null_index in (0, size - 1):  # a view without the null column: no copy
             first = 1 if self.null_index == 0 else 0
             return _topk_indices(scores[:, first:first + size - 1], k) + first
